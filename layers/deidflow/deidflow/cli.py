@@ -1,0 +1,199 @@
+"""The `deidflow` command: de-identify folders, check rules, explain decisions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .batch import BatchSummary, ReportLine, iter_inputs, run_batch
+from .intake import Rejected
+from .keys import load_key
+from .process import Engine
+from .rules import RulesError, RuleSet, load_rules, parse_yaml
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SOME_REJECTED = 3
+
+
+def _load_rules_or_exit(path: str | None) -> RuleSet:
+    try:
+        return load_rules(path)
+    except RulesError as exc:
+        print("deidflow: the rules file is not valid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except OSError as exc:
+        print(f"deidflow: cannot read rules file: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _load_key_or_exit(key_file: str | None) -> bytes:
+    try:
+        loaded = load_key(key_file)
+    except (OSError, ValueError) as exc:
+        print(f"deidflow: cannot load the pseudonymisation key: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    if loaded.source.startswith("created:"):
+        print(
+            f"deidflow: created a new pseudonymisation key at {loaded.source[8:]} - keep it secret, back it "
+            "up, and reuse it: the same key gives the same pseudonyms",
+            file=sys.stderr,
+        )
+    return loaded.key
+
+
+def default_report_path(destination: Path) -> Path:
+    # Beside the research folder, not inside it: input paths may themselves carry identifiers.
+    return destination.parent / f"{destination.name}.report.jsonl"
+
+
+def cmd_deid(args: argparse.Namespace) -> int:
+    rules = _load_rules_or_exit(args.rules)
+    key = _load_key_or_exit(args.key_file)
+    destination = Path(args.dst)
+    report = Path(args.report) if args.report else default_report_path(destination)
+    try:
+        total = sum(1 for _ in iter_inputs(args.src))
+    except FileNotFoundError as exc:
+        print(f"deidflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="file", desc="de-identifying", disable=args.quiet or None, file=sys.stderr)
+
+    def advance(line: ReportLine) -> None:
+        bar.update(1)
+
+    try:
+        summary = run_batch(args.src, destination, rules, key, jobs=args.jobs, report_path=report, on_result=advance)
+    except OSError as exc:
+        bar.close()
+        print(f"deidflow: the run failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    bar.close()
+    _print_summary(summary, destination, report)
+    return EXIT_SOME_REJECTED if summary.rejected else EXIT_OK
+
+
+def _print_summary(summary: BatchSummary, destination: Path, report: Path) -> None:
+    print(f"{len(summary.lines)} inputs: {summary.deidentified} de-identified, {summary.rejected} rejected")
+    for reason, count in sorted(summary.reasons.items()):
+        print(f"  rejected {reason}: {count}")
+    print(f"research folder: {destination}")
+    print(f"report: {report}")
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    try:
+        rules = load_rules(args.file)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(f"{args.file}: {len(exc.problems)} problem(s)")
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"cannot read {args.file}: {exc}")
+        return EXIT_FAILED
+    options = ", ".join(rules.options.selected()) or "none"
+    print(
+        f"{args.file}: valid - options: {options}; {len(rules.labels)} label(s), "
+        f"{len(rules.transformations)} transformation(s)"
+    )
+    return EXIT_OK
+
+
+def cmd_rules_convert(args: argparse.Namespace) -> int:
+    from .research_pacs import convert_research_pacs, looks_like_research_pacs
+
+    try:
+        data, index = parse_yaml(Path(args.file).read_text("utf-8"), args.file)
+        if not isinstance(data, dict) or not looks_like_research_pacs(data):
+            print(f"{args.file}: not a research-pacs de-identifier config")
+            return EXIT_FAILED
+        converted, _ = convert_research_pacs(data, index, args.file)
+        load_rules(args.file)  # report every problem before printing anything
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_FAILED
+    print(yaml.safe_dump(converted, sort_keys=False), end="")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    rules = _load_rules_or_exit(args.rules)
+    key = _load_key_or_exit(args.key_file)
+    engine = Engine(rules, key)
+    try:
+        processed = engine.process(args.file, explain=True)
+    except Rejected as rejected:
+        print(f"{args.file}: rejected - {rejected.reason}: {rejected.detail}")
+        return EXIT_SOME_REJECTED
+    result = processed.result
+    print(f"{args.file}")
+    print(f"  rules: {rules.source}; labels: {', '.join(sorted(result.plan.labels))}")
+    print(f"  output: {processed.key}")
+    print()
+    width = max((len(d.path) for d in result.decisions), default=10)
+    kw_width = max((len(d.keyword) for d in result.decisions), default=10)
+    print(f"{'ELEMENT':<{width}}  {'KEYWORD':<{kw_width}}  VR  {'ACTION':<28}  DECIDED BY")
+    for d in sorted(result.decisions, key=lambda d: d.path):
+        print(f"{d.path:<{width}}  {d.keyword:<{kw_width}}  {d.vr:<2}  {d.action:<28}  {d.decided_by}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deidflow", description="DICOM de-identification (PS3.15 + rules)")
+    parser.add_argument("--version", action="version", version=f"deidflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    deid = sub.add_parser("deid", help="de-identify files or folder trees into DST")
+    deid.add_argument("src", nargs="+", help="input files or folders (SRC...)")
+    deid.add_argument("dst", help="research folder: studies/<Study>/series/<Series>/instances/<SOP>.dcm")
+    deid.add_argument("--rules", help="rules file (default: the built-in Basic profile + modified dates)")
+    deid.add_argument(
+        "--key-file",
+        help="pseudonymisation key file (default: $DEIDFLOW_KEY, then ~/.config/deidflow/key, created on first use)",
+    )
+    deid.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
+    deid.add_argument("--report", help="JSON-lines report (default: DST.report.jsonl beside DST)")
+    deid.add_argument("--quiet", action="store_true", help="no progress bar")
+    deid.set_defaults(func=cmd_deid)
+
+    rules = sub.add_parser("rules", help="work with rules files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help="validate a rules file (native or research-pacs)")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_rules_check)
+    convert = rules_sub.add_parser("convert", help="print a research-pacs config as deidflow rules")
+    convert.add_argument("file")
+    convert.set_defaults(func=cmd_rules_convert)
+
+    explain = sub.add_parser("explain", help="show, per element, the action and the rule or profile row")
+    explain.add_argument("file")
+    explain.add_argument("--rules")
+    explain.add_argument("--key-file")
+    explain.set_defaults(func=cmd_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings can quote header values
+    args = build_parser().parse_args(argv)
+    if getattr(args, "jobs", 1) < 1:
+        print("deidflow: --jobs must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,564 @@
+"""Apply a RuleSet to one dataset: the PS3.15 profile underneath, the rules' transformations on top.
+
+One pass over every element at every depth. An element's action comes from, in order: the rules'
+transformations (last matching entry wins), the private-element policy, Table E.1-1 under the
+selected options, and for elements the table does not list, deidflow's own defaults (every UID is
+remapped unless it is a well-known class/syntax/coding UID; every date shifts with the patient's
+dates; unknown public tags are removed). Elements left as they are stay as raw bytes, unconverted,
+which keeps untouched values (PixelData above all) byte for byte and the pass fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID_dictionary
+
+from . import __version__
+from .dates import shift_by_units, shift_date, shift_date_and_time, shift_datetime, shift_time
+from .profile import ProfileTable, method_codes, resolve_action, standard_table
+from .pseudonym import DateShift, Pseudonymizer
+from .rules import ElementRule, InstancePlan, RuleSet
+from .scrub import collect_identifiers, scrub_text
+from .tagpattern import PathStep
+
+IMPLEMENTATION_CLASS_UID = "2.25.255813004236516426009434744587853045523"
+IMPLEMENTATION_VERSION_NAME = "DEIDFLOW_" + __version__.replace(".", "_")
+KEPT_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010)
+DUMMY_TEXT = "REMOVED"
+DUMMY_BY_VR = {
+    "AE": "DEIDFLOW",
+    "AS": "000Y",
+    "CS": "REMOVED",
+    "DA": "19000101",
+    "DT": "19000101000000",
+    "TM": "000000",
+    "DS": "0",
+    "IS": "0",
+    "PN": "REMOVED",
+    "UR": "",
+    "LO": DUMMY_TEXT,
+    "SH": DUMMY_TEXT,
+    "LT": DUMMY_TEXT,
+    "ST": DUMMY_TEXT,
+    "UT": DUMMY_TEXT,
+    "UC": DUMMY_TEXT,
+}
+NUMERIC_VRS = {"FL", "FD", "SL", "SS", "UL", "US", "SV", "UV"}
+TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "PN"}
+# UI elements that name a class, syntax or coding scheme, not an instance: never remapped.
+CLASS_UID_MARKERS = (
+    "SOPClass",
+    "ClassUID",
+    "TransferSyntax",
+    "CodingSchemeUID",
+    "ContextUID",
+    "MappingResourceUID",
+    "SOPClassesInStudy",
+    "SOPClassesSupported",
+)
+# Identifiers that become keyed pseudonyms rather than empty values.
+IDENTIFIER_SUFFIXES = ("ID", "IDs", "Number", "Numbers", "Identifier")
+DATE_VRS = {"DA", "DT", "TM"}
+FREE_TEXT_VRS = {"ST", "LT", "UT", "UC"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happened to one element and why; `explain` prints these (never values)."""
+
+    path: str
+    keyword: str
+    vr: str
+    action: str
+    decided_by: str
+
+
+@dataclass
+class DeidResult:
+    dataset: Dataset
+    plan: InstancePlan
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    decisions: list[Decision] = field(default_factory=list)
+
+
+@dataclass
+class _Context:
+    plan: InstancePlan
+    patient_identity: str
+    patient_pseudonym: str
+    shift: DateShift
+    original_uids: dict[str, str]
+    identifiers: list[str]
+    record: bool
+    decisions: list[Decision] = field(default_factory=list)
+    shifted_any_date: bool = False
+
+
+def _keyword(tag: int) -> str:
+    return keyword_for_tag(tag) or ""
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _vr_of(raw: object, tag: int) -> str:
+    vr = getattr(raw, "VR", None)
+    if vr:
+        return str(vr)
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    return vr.split(" or ")[0] if vr else "UN"
+
+
+def _is_class_uid(keyword: str) -> bool:
+    return any(marker in keyword for marker in CLASS_UID_MARKERS)
+
+
+def _is_identifier(keyword: str, vr: str) -> bool:
+    return vr in ("LO", "SH", "CS", "UT", "ST", "LT") and keyword.endswith(IDENTIFIER_SUFFIXES)
+
+
+def patient_identity(ds: Dataset) -> str:
+    """The original that patient pseudonym and date shift derive from: issuer + ID, else name +
+    birth date, else the study. Patients with different identities never share a pseudonym."""
+    patient_id = str(ds.get("PatientID", "") or "").strip()
+    if patient_id:
+        return f"id:{str(ds.get('IssuerOfPatientID', '') or '').strip()}|{patient_id}"
+    name = str(ds.get("PatientName", "") or "").strip()
+    if name:
+        return f"name:{name}|{str(ds.get('PatientBirthDate', '') or '').strip()}"
+    return f"study:{str(ds.get('StudyInstanceUID', '') or '').strip()}"
+
+
+class Deidentifier:
+    """Holds what is costly to build once (the table, the key) and de-identifies datasets."""
+
+    def __init__(self, rules: RuleSet, pseudonymizer: Pseudonymizer, table: ProfileTable | None = None):
+        self.rules = rules
+        self.pseudo = pseudonymizer
+        self.table = table or standard_table()
+        self.options = rules.options
+        self._table_cache: dict[int, tuple[str, str]] = {}
+
+    # --- decisions -----------------------------------------------------------------------------
+
+    def _table_action(self, tag: int) -> tuple[str, str] | None:
+        cached = self._table_cache.get(tag)
+        if cached is None:
+            row = self.table.row_for(tag)
+            if row is None:
+                return None
+            action, by = resolve_action(row, self.options)
+            cell = row.basic if by == "basic" else row.options[_option_column(by)]
+            cached = (action, f"{row.label} [{'Basic Profile' if by == 'basic' else by}: {cell}]")
+            self._table_cache[tag] = cached
+        return cached
+
+    def decide(
+        self, tag: int, vr: str, path: tuple[PathStep, ...], ds: Dataset, plan: InstancePlan
+    ) -> tuple[str, str, ElementRule | None]:
+        """(action, decided_by, rule) for one element. Actions: K X Z D U C, or a rule kind."""
+        if plan.element_rules:
+            for rule in plan.element_rules:
+                if rule.matches(path):
+                    return rule.kind, f"rule {rule.origin}", rule
+        if (tag >> 16) % 2 == 1:
+            return self._private_action(tag, path)
+        if tag & 0xFFFF == 0:
+            return "X", "group length: recomputed on write or obsolete", None
+        if _is_overlay_group(tag):
+            overlay = self._overlay_action(tag, vr)
+            if overlay is not None:
+                return overlay
+        table = self._table_action(tag)
+        keyword = path[-1].keyword
+        if table is not None:
+            action, by = table
+            return action, by, None
+        if not keyword:
+            return "X", "unknown public element (not in the DICOM dictionary): removed", None
+        if vr == "UI":
+            return "U", "not in E.1-1: every UID is remapped unless it names a class or syntax", None
+        if vr in DATE_VRS and self.options.retain_longitudinal_modified_dates:
+            return "C", "not in E.1-1: dates move with the patient's other dates", None
+        if vr in FREE_TEXT_VRS:
+            # E.g. SR Text Value (0040,A160): free text is never kept as it is.
+            clean = self.options.clean_structured_content if keyword == "TextValue" else self.options.clean_descriptors
+            if clean:
+                return "C", "not in E.1-1: free text, cleaned (clean option selected)", None
+            return "D", "not in E.1-1: free text is replaced by a dummy (deidflow default)", None
+        return "K", "not in E.1-1: kept", None
+
+    def _overlay_action(self, tag: int, vr: str) -> tuple[str, str, None] | None:
+        """An overlay is one repeating group: removing its data (60xx,3000) removes the whole group,
+        description and label included; kept under Clean Graphics, its text is cleaned."""
+        data_action = self._table_action((tag & 0xFF000000) | 0x00003000)
+        if data_action is None:
+            return None
+        action, by = data_action
+        if action == "X":
+            return "X", f"overlay group removed with its Overlay Data: {by}", None
+        if vr in TEXT_VRS and (tag & 0xFFFF) != 0x3000:
+            return "C", f"overlay text cleaned with its Overlay Data: {by}", None
+        return None
+
+    def _private_action(self, tag: int, path: tuple[PathStep, ...]) -> tuple[str, str, None]:
+        row = self.table.private
+        label = row.label if row else "private element"
+        if self.options.retain_safe_private and (tag & 0xFFFF) >= 0x0100:
+            if any(p.matches(path) for p in self.rules.safe_private):
+                return "K", f"{label} [retain_safe_private: listed in profile.safe_private]", None
+            return "X", f"{label} [retain_safe_private: not listed as safe]", None
+        if self.options.retain_safe_private and 0x0010 <= (tag & 0xFFFF) <= 0x00FF:
+            return "K", f"{label} [private creator: kept while its block keeps elements]", None
+        return "X", f"{label} [Basic Profile: X]", None
+
+    # --- the pass ------------------------------------------------------------------------------
+
+    def deidentify(self, ds: Dataset, *, explain: bool = False, plan: InstancePlan | None = None) -> DeidResult:
+        plan = plan or self.rules.plan_for(ds)
+        identity = patient_identity(ds)
+        ctx = _Context(
+            plan=plan,
+            patient_identity=identity,
+            patient_pseudonym=self.pseudo.patient_id(identity),
+            shift=self.pseudo.date_shift(identity),
+            original_uids={k: str(ds.get(k, "")) for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")},
+            identifiers=collect_identifiers(ds) if self._needs_scrub(plan) else [],
+            record=explain,
+        )
+        original_meta = getattr(ds, "file_meta", None)
+        self._walk(ds, (), ctx, "")
+        self._private_creators_cleanup(ds)
+        self._add_tags(ds, ctx)
+        self._set_markers(ds, ctx)
+        self._rebuild_meta(ds, original_meta, ctx)
+        return DeidResult(
+            dataset=ds,
+            plan=plan,
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            sop_uid=str(ds.SOPInstanceUID),
+            decisions=ctx.decisions,
+        )
+
+    def _needs_scrub(self, plan: InstancePlan) -> bool:
+        o = self.options
+        return o.clean_descriptors or o.clean_structured_content or o.clean_graphics
+
+    def _walk(self, ds: Dataset, parents: tuple[PathStep, ...], ctx: _Context, where: str) -> None:
+        handled: set[int] = set()
+        for tag in list(ds.keys()):
+            if tag in handled:
+                continue
+            raw = ds.get_item(tag)
+            vr = _vr_of(raw, tag)
+            keyword = _keyword(tag)
+            creator = _private_creator(ds, tag) if (tag >> 16) % 2 == 1 else None
+            path = (*parents, PathStep(tag, keyword, vr, creator))
+            action, by, rule = self.decide(tag, vr, path, ds, ctx.plan)
+            label = f"{where}{_tag_text(tag)}"
+            done = self._apply(ds, tag, vr, keyword, action, rule, path, ctx, label, handled)
+            if ctx.record:
+                ctx.decisions.append(Decision(label, keyword or ("private:" + (creator or "?")), vr, done, by))
+
+    def _apply(
+        self,
+        ds: Dataset,
+        tag: int,
+        vr: str,
+        keyword: str,
+        action: str,
+        rule: ElementRule | None,
+        path: tuple[PathStep, ...],
+        ctx: _Context,
+        label: str,
+        handled: set[int],
+    ) -> str:
+        if action in ("X", "remove"):
+            del ds[tag]
+            return "removed"
+        if vr == "SQ":
+            if action in ("Z", "empty"):
+                ds[tag].value = Sequence()
+                return "emptied"
+            for i, item in enumerate(ds[tag].value):
+                self._walk(item, path, ctx, f"{label}[{i}].")
+            return "kept, items cleaned"
+        if action == "K" or action == "keep":
+            return "kept"
+        element = ds[tag]
+        if element.is_empty and action != "add":
+            return "kept (empty)"
+        if action == "empty":
+            element.value = None
+            return "emptied"
+        if action == "randomize_uid" or (action in ("U", "C", "D", "Z") and vr == "UI"):
+            return self._remap_uids(element, keyword)
+        if rule is not None and action == "randomize_text":
+            element.value = self._randomize_text(element.value, rule, ctx)
+            return "randomized (keyed)"
+        if rule is not None and action == "shift_datetime":
+            return self._rule_shift(ds, element, vr, rule, ctx)
+        if action == "C":
+            if vr in DATE_VRS:
+                return self._shift_dates(ds, tag, vr, keyword, ctx, handled)
+            if vr in TEXT_VRS and vr != "PN":
+                element.value = _map_values(element.value, lambda v: scrub_text(v, ctx.identifiers))
+                return "cleaned (known identifiers scrubbed)"
+            if vr == "PN":
+                return self._replace_identifier(element, keyword, vr, ctx, "D")
+            return "kept (clean: nothing to clean for this VR)"
+        if action in ("Z", "D"):
+            if vr in DATE_VRS and self.options.retain_longitudinal_modified_dates and action == "D":
+                return self._shift_dates(ds, tag, vr, keyword, ctx, handled)
+            return self._replace_identifier(element, keyword, vr, ctx, action)
+        raise ValueError(f"no handler for action {action!r} on {label}")
+
+    def _replace_identifier(self, element: DataElement, keyword: str, vr: str, ctx: _Context, action: str) -> str:
+        if keyword in ("PatientName", "PatientID") and vr in ("PN", "LO"):
+            element.value = ctx.patient_pseudonym
+            return "pseudonym (patient)"
+        if _is_identifier(keyword, vr):
+            element.value = _map_values(
+                element.value, lambda v: self.pseudo.identifier(keyword, v.strip()) if v.strip() else v
+            )
+            return "pseudonym (keyed)"
+        if action == "Z":
+            element.value = b"" if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") else None
+            return "emptied"
+        if vr in NUMERIC_VRS:
+            element.value = 0
+        elif vr in DUMMY_BY_VR:
+            element.value = DUMMY_BY_VR[vr]
+        else:
+            element.value = b"" if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") else None
+        return "dummy value"
+
+    def _remap_uids(self, element: DataElement, keyword: str) -> str:
+        if _is_class_uid(keyword):
+            return "kept (class or syntax UID)"
+
+        def remap(value: str) -> str:
+            value = value.strip("\0 ")
+            if not value or value in UID_dictionary:
+                return value
+            return self.pseudo.uid(value)
+
+        element.value = _map_values(element.value, remap)
+        return "UID remapped"
+
+    def _shift_dates(self, ds: Dataset, tag: int, vr: str, keyword: str, ctx: _Context, handled: set[int]) -> str:
+        if not self.options.retain_longitudinal_modified_dates:
+            # Clean with no date option selected: nothing safe to keep.
+            del ds[tag]
+            return "removed (no date option)"
+        element = ds[tag]
+        shift = ctx.shift
+        value = str(element.value)
+        if vr == "DA":
+            time_tag = _TIME_FOR_DATE.get(tag)
+            if time_tag is not None and time_tag in ds and not ds[time_tag].is_empty:
+                time_rule = self.decide(time_tag, "TM", (PathStep(time_tag, _keyword(time_tag), "TM"),), ds, ctx.plan)[
+                    0
+                ]
+                if time_rule in ("C", "D"):
+                    pair = shift_date_and_time(value, str(ds[time_tag].value), shift)
+                    if pair is not None:
+                        element.value, ds[time_tag].value = pair
+                        handled.add(time_tag)
+                        ctx.shifted_any_date = True
+                        if ctx.record:
+                            ctx.decisions.append(
+                                Decision(
+                                    _tag_text(time_tag),
+                                    _keyword(time_tag),
+                                    "TM",
+                                    "shifted with its date",
+                                    f"paired with {keyword}",
+                                )
+                            )
+                        return "shifted with its time"
+            new = shift_date(value, shift)
+        elif vr == "TM":
+            new = shift_time(value, shift)
+        else:
+            new = shift_datetime(value, shift)
+        if new is None:
+            del ds[tag]
+            return "removed (value could not be read as a date)"
+        element.value = new
+        ctx.shifted_any_date = True
+        return "shifted (patient offset)"
+
+    def _rule_shift(self, ds: Dataset, element: DataElement, vr: str, rule: ElementRule, ctx: _Context) -> str:
+        if vr not in DATE_VRS:
+            return "kept (shift_datetime applies to DA, DT and TM only)"
+        context = self._reuse_context(rule.reuse_mapping, ds, ctx) + "|" + rule.origin
+        amount = self.pseudo.bounded_shift("shift", context, rule.shift_by)
+        new = shift_by_units(str(element.value), vr, amount)
+        if new is None:
+            del ds[element.tag]
+            return "removed (value could not be read as a date)"
+        element.value = new
+        return "shifted (rule)"
+
+    def _reuse_context(self, mapping: str | None, ds: Dataset, ctx: _Context) -> str:
+        if mapping == "Always":
+            return "always"
+        if mapping == "SamePatient":
+            return "patient:" + ctx.patient_identity
+        if mapping == "SameStudy":
+            return "study:" + ctx.original_uids["StudyInstanceUID"]
+        if mapping == "SameSeries":
+            return "series:" + ctx.original_uids["SeriesInstanceUID"]
+        return "instance:" + ctx.original_uids["SOPInstanceUID"]
+
+    def _randomize_text(self, value: object, rule: ElementRule, ctx: _Context) -> object:
+        context = self._reuse_context(rule.reuse_mapping, Dataset(), ctx)
+
+        def one(text: str) -> str:
+            text = text.lower() if rule.ignore_case else text
+            if rule.split:
+                return rule.split.join(
+                    self.pseudo.text(part, context) if part else part for part in text.split(rule.split)
+                )
+            return self.pseudo.text(text, context)
+
+        return _map_values(value, lambda v: one(str(v)))
+
+    # --- after the pass ------------------------------------------------------------------------
+
+    def _private_creators_cleanup(self, ds: Dataset) -> None:
+        """Drop private creator elements whose block no longer holds any element."""
+        if not self.options.retain_safe_private:
+            return
+        for item in _all_datasets(ds):
+            for tag in [t for t in item.keys() if (t >> 16) % 2 == 1 and 0x10 <= (t & 0xFFFF) <= 0xFF]:
+                group, block = tag >> 16, tag & 0xFF
+                if not any((t >> 16) == group and (t & 0xFFFF) >> 8 == block for t in item.keys()):
+                    del item[tag]
+
+    def _add_tags(self, ds: Dataset, ctx: _Context) -> None:
+        for add in ctx.plan.add_tags:
+            if add.tag in ds and not add.overwrite_if_exists:
+                continue
+            ds.add(DataElement(add.tag, add.vr, add.value))
+            if ctx.record:
+                ctx.decisions.append(
+                    Decision(_tag_text(add.tag), _keyword(add.tag), add.vr, "added", f"rule {add.origin}")
+                )
+
+    def _set_markers(self, ds: Dataset, ctx: _Context) -> None:
+        o = self.options
+        ds.PatientIdentityRemoved = "YES"
+        selected = [name.replace("_", " ") for name in o.selected()]
+        ds.DeidentificationMethod = [f"deidflow {__version__}", self.table.edition_id, *selected][:16]
+        codes = Sequence()
+        for value, meaning in method_codes(o):
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            codes.append(item)
+        ds.DeidentificationMethodCodeSequence = codes
+        if o.retain_longitudinal_full_dates:
+            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        elif o.retain_longitudinal_modified_dates:
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        else:
+            ds.LongitudinalTemporalInformationModified = "REMOVED"
+
+    def _rebuild_meta(self, ds: Dataset, original: FileMetaDataset | None, ctx: _Context) -> None:
+        """Keep only what identifies the format; the rest (source AE titles, private info) goes."""
+        meta = FileMetaDataset()
+        if original is not None:
+            for tag in KEPT_META:
+                if tag in original:
+                    meta[tag] = original[tag]
+            if ctx.record:
+                for tag in original.keys():
+                    if tag not in KEPT_META and tag != 0x00020000:
+                        ctx.decisions.append(
+                            Decision(
+                                f"meta{_tag_text(tag)}",
+                                _keyword(tag),
+                                _vr_of(original.get_item(tag), tag),
+                                "replaced" if tag in (0x00020012, 0x00020013) else "removed",
+                                "file meta: only format elements are kept",
+                            )
+                        )
+        meta.FileMetaInformationVersion = b"\x00\x01"
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if "TransferSyntaxUID" not in meta:
+            meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        ds.file_meta = meta
+
+
+def _is_overlay_group(tag: int) -> bool:
+    group = tag >> 16
+    return 0x6000 <= group <= 0x601E and group % 2 == 0
+
+
+def _option_column(option: str) -> str:
+    from .profile import OPTION_COLUMNS
+
+    return OPTION_COLUMNS[option][0]
+
+
+def _private_creator(ds: Dataset, tag: int) -> str | None:
+    element = tag & 0xFFFF
+    if element < 0x0100:
+        return None
+    creator_tag = (tag & 0xFFFF0000) | (element >> 8)
+    if creator_tag not in ds:
+        return None
+    try:
+        return str(ds[creator_tag].value).strip()
+    except Exception:  # noqa: BLE001 - a damaged creator only means the block is anonymous
+        return None
+
+
+def _map_values(value: object, fn: Callable[[str], str]) -> object:
+    if isinstance(value, (list, MultiValue)):
+        return [fn(str(v)) for v in value]
+    return fn(str(value))
+
+
+def _all_datasets(ds: Dataset):  # type: ignore[no-untyped-def]
+    yield ds
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                yield from _all_datasets(item)
+
+
+def _build_time_for_date() -> dict[int, int]:
+    from pydicom.datadict import DicomDictionary, tag_for_keyword
+
+    pairs: dict[int, int] = {}
+    for tag, entry in DicomDictionary.items():
+        vr, keyword = entry[0], entry[4]
+        if vr == "DA" and keyword.endswith("Date"):
+            time_tag = tag_for_keyword(keyword[:-4] + "Time")
+            if time_tag is not None and DicomDictionary[time_tag][0] == "TM":
+                pairs[tag] = time_tag
+    return pairs
+
+
+_TIME_FOR_DATE = _build_time_for_date()

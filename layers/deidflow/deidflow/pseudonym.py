@@ -1,0 +1,80 @@
+"""Keyed, deterministic pseudonyms: UIDs, identifiers, names and per-patient date shifts.
+
+Everything derives from HMAC-SHA256(key, domain | original). The same key and original give the same
+pseudonym in any process, order or retry, so no lock or lookup table is needed to stay consistent;
+distinct originals give distinct pseudonyms (128-bit UIDs, 80-bit identifiers).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+# UUID-derived UID root (PS3.5 B.2): any 128-bit integer under 2.25 is a valid, globally unique UID.
+UID_ROOT = "2.25."
+SECONDS_PER_DAY = 86400
+
+
+@dataclass(frozen=True)
+class DateShift:
+    """A per-patient offset: whole days for dates plus |seconds| < 12 h for times.
+
+    Keeping the sub-day part under twelve hours means a date without a time moves by exactly `days`,
+    the same whole-day move a date paired with a time around noon gets.
+    """
+
+    days: int
+    seconds: int
+
+    @property
+    def total_seconds(self) -> int:
+        return self.days * SECONDS_PER_DAY + self.seconds
+
+
+class Pseudonymizer:
+    def __init__(self, key: bytes, *, min_shift_days: int = 365, max_shift_days: int = 3650):
+        if len(key) < 16:
+            raise ValueError("pseudonymisation key must be at least 16 bytes")
+        if not 0 <= min_shift_days <= max_shift_days:
+            raise ValueError("date shift range must satisfy 0 <= min <= max")
+        self._key = key
+        self._min_days = min_shift_days
+        self._max_days = max_shift_days
+        self._uid_cache: dict[str, str] = {}
+
+    def digest(self, domain: str, original: str) -> bytes:
+        return hmac.new(self._key, f"{domain}\x1f{original}".encode(), hashlib.sha256).digest()
+
+    def uid(self, original: str) -> str:
+        cached = self._uid_cache.get(original)
+        if cached is None:
+            number = int.from_bytes(self.digest("uid", original)[:16], "big")
+            cached = self._uid_cache[original] = f"{UID_ROOT}{number}"
+        return cached
+
+    def identifier(self, domain: str, original: str, length: int = 16) -> str:
+        """An uppercase base32 token (A-Z, 2-7): valid in LO, SH and CS, and never the original."""
+        token = base64.b32encode(self.digest(domain, original)).decode().rstrip("=")
+        return token[:length]
+
+    def patient_id(self, patient_identity: str) -> str:
+        return "P" + self.identifier("patient", patient_identity, 15)
+
+    def text(self, original: str, context: str = "", length: int = 8) -> str:
+        """research-pacs RandomizeText: an 8-character token, keyed by the reuse context."""
+        return self.identifier(f"text:{context}", original, length)
+
+    def date_shift(self, patient_identity: str) -> DateShift:
+        """Move every date of a patient back by the same amount, between min and max days."""
+        value = int.from_bytes(self.digest("date-shift", patient_identity)[:8], "big")
+        span_days = self._max_days - self._min_days + 1
+        days = self._min_days + value % span_days
+        seconds = (value // span_days) % SECONDS_PER_DAY - SECONDS_PER_DAY // 2
+        return DateShift(days=-days, seconds=seconds)
+
+    def bounded_shift(self, original: str, context: str, bound: int) -> int:
+        """research-pacs ShiftDateTime: an offset in [-bound, +bound], keyed by the reuse context."""
+        value = int.from_bytes(self.digest(f"shift:{context}", original)[:8], "big")
+        return value % (2 * bound + 1) - bound

@@ -1,0 +1,47 @@
+"""Where de-identified instances go: one key layout, and a local folder behind a tiny interface.
+
+The S3 store (issue 4) implements the same `put` so the pipeline does not care where it writes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+_UID_SAFE = re.compile(r"^[0-9.]+$")
+
+
+def research_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """studies/<Study>/series/<Series>/instances/<SOP>.dcm, from the new (pseudonymous) UIDs."""
+    for uid in (study_uid, series_uid, sop_uid):
+        if not _UID_SAFE.match(uid):
+            raise ValueError("a UID used in a key must contain only digits and dots")
+    return f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}.dcm"
+
+
+class Store(Protocol):
+    def put(self, key: str, data: bytes) -> str:
+        """Write `data` at `key`, replacing what is there; return where it went."""
+        ...
+
+
+class LocalStore:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def put(self, key: str, data: bytes) -> str:
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a reader never sees half a file, and a rerun replaces it atomically.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".dcm")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return str(target)
