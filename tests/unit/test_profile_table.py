@@ -21,14 +21,7 @@ import pytest
 EDITION = "2025e"
 EXPECTED_ROW_COUNT = 655
 
-CSV_PATH = (
-    Path(__file__).resolve().parents[2]
-    / "layers"
-    / "deidflow"
-    / "deidflow"
-    / "data"
-    / "ps3_15_table_e1_1.csv"
-)
+CSV_PATH = Path(__file__).resolve().parents[2] / "layers" / "deidflow" / "deidflow" / "data" / "ps3_15_table_e1_1.csv"
 
 HEADER = [
     "name",
@@ -56,9 +49,7 @@ OPTION_ACTIONS = {"", "K", "C"}
 
 # (gggg,eeee) as the table writes it: plain hex, repeating groups such as
 # (50xx,xxxx) / (60xx,3000), and the private attributes row (gggg,eeee)
-TAG_RE = re.compile(
-    r"^\((?:[0-9A-F]{4}|[0-9A-F]{2}xx|gggg),(?:[0-9A-F]{4}|xxxx|eeee)\)$"
-)
+TAG_RE = re.compile(r"^\((?:[0-9A-F]{4}|[0-9A-F]{2}xx|gggg),(?:[0-9A-F]{4}|xxxx|eeee)\)$")
 
 
 def _read_lines() -> list[str]:
@@ -79,8 +70,7 @@ BY_TAG = {row["tag"]: row for row in ROWS}
 def test_edition_comment() -> None:
     first, second = _read_lines()[:2]
     assert first == (
-        f"# DICOM PS3.15 {EDITION}, Annex E, Table E.1-1 "
-        "Application Level Confidentiality Profile Attributes"
+        f"# DICOM PS3.15 {EDITION}, Annex E, Table E.1-1 Application Level Confidentiality Profile Attributes"
     )
     assert second.startswith("# ")
 
@@ -107,12 +97,7 @@ def test_basic_actions_allowed() -> None:
 
 
 def test_option_actions_allowed() -> None:
-    bad = [
-        (r["tag"], col, r[col])
-        for r in ROWS
-        for col in OPTION_COLUMNS
-        if r[col] not in OPTION_ACTIONS
-    ]
+    bad = [(r["tag"], col, r[col]) for r in ROWS for col in OPTION_COLUMNS if r[col] not in OPTION_ACTIONS]
     assert bad == []
 
 
@@ -269,6 +254,4 @@ def test_sample_row(
     assert row["in_std_comp_iod"] == iod
     assert row["basic"] == basic
     assert set(options) <= set(OPTION_COLUMNS)
-    assert {col: row[col] for col in OPTION_COLUMNS} == {
-        col: options.get(col, "") for col in OPTION_COLUMNS
-    }
+    assert {col: row[col] for col in OPTION_COLUMNS} == {col: options.get(col, "") for col in OPTION_COLUMNS}

@@ -120,10 +120,11 @@ def shift_datetime(value: str, shift: DateShift) -> str | None:
             return None
         year, month, day, hour, minute, second, frac, offset = match.groups()
         try:
+            # A year- or month-precision value is anchored mid-period so the shift moves it fairly.
             moment = datetime(
                 int(year),
-                int(month or 1),
-                int(day or 1),
+                int(month or 7),
+                int(day or 15),
                 int(hour or 0),
                 int(minute or 0),
                 min(int(second or 0), 59),

@@ -113,8 +113,9 @@ def _tag_text(tag: int) -> str:
 
 def _vr_of(raw: object, tag: int) -> str:
     vr = getattr(raw, "VR", None)
-    if vr:
+    if vr and vr != "UN":
         return str(vr)
+    # Implicit VR or UN: pydicom decodes the value with the dictionary VR, so decide with it too.
     try:
         vr = dictionary_VR(tag)
     except KeyError:
@@ -260,13 +261,16 @@ class Deidentifier:
 
     def _walk(self, ds: Dataset, parents: tuple[PathStep, ...], ctx: _Context, where: str) -> None:
         handled: set[int] = set()
-        for tag in list(ds.keys()):
+        tags = list(ds.keys())
+        # Read private creators first: a creator may be removed before the elements of its block.
+        creators = {t: _private_creator(ds, t) for t in tags if (t >> 16) % 2 == 1}
+        for tag in tags:
             if tag in handled:
                 continue
             raw = ds.get_item(tag)
             vr = _vr_of(raw, tag)
             keyword = _keyword(tag)
-            creator = _private_creator(ds, tag) if (tag >> 16) % 2 == 1 else None
+            creator = creators.get(tag)
             path = (*parents, PathStep(tag, keyword, vr, creator))
             action, by, rule = self.decide(tag, vr, path, ds, ctx.plan)
             label = f"{where}{_tag_text(tag)}"
@@ -505,6 +509,13 @@ class Deidentifier:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         if "TransferSyntaxUID" not in meta:
             meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+        if not meta.TransferSyntaxUID.is_implicit_VR and any(
+            getattr(ds.get_item(t), "VR", "") is None for t in ds.keys()
+        ):
+            # Read as implicit VR but declared explicit (it happens): decode every element so each
+            # gets its dictionary VR and the file can be written as the syntax it declares.
+            for _ in ds.iterall():
+                pass
         meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         ds.file_meta = meta

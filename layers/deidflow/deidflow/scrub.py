@@ -11,6 +11,7 @@ import re
 from datetime import datetime
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 IDENTIFYING_KEYWORDS = (
     "PatientName",
@@ -66,11 +67,7 @@ def collect_identifiers(ds: Dataset) -> list[str]:
             continue
         if value is None or keyword.endswith("Sequence"):
             continue
-        values = (
-            value
-            if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes)))
-            else [value]
-        )
+        values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
         for v in values:
             text = str(v).strip()
             if not text:

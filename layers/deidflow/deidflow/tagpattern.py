@@ -14,6 +14,8 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
+from pydicom.datadict import tag_for_keyword
+
 _KEYWORD = re.compile(r"^[A-Za-z0-9*]+$")
 _NUMBER = re.compile(r"^[0-9A-FX@]{8}$")
 _PRIVATE = re.compile(r"^([0-9A-FX@]{4})\{([^}]+)\}([0-9A-FX@]{2})$")
@@ -70,6 +72,9 @@ def _parse_step(text: str) -> _Step:
     if match:
         return _Step("vr", match.group(1))
     if _KEYWORD.match(text):
+        # A misspelt keyword would silently match nothing (a keep or delete rule that never fires).
+        if "*" not in text and tag_for_keyword(text) is None:
+            raise ValueError(f"{text!r} is not a DICOM keyword")
         return _Step("keyword", text)
     raise ValueError(
         f"{text!r} is not a keyword, an 8-digit hex tag (X, @ wildcards), gggg{{Private Creator}}ee or {{VR}}"

@@ -1,0 +1,35 @@
+"""Shared fixtures: a fixed key, engines, and a synthetic PHI-laden corpus written once per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from deidflow.process import Engine
+from deidflow.rules import load_rules, load_rules_text
+from deidflow.synthetic import Corpus, make_corpus, write_corpus
+
+TEST_KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+
+@pytest.fixture(scope="session")
+def key() -> bytes:
+    return TEST_KEY
+
+
+@pytest.fixture(scope="session")
+def default_engine() -> Engine:
+    return Engine(load_rules(), TEST_KEY)
+
+
+def engine_with(yaml_text: str, key: bytes = TEST_KEY) -> Engine:
+    return Engine(load_rules_text(yaml_text, "test-rules.yaml"), key)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Corpus, Path]:
+    """3 patients x 2 studies x (3 CT images referencing each other + 1 SR citing them)."""
+    folder = tmp_path_factory.mktemp("corpus")
+    corpus = write_corpus(make_corpus(n_patients=3, studies_per_patient=2, images_per_series=3), folder)
+    return corpus, folder
