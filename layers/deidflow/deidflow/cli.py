@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "jobs", 1) < 1:
         print("deidflow: --jobs must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except SystemExit as stop:  # raised by the *_or_exit helpers with our exit codes
+        return int(stop.code or 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,133 @@
+"""The `deidflow` command as a user runs it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from deidflow.cli import main
+
+from .test_rules_language import DATA
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "key"
+    path.write_text("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n")
+    return path
+
+
+@pytest.fixture
+def drop_folder(corpus_dir, tmp_path: Path) -> Path:
+    _, source = corpus_dir
+    drop = tmp_path / "drop"
+    shutil.copytree(source, drop)
+    (drop / "empty.dcm").write_bytes(b"")
+    (drop / "notes.txt").write_text("Zebulon Quixfeldt, MRN 123, call +44 20 7946 0000\n")
+    first = next(drop.rglob("img0000.dcm"))
+    (drop / "truncated.dcm").write_bytes(first.read_bytes()[:3000])
+    return drop
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_drop_folder_with_junk_completes_with_junk_rejected(drop_folder, key_file, tmp_path, capsys):
+    before = _digest(drop_folder)
+    out = tmp_path / "research"
+    code = main(["deid", str(drop_folder), str(out), "--key-file", str(key_file), "--jobs", "2", "--quiet"])
+    assert code == 3
+    report = [json.loads(line) for line in (tmp_path / "research.report.jsonl").read_text().splitlines()]
+    by_name = {Path(r["input"]).name: r for r in report}
+    assert by_name["empty.dcm"]["reason"] == "empty_file"
+    assert by_name["notes.txt"]["reason"] == "not_dicom"
+    assert by_name["truncated.dcm"]["reason"] == "truncated"
+    deidentified = [r for r in report if r["status"] == "deidentified"]
+    assert len(deidentified) == len(report) - 3 == 24
+    assert all(Path(r["output"]).is_file() and "/studies/" in r["output"] for r in deidentified)
+    assert len(list(out.rglob("*.dcm"))) == 24
+    assert _digest(drop_folder) == before, "inputs are never modified or moved"
+    printed = capsys.readouterr().out
+    assert "27 inputs: 24 de-identified, 3 rejected" in printed
+    assert "Quixfeldt" not in printed and "MRN" not in printed
+
+
+def test_clean_folder_exits_zero_and_single_files_work(corpus_dir, key_file, tmp_path):
+    corpus, source = corpus_dir
+    one = next(iter(corpus.files.values()))
+    assert main(["deid", str(source), str(tmp_path / "a"), "--key-file", str(key_file), "--quiet"]) == 0
+    assert main(["deid", str(one), str(tmp_path / "b"), "--key-file", str(key_file), "--quiet"]) == 0
+    assert len(list((tmp_path / "b").rglob("*.dcm"))) == 1
+
+
+def test_key_is_created_on_first_use_and_said_so(corpus_dir, tmp_path, monkeypatch, capsys):
+    _, source = corpus_dir
+    monkeypatch.delenv("DEIDFLOW_KEY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    one = next(source.rglob("*.dcm"))
+    assert main(["deid", str(one), str(tmp_path / "o1"), "--quiet"]) == 0
+    assert "created a new pseudonymisation key" in capsys.readouterr().err
+    key = tmp_path / "config" / "deidflow" / "key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert main(["deid", str(one), str(tmp_path / "o2"), "--quiet"]) == 0
+    assert "created" not in capsys.readouterr().err
+    names = [sorted(p.name for p in (tmp_path / o).rglob("*.dcm")) for o in ("o1", "o2")]
+    assert names[0] == names[1], "the saved key gives the same pseudonyms next time"
+
+
+def test_key_from_environment(corpus_dir, tmp_path, monkeypatch):
+    _, source = corpus_dir
+    monkeypatch.setenv("DEIDFLOW_KEY", "ab" * 32)
+    assert main(["deid", str(next(source.rglob("*.dcm"))), str(tmp_path / "o"), "--quiet"]) == 0
+
+
+def test_rules_check(tmp_path, capsys):
+    assert main(["rules", "check", str(DATA / "research_pacs_config.yaml")]) == 0
+    assert "valid" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("deidflow_rules: 1\nprofile:\n  optoins: {}\n")
+    assert main(["rules", "check", str(bad)]) == 1
+    assert f"{bad}:3: unknown key 'optoins'" in capsys.readouterr().out
+
+
+def test_rules_convert_prints_native_rules_that_load(tmp_path, capsys):
+    from deidflow.rules import load_rules
+
+    assert main(["rules", "convert", str(DATA / "research_pacs_config.yaml")]) == 0
+    converted = tmp_path / "converted.yaml"
+    converted.write_text(capsys.readouterr().out)
+    assert len(load_rules(converted).transformations) == 3
+
+
+def test_invalid_rules_stop_a_run_before_it_starts(corpus_dir, key_file, tmp_path, capsys):
+    _, source = corpus_dir
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("deidflow_rules: 2\n")
+    assert main(["deid", str(source), str(tmp_path / "o"), "--rules", str(bad), "--key-file", str(key_file)]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_explain_prints_every_element_with_its_reason_and_no_values(corpus_dir, key_file, capsys):
+    corpus, _ = corpus_dir
+    path = next(iter(corpus.files.values()))
+    assert main(["explain", str(path), "--key-file", str(key_file)]) == 0
+    printed = capsys.readouterr().out
+    assert "PatientName" in printed and "PS3.15 E.1-1 (0010,0010) Patient's Name [Basic Profile: Z]" in printed
+    assert "private:ACME MEDICAL 1.0" in printed
+    for value in corpus.planted_values():
+        assert value not in printed
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(
+        [Path(sys.executable).parent / "deidflow", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.startswith("deidflow ")
