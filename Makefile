@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine (Python 3.11+ with venv):
+#   make run    set up, then de-identify the bundled sample drop folder into out/research
+#   make test   set up, then lint and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): layers/deidflow/pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e "layers/deidflow[codecs]" -r requirements-dev.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/deidflow deid samples/drop out/research
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_deid.py
+
+clean:
+	rm -rf $(VENV) out
