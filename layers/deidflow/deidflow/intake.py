@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from pydicom.uid import UID
 # pydicom's value validation warnings quote the offending value: they must never reach a log.
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
+# Some of pydicom's other warnings quote values too; none of them may reach a terminal or a log.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 ENCAPSULATED_DOCUMENT_CLASSES = {
