@@ -10,11 +10,10 @@ which keeps untouched values (PixelData above all) byte for byte and the pass fa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -69,6 +68,74 @@ DATE_VRS = {"DA", "DT", "TM"}
 FREE_TEXT_VRS = {"ST", "LT", "UT", "UC"}
 
 
+# Value representations whose bytes are ASCII whatever the character set: edited as bytes, without
+# pydicom's value conversion (the costliest part of the pass).
+ASCII_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
+BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+
+
+class _Value:
+    """One element's value as a list of strings.
+
+    Explicit-VR raw elements are never decoded unless their value is needed, and are written back as
+    raw bytes whenever the new value is ASCII (pseudonyms, UIDs, dates, dummies always are); ASCII-only
+    VRs are even read straight from the bytes. Everything else goes through pydicom.
+    """
+
+    __slots__ = ("_texts", "ds", "raw", "tag", "vr")
+
+    def __init__(self, ds: Dataset, tag: int, vr: str, raw: object):
+        self.ds, self.tag, self.vr = ds, tag, vr
+        usable = type(raw) is RawDataElement and raw.VR == vr and vr not in BINARY_VRS
+        self.raw: RawDataElement | None = raw if usable else None  # type: ignore[assignment]
+        self._texts: list[str] | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        if self._texts is None:
+            if self.raw is not None and self.vr in ASCII_VRS:
+                data = self.raw.value or b""
+                self._texts = [t.strip("\0 ") for t in data.decode("latin-1").split("\\")] if data.strip(b"\0 ") else []
+            else:
+                value = self.ds[self.tag].value
+                if value is None or value == "" or value == b"":
+                    self._texts = []
+                elif isinstance(value, bytes):
+                    self._texts = ["<binary>"]
+                elif isinstance(value, (list, MultiValue)):
+                    self._texts = [str(v) for v in value]
+                else:
+                    self._texts = [str(value)]
+        return self._texts
+
+    @property
+    def is_empty(self) -> bool:
+        if self.raw is not None and self._texts is None:
+            return not (self.raw.value or b"").strip(b"\0 ")
+        return not any(self.texts)
+
+    def set(self, texts: list[str]) -> None:
+        if self.raw is not None and all(t.isascii() for t in texts):
+            data = "\\".join(texts).encode("ascii")
+            if len(data) % 2:
+                data += b"\0" if self.vr == "UI" else b" "
+            self.ds[self.tag] = self.raw._replace(length=len(data), value=data)
+        else:
+            self.ds[self.tag].value = texts if len(texts) > 1 else texts[0]
+
+    def set_dummy(self, dummy: str | int) -> None:
+        if isinstance(dummy, str):
+            self.set([dummy])
+        else:
+            self.ds[self.tag].value = dummy
+
+    def clear(self) -> None:
+        if self.raw is not None:
+            self.ds[self.tag] = self.raw._replace(length=0, value=b"")
+        else:
+            self.ds[self.tag].value = b"" if self.vr in BINARY_VRS else None
+
+
 @dataclass(frozen=True)
 class Decision:
     """What happened to one element and why; `explain` prints these (never values)."""
@@ -99,12 +166,18 @@ class _Context:
     original_uids: dict[str, str]
     identifiers: list[str]
     record: bool
+    needs_paths: bool
     decisions: list[Decision] = field(default_factory=list)
-    shifted_any_date: bool = False
+
+
+_KEYWORDS: dict[int, str] = {}
 
 
 def _keyword(tag: int) -> str:
-    return keyword_for_tag(tag) or ""
+    keyword = _KEYWORDS.get(tag)
+    if keyword is None:
+        keyword = _KEYWORDS[tag] = keyword_for_tag(tag) or ""
+    return keyword
 
 
 def _tag_text(tag: int) -> str:
@@ -152,6 +225,7 @@ class Deidentifier:
         self.table = table or standard_table()
         self.options = rules.options
         self._table_cache: dict[int, tuple[str, str]] = {}
+        self._static: dict[tuple[int, str], tuple[str, str]] = {}
 
     # --- decisions -----------------------------------------------------------------------------
 
@@ -168,41 +242,51 @@ class Deidentifier:
         return cached
 
     def decide(
-        self, tag: int, vr: str, path: tuple[PathStep, ...], ds: Dataset, plan: InstancePlan
+        self, tag: int, vr: str, path: tuple[PathStep, ...] | None, plan: InstancePlan
     ) -> tuple[str, str, ElementRule | None]:
-        """(action, decided_by, rule) for one element. Actions: K X Z D U C, or a rule kind."""
-        if plan.element_rules:
+        """(action, decided_by, rule) for one element. Actions: K X Z D U C, or a rule kind.
+
+        `path` is only needed (and only built) when rules or safe-private patterns must match it.
+        """
+        if plan.element_rules and path is not None:
             for rule in plan.element_rules:
                 if rule.matches(path):
                     return rule.kind, f"rule {rule.origin}", rule
         if (tag >> 16) % 2 == 1:
             return self._private_action(tag, path)
+        cached = self._static.get((tag, vr))
+        if cached is None:
+            cached = self._static[(tag, vr)] = self._profile_decision(tag, vr)
+        return cached[0], cached[1], None
+
+    def _profile_decision(self, tag: int, vr: str) -> tuple[str, str]:
+        """What the profile and deidflow's defaults say about a public element: the same for every
+        instance under one RuleSet, so it is computed once per (tag, VR)."""
         if tag & 0xFFFF == 0:
-            return "X", "group length: recomputed on write or obsolete", None
+            return "X", "group length: recomputed on write or obsolete"
         if _is_overlay_group(tag):
             overlay = self._overlay_action(tag, vr)
             if overlay is not None:
                 return overlay
         table = self._table_action(tag)
-        keyword = path[-1].keyword
         if table is not None:
-            action, by = table
-            return action, by, None
+            return table
+        keyword = _keyword(tag)
         if not keyword:
-            return "X", "unknown public element (not in the DICOM dictionary): removed", None
+            return "X", "unknown public element (not in the DICOM dictionary): removed"
         if vr == "UI":
-            return "U", "not in E.1-1: every UID is remapped unless it names a class or syntax", None
+            return "U", "not in E.1-1: every UID is remapped unless it names a class or syntax"
         if vr in DATE_VRS and self.options.retain_longitudinal_modified_dates:
-            return "C", "not in E.1-1: dates move with the patient's other dates", None
+            return "C", "not in E.1-1: dates move with the patient's other dates"
         if vr in FREE_TEXT_VRS:
             # E.g. SR Text Value (0040,A160): free text is never kept as it is.
             clean = self.options.clean_structured_content if keyword == "TextValue" else self.options.clean_descriptors
             if clean:
-                return "C", "not in E.1-1: free text, cleaned (clean option selected)", None
-            return "D", "not in E.1-1: free text is replaced by a dummy (deidflow default)", None
-        return "K", "not in E.1-1: kept", None
+                return "C", "not in E.1-1: free text, cleaned (clean option selected)"
+            return "D", "not in E.1-1: free text is replaced by a dummy (deidflow default)"
+        return "K", "not in E.1-1: kept"
 
-    def _overlay_action(self, tag: int, vr: str) -> tuple[str, str, None] | None:
+    def _overlay_action(self, tag: int, vr: str) -> tuple[str, str] | None:
         """An overlay is one repeating group: removing its data (60xx,3000) removes the whole group,
         description and label included; kept under Clean Graphics, its text is cleaned."""
         data_action = self._table_action((tag & 0xFF000000) | 0x00003000)
@@ -210,16 +294,16 @@ class Deidentifier:
             return None
         action, by = data_action
         if action == "X":
-            return "X", f"overlay group removed with its Overlay Data: {by}", None
+            return "X", f"overlay group removed with its Overlay Data: {by}"
         if vr in TEXT_VRS and (tag & 0xFFFF) != 0x3000:
-            return "C", f"overlay text cleaned with its Overlay Data: {by}", None
+            return "C", f"overlay text cleaned with its Overlay Data: {by}"
         return None
 
-    def _private_action(self, tag: int, path: tuple[PathStep, ...]) -> tuple[str, str, None]:
+    def _private_action(self, tag: int, path: tuple[PathStep, ...] | None) -> tuple[str, str, None]:
         row = self.table.private
         label = row.label if row else "private element"
         if self.options.retain_safe_private and (tag & 0xFFFF) >= 0x0100:
-            if any(p.matches(path) for p in self.rules.safe_private):
+            if path is not None and any(p.matches(path) for p in self.rules.safe_private):
                 return "K", f"{label} [retain_safe_private: listed in profile.safe_private]", None
             return "X", f"{label} [retain_safe_private: not listed as safe]", None
         if self.options.retain_safe_private and 0x0010 <= (tag & 0xFFFF) <= 0x00FF:
@@ -237,14 +321,15 @@ class Deidentifier:
             patient_pseudonym=self.pseudo.patient_id(identity),
             shift=self.pseudo.date_shift(identity),
             original_uids={k: str(ds.get(k, "")) for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")},
-            identifiers=collect_identifiers(ds) if self._needs_scrub(plan) else [],
+            identifiers=collect_identifiers(ds) if self._needs_scrub() else [],
             record=explain,
+            needs_paths=bool(plan.element_rules) or self.options.retain_safe_private or explain,
         )
         original_meta = getattr(ds, "file_meta", None)
         self._walk(ds, (), ctx, "")
         self._private_creators_cleanup(ds)
         self._add_tags(ds, ctx)
-        self._set_markers(ds, ctx)
+        self._set_markers(ds)
         self._rebuild_meta(ds, original_meta, ctx)
         return DeidResult(
             dataset=ds,
@@ -255,38 +340,39 @@ class Deidentifier:
             decisions=ctx.decisions,
         )
 
-    def _needs_scrub(self, plan: InstancePlan) -> bool:
+    def _needs_scrub(self) -> bool:
         o = self.options
         return o.clean_descriptors or o.clean_structured_content or o.clean_graphics
 
     def _walk(self, ds: Dataset, parents: tuple[PathStep, ...], ctx: _Context, where: str) -> None:
         handled: set[int] = set()
         tags = list(ds.keys())
-        # Read private creators first: a creator may be removed before the elements of its block.
-        creators = {t: _private_creator(ds, t) for t in tags if (t >> 16) % 2 == 1}
+        creators: dict[int, str | None] = {}
+        if ctx.needs_paths:
+            # Read private creators first: a creator may be removed before the elements of its block.
+            creators = {t: _private_creator(ds, t) for t in tags if (t >> 16) % 2 == 1}
         for tag in tags:
             if tag in handled:
                 continue
             raw = ds.get_item(tag)
             vr = _vr_of(raw, tag)
-            keyword = _keyword(tag)
-            creator = creators.get(tag)
-            path = (*parents, PathStep(tag, keyword, vr, creator))
-            action, by, rule = self.decide(tag, vr, path, ds, ctx.plan)
-            label = f"{where}{_tag_text(tag)}"
-            done = self._apply(ds, tag, vr, keyword, action, rule, path, ctx, label, handled)
+            path = (*parents, PathStep(tag, _keyword(tag), vr, creators.get(tag))) if ctx.needs_paths else None
+            action, by, rule = self.decide(tag, vr, path, ctx.plan)
+            label = f"{where}{_tag_text(tag)}" if ctx.record else ""
+            done = self._apply(ds, tag, raw, vr, action, rule, path, ctx, label, handled)
             if ctx.record:
-                ctx.decisions.append(Decision(label, keyword or ("private:" + (creator or "?")), vr, done, by))
+                keyword = _keyword(tag) or ("private:" + (creators.get(tag) or "?"))
+                ctx.decisions.append(Decision(label, keyword, vr, done, by))
 
     def _apply(
         self,
         ds: Dataset,
         tag: int,
+        raw: object,
         vr: str,
-        keyword: str,
         action: str,
         rule: ElementRule | None,
-        path: tuple[PathStep, ...],
+        path: tuple[PathStep, ...] | None,
         ctx: _Context,
         label: str,
         handled: set[int],
@@ -299,91 +385,84 @@ class Deidentifier:
                 ds[tag].value = Sequence()
                 return "emptied"
             for i, item in enumerate(ds[tag].value):
-                self._walk(item, path, ctx, f"{label}[{i}].")
+                self._walk(item, path or (), ctx, f"{label}[{i}]." if ctx.record else "")
             return "kept, items cleaned"
-        if action == "K" or action == "keep":
+        if action in ("K", "keep"):
             return "kept"
-        element = ds[tag]
-        if element.is_empty and action != "add":
+        value = _Value(ds, tag, vr, raw)
+        if value.is_empty:
             return "kept (empty)"
         if action == "empty":
-            element.value = None
+            value.clear()
             return "emptied"
         if action == "randomize_uid" or (action in ("U", "C", "D", "Z") and vr == "UI"):
-            return self._remap_uids(element, keyword)
+            return self._remap_uids(value)
         if rule is not None and action == "randomize_text":
-            element.value = self._randomize_text(element.value, rule, ctx)
+            value.set([self._randomize_text(text, rule, ctx) for text in value.texts])
             return "randomized (keyed)"
         if rule is not None and action == "shift_datetime":
-            return self._rule_shift(ds, element, vr, rule, ctx)
+            return self._rule_shift(value, rule, ctx)
         if action == "C":
             if vr in DATE_VRS:
-                return self._shift_dates(ds, tag, vr, keyword, ctx, handled)
+                return self._shift_dates(value, ctx, handled)
             if vr in TEXT_VRS and vr != "PN":
-                element.value = _map_values(element.value, lambda v: scrub_text(v, ctx.identifiers))
+                value.set([scrub_text(text, ctx.identifiers) for text in value.texts])
                 return "cleaned (known identifiers scrubbed)"
             if vr == "PN":
-                return self._replace_identifier(element, keyword, vr, ctx, "D")
+                return self._replace(value, ctx, "D")
             return "kept (clean: nothing to clean for this VR)"
         if action in ("Z", "D"):
             if vr in DATE_VRS and self.options.retain_longitudinal_modified_dates and action == "D":
-                return self._shift_dates(ds, tag, vr, keyword, ctx, handled)
-            return self._replace_identifier(element, keyword, vr, ctx, action)
-        raise ValueError(f"no handler for action {action!r} on {label}")
+                return self._shift_dates(value, ctx, handled)
+            return self._replace(value, ctx, action)
+        raise ValueError(f"no handler for action {action!r} on {_tag_text(tag)}")
 
-    def _replace_identifier(self, element: DataElement, keyword: str, vr: str, ctx: _Context, action: str) -> str:
+    def _replace(self, value: _Value, ctx: _Context, action: str) -> str:
+        keyword, vr = _keyword(value.tag), value.vr
         if keyword in ("PatientName", "PatientID") and vr in ("PN", "LO"):
-            element.value = ctx.patient_pseudonym
+            value.set([ctx.patient_pseudonym])
             return "pseudonym (patient)"
         if _is_identifier(keyword, vr):
-            element.value = _map_values(
-                element.value, lambda v: self.pseudo.identifier(keyword, v.strip()) if v.strip() else v
-            )
+            value.set([self.pseudo.identifier(keyword, text.strip()) if text.strip() else text for text in value.texts])
             return "pseudonym (keyed)"
-        if action == "Z":
-            element.value = b"" if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") else None
+        if action == "Z" or (vr not in NUMERIC_VRS and vr not in DUMMY_BY_VR):
+            value.clear()
             return "emptied"
-        if vr in NUMERIC_VRS:
-            element.value = 0
-        elif vr in DUMMY_BY_VR:
-            element.value = DUMMY_BY_VR[vr]
-        else:
-            element.value = b"" if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") else None
+        value.set_dummy(0 if vr in NUMERIC_VRS else DUMMY_BY_VR[vr])
         return "dummy value"
 
-    def _remap_uids(self, element: DataElement, keyword: str) -> str:
-        if _is_class_uid(keyword):
+    def _remap_uids(self, value: _Value) -> str:
+        if _is_class_uid(_keyword(value.tag)):
             return "kept (class or syntax UID)"
-
-        def remap(value: str) -> str:
-            value = value.strip("\0 ")
-            if not value or value in UID_dictionary:
-                return value
-            return self.pseudo.uid(value)
-
-        element.value = _map_values(element.value, remap)
+        new = []
+        for text in value.texts:
+            text = text.strip("\0 ")
+            new.append(text if not text or text in UID_dictionary else self.pseudo.uid(text))
+        value.set(new)
         return "UID remapped"
 
-    def _shift_dates(self, ds: Dataset, tag: int, vr: str, keyword: str, ctx: _Context, handled: set[int]) -> str:
+    def _shift_dates(self, value: _Value, ctx: _Context, handled: set[int]) -> str:
+        ds, tag, vr = value.ds, value.tag, value.vr
         if not self.options.retain_longitudinal_modified_dates:
             # Clean with no date option selected: nothing safe to keep.
             del ds[tag]
             return "removed (no date option)"
-        element = ds[tag]
         shift = ctx.shift
-        value = str(element.value)
+        text = "\\".join(value.texts)
+        new: str | None
         if vr == "DA":
             time_tag = _TIME_FOR_DATE.get(tag)
-            if time_tag is not None and time_tag in ds and not ds[time_tag].is_empty:
-                time_rule = self.decide(time_tag, "TM", (PathStep(time_tag, _keyword(time_tag), "TM"),), ds, ctx.plan)[
-                    0
-                ]
-                if time_rule in ("C", "D"):
-                    pair = shift_date_and_time(value, str(ds[time_tag].value), shift)
+            if time_tag is not None and time_tag in ds and len(value.texts) == 1:
+                time_raw = ds.get_item(time_tag)
+                time_vr = _vr_of(time_raw, time_tag)
+                time_action = self.decide(time_tag, time_vr, None, ctx.plan)[0] if time_vr == "TM" else "K"
+                time_value = _Value(ds, time_tag, time_vr, time_raw) if time_action in ("C", "D") else None
+                if time_value is not None and len(time_value.texts) == 1:
+                    pair = shift_date_and_time(text, time_value.texts[0], shift)
                     if pair is not None:
-                        element.value, ds[time_tag].value = pair
+                        value.set([pair[0]])
+                        time_value.set([pair[1]])
                         handled.add(time_tag)
-                        ctx.shifted_any_date = True
                         if ctx.record:
                             ctx.decisions.append(
                                 Decision(
@@ -391,35 +470,34 @@ class Deidentifier:
                                     _keyword(time_tag),
                                     "TM",
                                     "shifted with its date",
-                                    f"paired with {keyword}",
+                                    f"paired with {_keyword(tag)}",
                                 )
                             )
                         return "shifted with its time"
-            new = shift_date(value, shift)
+            new = shift_date(text, shift)
         elif vr == "TM":
-            new = shift_time(value, shift)
+            new = shift_time(text, shift)
         else:
-            new = shift_datetime(value, shift)
+            new = shift_datetime(text, shift)
         if new is None:
             del ds[tag]
             return "removed (value could not be read as a date)"
-        element.value = new
-        ctx.shifted_any_date = True
+        value.set(new.split("\\"))
         return "shifted (patient offset)"
 
-    def _rule_shift(self, ds: Dataset, element: DataElement, vr: str, rule: ElementRule, ctx: _Context) -> str:
-        if vr not in DATE_VRS:
+    def _rule_shift(self, value: _Value, rule: ElementRule, ctx: _Context) -> str:
+        if value.vr not in DATE_VRS:
             return "kept (shift_datetime applies to DA, DT and TM only)"
-        context = self._reuse_context(rule.reuse_mapping, ds, ctx) + "|" + rule.origin
+        context = self._reuse_context(rule.reuse_mapping, ctx) + "|" + rule.origin
         amount = self.pseudo.bounded_shift("shift", context, rule.shift_by)
-        new = shift_by_units(str(element.value), vr, amount)
+        new = shift_by_units("\\".join(value.texts), value.vr, amount)
         if new is None:
-            del ds[element.tag]
+            del value.ds[value.tag]
             return "removed (value could not be read as a date)"
-        element.value = new
+        value.set(new.split("\\"))
         return "shifted (rule)"
 
-    def _reuse_context(self, mapping: str | None, ds: Dataset, ctx: _Context) -> str:
+    def _reuse_context(self, mapping: str | None, ctx: _Context) -> str:
         if mapping == "Always":
             return "always"
         if mapping == "SamePatient":
@@ -430,18 +508,12 @@ class Deidentifier:
             return "series:" + ctx.original_uids["SeriesInstanceUID"]
         return "instance:" + ctx.original_uids["SOPInstanceUID"]
 
-    def _randomize_text(self, value: object, rule: ElementRule, ctx: _Context) -> object:
-        context = self._reuse_context(rule.reuse_mapping, Dataset(), ctx)
-
-        def one(text: str) -> str:
-            text = text.lower() if rule.ignore_case else text
-            if rule.split:
-                return rule.split.join(
-                    self.pseudo.text(part, context) if part else part for part in text.split(rule.split)
-                )
-            return self.pseudo.text(text, context)
-
-        return _map_values(value, lambda v: one(str(v)))
+    def _randomize_text(self, text: str, rule: ElementRule, ctx: _Context) -> str:
+        context = self._reuse_context(rule.reuse_mapping, ctx)
+        text = text.lower() if rule.ignore_case else text
+        if rule.split:
+            return rule.split.join(self.pseudo.text(part, context) if part else part for part in text.split(rule.split))
+        return self.pseudo.text(text, context)
 
     # --- after the pass ------------------------------------------------------------------------
 
@@ -465,7 +537,7 @@ class Deidentifier:
                     Decision(_tag_text(add.tag), _keyword(add.tag), add.vr, "added", f"rule {add.origin}")
                 )
 
-    def _set_markers(self, ds: Dataset, ctx: _Context) -> None:
+    def _set_markers(self, ds: Dataset) -> None:
         o = self.options
         ds.PatientIdentityRemoved = "YES"
         selected = [name.replace("_", " ") for name in o.selected()]
@@ -491,7 +563,7 @@ class Deidentifier:
         if original is not None:
             for tag in KEPT_META:
                 if tag in original:
-                    meta[tag] = original[tag]
+                    meta[tag] = original.get_item(tag)  # as read: no need to decode
             if ctx.record:
                 for tag in original.keys():
                     if tag not in KEPT_META and tag != 0x00020000:
@@ -509,8 +581,10 @@ class Deidentifier:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         if "TransferSyntaxUID" not in meta:
             meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
-        if not meta.TransferSyntaxUID.is_implicit_VR and any(
-            getattr(ds.get_item(t), "VR", "") is None for t in ds.keys()
+        if (
+            (ds.original_encoding[0] is not False)
+            and not meta.TransferSyntaxUID.is_implicit_VR
+            and any(getattr(ds.get_item(t), "VR", "") is None for t in ds.keys())
         ):
             # Read as implicit VR but declared explicit (it happens): decode every element so each
             # gets its dictionary VR and the file can be written as the syntax it declares.
@@ -543,12 +617,6 @@ def _private_creator(ds: Dataset, tag: int) -> str | None:
         return str(ds[creator_tag].value).strip()
     except Exception:  # noqa: BLE001 - a damaged creator only means the block is anonymous
         return None
-
-
-def _map_values(value: object, fn: Callable[[str], str]) -> object:
-    if isinstance(value, (list, MultiValue)):
-        return [fn(str(v)) for v in value]
-    return fn(str(value))
 
 
 def _all_datasets(ds: Dataset):  # type: ignore[no-untyped-def]

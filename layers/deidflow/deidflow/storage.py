@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -31,17 +30,21 @@ class Store(Protocol):
 class LocalStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
+        self._made: set[Path] = set()
 
     def put(self, key: str, data: bytes) -> str:
         target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(target.parent)
         # Write then rename: a reader never sees half a file, and a rerun replaces it atomically.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".dcm")
+        # The temporary name is unique per process, and hidden so a watcher skips it.
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with open(tmp, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, target)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return str(target)
