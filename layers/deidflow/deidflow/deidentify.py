@@ -86,7 +86,7 @@ class _Value:
 
     def __init__(self, ds: Dataset, tag: int, vr: str, raw: object):
         self.ds, self.tag, self.vr = ds, tag, vr
-        usable = type(raw) is RawDataElement and raw.VR == vr and vr not in BINARY_VRS
+        usable = type(raw) is RawDataElement and vr == raw.VR and vr not in BINARY_VRS
         self.raw: RawDataElement | None = raw if usable else None  # type: ignore[assignment]
         self._texts: list[str] | None = None
 
