@@ -1,0 +1,63 @@
+"""Burned-in text: render frames, detect text, redact it in every frame, re-encode.
+
+Public API (what the de-identification engine, the CLI and the redaction Lambda call):
+
+    policy = PixelPolicy(mode="auto", detector="local", margin=4)
+    detector = make_detector(policy.detector)            # or RekognitionDetector(client)
+    scan, reason = needs_pixel_scan(ds, policy)          # cheap, header only
+    result = redact_burned_in_text(ds, policy, detector) # mutates ds; PixelResult
+"""
+
+from .boxes import RedactionBox, merge_boxes
+from .detect import (
+    DetectionError,
+    DetectorUnavailable,
+    NoDetector,
+    RapidOcrDetector,
+    TesseractDetector,
+    TextDetector,
+    make_detector,
+)
+from .encode import EncodingPlan, PixelEncodeError, plan_encoding
+from .policy import (
+    DeviceSignature,
+    PixelPolicy,
+    fixed_boxes,
+    frames_to_detect,
+    needs_pixel_scan,
+    policy_from_mapping,
+    policy_from_rules,
+)
+from .redact import PixelResult, redact_burned_in_text, remove_overlays_and_icons
+from .rekognition import RekognitionDetector, make_rekognition_client
+from .render import PixelDecodeError, decode_frame, render_for_detection
+
+__all__ = [
+    "DetectionError",
+    "DetectorUnavailable",
+    "DeviceSignature",
+    "EncodingPlan",
+    "NoDetector",
+    "PixelDecodeError",
+    "PixelEncodeError",
+    "PixelPolicy",
+    "PixelResult",
+    "RapidOcrDetector",
+    "RedactionBox",
+    "RekognitionDetector",
+    "TesseractDetector",
+    "TextDetector",
+    "decode_frame",
+    "fixed_boxes",
+    "frames_to_detect",
+    "make_detector",
+    "make_rekognition_client",
+    "merge_boxes",
+    "needs_pixel_scan",
+    "plan_encoding",
+    "policy_from_mapping",
+    "policy_from_rules",
+    "redact_burned_in_text",
+    "remove_overlays_and_icons",
+    "render_for_detection",
+]

@@ -1,0 +1,200 @@
+"""Redact burned-in text: decide, detect on sampled frames, fill the union in every frame, re-encode."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydicom import Dataset
+from pydicom.pixels import apply_color_lut
+from pydicom.tag import BaseTag
+
+from .boxes import RedactionBox, merge_boxes
+from .detect import NoDetector, TextDetector
+from .encode import plan_encoding, record_lossy_history, write_frames
+from .policy import PixelPolicy, fixed_boxes, frames_to_detect, needs_pixel_scan
+from .render import (
+    check_redactable,
+    iter_decoded_frames,
+    number_of_frames,
+    render_for_detection,
+    transfer_syntax_of,
+)
+
+log = logging.getLogger(__name__)
+
+ICON_IMAGE_SEQUENCE = BaseTag(0x00880200)
+
+
+@dataclass
+class PixelResult:
+    """What happened to one instance's pixels. Carries no header values (no PHI)."""
+
+    scanned: bool
+    reason: str
+    transfer_syntax_in: str
+    transfer_syntax_out: str
+    boxes: list[RedactionBox] = field(default_factory=list)
+    frames_scanned: tuple[int, ...] = ()
+    frames_redacted: int = 0
+    redacted: bool = False
+    reencoded: bool = False
+    encoding_note: str = ""
+    detector: str = ""
+    overlays_removed: int = 0
+    icons_removed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scanned": self.scanned,
+            "reason": self.reason,
+            "transfer_syntax_in": self.transfer_syntax_in,
+            "transfer_syntax_out": self.transfer_syntax_out,
+            "boxes": [box.as_dict() for box in self.boxes],
+            "frames_scanned": list(self.frames_scanned),
+            "frames_redacted": self.frames_redacted,
+            "redacted": self.redacted,
+            "reencoded": self.reencoded,
+            "encoding_note": self.encoding_note,
+            "detector": self.detector,
+            "overlays_removed": self.overlays_removed,
+            "icons_removed": self.icons_removed,
+        }
+
+
+def _is_overlay_group(tag: BaseTag) -> bool:
+    return 0x6000 <= tag.group <= 0x601E and tag.group % 2 == 0
+
+
+def remove_overlays_and_icons(ds: Dataset, *, overlays: bool = True, icons: bool = True) -> tuple[int, int]:
+    """Delete overlay planes (60xx groups) and Icon Image Sequences at any depth, in place.
+
+    Returns (overlay groups removed, icon sequences removed). Overlays are bitmaps drawn over
+    the image - often annotations with names or dates - and icons are thumbnails of the very
+    pixels being redacted, so neither can be kept.
+    """
+    overlay_groups: set[tuple[int, int]] = set()
+    icons_removed = 0
+
+    def walk(dataset: Dataset, depth: int) -> None:
+        nonlocal icons_removed
+        for element in list(dataset):
+            tag = element.tag
+            if overlays and _is_overlay_group(tag):
+                overlay_groups.add((id(dataset), tag.group))
+                del dataset[tag]
+            elif icons and tag == ICON_IMAGE_SEQUENCE:
+                icons_removed += 1
+                del dataset[tag]
+            elif element.VR == "SQ" and element.value:
+                for item in element.value:
+                    walk(item, depth + 1)
+
+    walk(ds, 0)
+    return len(overlay_groups), icons_removed
+
+
+def _fill_value(ds: Dataset, frames: np.ndarray, photometric: str) -> Any:
+    """The stored value that displays as black: what a solid redaction box is filled with."""
+    if photometric == "MONOCHROME2":
+        return frames.min()
+    if photometric == "MONOCHROME1":
+        return frames.max()
+    if photometric == "PALETTE COLOR":
+        bits_stored = int(ds.get("BitsStored") or frames.dtype.itemsize * 8)
+        indices = np.arange(min(2**bits_stored, 65536)).astype(frames.dtype).reshape(1, -1)
+        rgb = apply_color_lut(indices, ds).astype(np.int64)
+        return indices[0, int(np.argmin(rgb.sum(axis=-1)[0]))]
+    return 0  # RGB (YCbCr was decoded to RGB)
+
+
+def _clip_boxes(boxes: list[RedactionBox], margin: int, columns: int, rows: int) -> list[RedactionBox]:
+    clipped = [box.padded(margin).clipped(columns, rows) for box in boxes]
+    return merge_boxes(box for box in clipped if box is not None)
+
+
+def redact_burned_in_text(ds: Dataset, policy: PixelPolicy, detector: TextDetector | None = None) -> PixelResult:
+    """Find and blank burned-in text in ``ds`` (in place) as ``policy`` says.
+
+    * Overlays and icon sequences are removed whatever the scan decision (policy permitting).
+    * Not scanned, or scanned with no box found: PixelData is left byte for byte as it was.
+    * Otherwise the union of detected, manual and device-signature boxes (plus margin) is filled
+      solid in every frame, the pixels are re-encoded (see encode.py) and BurnedInAnnotation
+      becomes NO.
+
+    Raises render.PixelDecodeError, detect.DetectionError or encode.PixelEncodeError when the
+    instance cannot be cleaned; the caller quarantines it.
+    """
+    detector = detector if detector is not None else NoDetector()
+    tsyntax_in = transfer_syntax_of(ds)
+    overlays_removed, icons_removed = remove_overlays_and_icons(
+        ds, overlays=policy.remove_overlays, icons=policy.remove_icons
+    )
+    scan, reason = needs_pixel_scan(ds, policy)
+    result = PixelResult(
+        scanned=scan,
+        reason=reason,
+        transfer_syntax_in=str(tsyntax_in),
+        transfer_syntax_out=str(tsyntax_in),
+        detector=detector.name,
+        overlays_removed=overlays_removed,
+        icons_removed=icons_removed,
+    )
+    if not scan:
+        return result
+
+    check_redactable(ds)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    frame_count = number_of_frames(ds)
+    detect_on = [] if isinstance(detector, NoDetector) else frames_to_detect(frame_count, policy)
+
+    decoded: dict[int, np.ndarray] = {}
+    photometric = ""
+    found: list[RedactionBox] = []
+    for index, frame, photometric in iter_decoded_frames(ds, detect_on):
+        decoded[index] = frame
+        found.extend(detector.detect(render_for_detection(frame, ds, photometric, index)))
+    result.frames_scanned = tuple(detect_on)
+
+    boxes = _clip_boxes(fixed_boxes(ds, policy) + found, policy.margin, columns, rows)
+    result.boxes = boxes
+    if not boxes:
+        if detect_on:
+            result.reason = f"{reason}; no text found"
+        else:
+            result.reason = f"{reason}; detector 'none' and no fixed boxes: pixels not examined"
+        return result
+
+    input_photometric = str(ds.get("PhotometricInterpretation", ""))
+    frames_list: list[np.ndarray] = []
+    for index, frame, frame_photometric in iter_decoded_frames(ds, range(frame_count)):
+        frames_list.append(decoded.pop(index, frame))
+        photometric = frame_photometric
+    frames = np.stack(frames_list)  # a fresh, writable copy
+    del frames_list, decoded
+
+    fill = _fill_value(ds, frames, photometric)
+    for box in boxes:
+        frames[:, box.y0 : box.y1, box.x0 : box.x1, ...] = fill
+
+    plan = plan_encoding(ds, tsyntax_in, policy)
+    if plan.input_was_lossy:
+        record_lossy_history(ds, tsyntax_in, frames)  # before PixelData is replaced: needs its size
+    plan = write_frames(ds, frames, photometric, plan, input_photometric)
+    ds.BurnedInAnnotation = "NO"
+
+    result.redacted = True
+    result.reencoded = True
+    result.frames_redacted = frame_count
+    result.transfer_syntax_out = str(plan.transfer_syntax_out)
+    result.encoding_note = plan.note
+    log.info(
+        "redacted %d box(es) in %d frame(s); %s -> %s",
+        len(boxes),
+        frame_count,
+        tsyntax_in.name,
+        plan.transfer_syntax_out.name,
+    )
+    return result
