@@ -1,6 +1,6 @@
 """Regenerate samples/drop: a small synthetic drop folder (fake PHI only) for `make run` and demos.
 
-    .venv/bin/python samples/make_samples.py
+.venv/bin/python samples/make_samples.py
 """
 
 from __future__ import annotations

@@ -312,7 +312,9 @@ class Deidentifier:
 
     # --- the pass ------------------------------------------------------------------------------
 
-    def deidentify(self, ds: Dataset, *, explain: bool = False, plan: InstancePlan | None = None) -> DeidResult:
+    def deidentify(
+        self, ds: Dataset, *, explain: bool = False, plan: InstancePlan | None = None, pixels_cleaned: bool = False
+    ) -> DeidResult:
         plan = plan or self.rules.plan_for(ds)
         identity = patient_identity(ds)
         ctx = _Context(
@@ -329,7 +331,7 @@ class Deidentifier:
         self._walk(ds, (), ctx, "")
         self._private_creators_cleanup(ds)
         self._add_tags(ds, ctx)
-        self._set_markers(ds)
+        self._set_markers(ds, pixels_cleaned)
         self._rebuild_meta(ds, original_meta, ctx)
         return DeidResult(
             dataset=ds,
@@ -537,13 +539,13 @@ class Deidentifier:
                     Decision(_tag_text(add.tag), _keyword(add.tag), add.vr, "added", f"rule {add.origin}")
                 )
 
-    def _set_markers(self, ds: Dataset) -> None:
+    def _set_markers(self, ds: Dataset, pixels_cleaned: bool) -> None:
         o = self.options
         ds.PatientIdentityRemoved = "YES"
         selected = [name.replace("_", " ") for name in o.selected()]
         ds.DeidentificationMethod = [f"deidflow {__version__}", self.table.edition_id, *selected][:16]
         codes = Sequence()
-        for value, meaning in method_codes(o):
+        for value, meaning in method_codes(o, pixels_cleaned=pixels_cleaned):
             item = Dataset()
             item.CodeValue = value
             item.CodingSchemeDesignator = "DCM"

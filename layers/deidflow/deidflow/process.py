@@ -8,14 +8,26 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pydicom
 
 from .deidentify import Deidentifier, DeidResult
 from .intake import AcceptPolicy, Rejected, check_cleanable, read_dataset
+from .pixels import (
+    DetectionError,
+    PixelDecodeError,
+    PixelEncodeError,
+    PixelResult,
+    TextDetector,
+    make_detector,
+    needs_pixel_scan,
+    policy_from_mapping,
+    policy_from_rules,
+    redact_burned_in_text,
+)
 from .pseudonym import Pseudonymizer
-from .rules import RuleSet
+from .rules import InstancePlan, RuleSet
 from .storage import research_key
 
 
@@ -27,6 +39,7 @@ class ProcessedInstance:
     series_uid: str
     sop_uid: str
     result: DeidResult
+    pixels: PixelResult | None = None
 
 
 class Engine:
@@ -35,6 +48,10 @@ class Engine:
     def __init__(self, rules: RuleSet, key: bytes):
         self.rules = rules
         self.policy = AcceptPolicy(rules.max_file_bytes, rules.accept_sop_classes)
+        self.pixel_policy = replace(
+            policy_from_mapping(dict(rules.pixels)), remove_overlays=not rules.options.clean_graphics
+        )
+        self._detectors: dict[str, TextDetector] = {}
         self.deidentifier = Deidentifier(
             rules, Pseudonymizer(key, min_shift_days=rules.min_shift_days, max_shift_days=rules.max_shift_days)
         )
@@ -48,13 +65,11 @@ class Engine:
             raise Rejected(
                 "out_of_scope", "not in the rules' scope_to_forward (labels: " + ", ".join(sorted(plan.labels)) + ")"
             )
-        if plan.burned_in:
-            raise Rejected(
-                "pixels_unavailable",
-                "the rules ask for burned-in text removal, which this build cannot do yet; nothing was written",
-            )
+        pixels = self._clean_pixels(ds, plan)
         try:
-            result = self.deidentifier.deidentify(ds, explain=explain, plan=plan)
+            result = self.deidentifier.deidentify(
+                ds, explain=explain, plan=plan, pixels_cleaned=bool(pixels and pixels.redacted)
+            )
         except Rejected:
             raise
         except Exception as exc:  # noqa: BLE001 - damage surfaces when values are decoded
@@ -75,7 +90,25 @@ class Engine:
             series_uid=result.series_uid,
             sop_uid=result.sop_uid,
             result=result,
+            pixels=pixels,
         )
+
+    def _clean_pixels(self, ds: pydicom.Dataset, plan: InstancePlan) -> PixelResult | None:
+        """Burned-in text first, on the original header (it reads Manufacturer, BurnedInAnnotation)."""
+        policy = policy_from_rules(plan.burned_in, self.pixel_policy)
+        scan, _ = needs_pixel_scan(ds, policy)
+        if not scan and not ds.get("IconImageSequence") and not _has_overlay(ds):
+            return None  # nothing to look at: the pixels stay exactly as they are
+        try:
+            return redact_burned_in_text(ds, policy, self._detector(policy.detector) if scan else None)
+        except (PixelDecodeError, DetectionError, PixelEncodeError) as exc:
+            raise Rejected("pixels_failed", f"burned-in text could not be cleaned ({type(exc).__name__})") from None
+
+    def _detector(self, name: str) -> TextDetector:
+        """Detectors load models: one of each per process (or Lambda container), made on first use."""
+        if name not in self._detectors:
+            self._detectors[name] = make_detector(name)
+        return self._detectors[name]
 
 
 def _transcode(ds: pydicom.Dataset, transfer_syntax: str) -> None:
@@ -90,3 +123,7 @@ def _transcode(ds: pydicom.Dataset, transfer_syntax: str) -> None:
             ds.compress(transfer_syntax)
     except Exception as exc:  # noqa: BLE001
         raise Rejected("transcode_failed", f"could not transcode to {transfer_syntax} ({type(exc).__name__})") from None
+
+
+def _has_overlay(ds: pydicom.Dataset) -> bool:
+    return any(0x6000 <= (tag >> 16) <= 0x601E for tag in ds.keys())

@@ -126,6 +126,19 @@ SCHEMA: dict[str, Any] = {
                 "max_file_mb": {"type": "number", "exclusiveMinimum": 0},
             },
         },
+        "pixels": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "mode": {"enum": ["auto", "always", "never"]},
+                "detector": {"enum": ["local", "rapidocr", "tesseract", "rekognition", "none"]},
+                "margin": {"type": "integer", "minimum": 0},
+                "frame_sampling": {"enum": ["sample", "all"]},
+                "sample_every": {"type": "integer", "minimum": 1},
+                "trust_no_for_text_prone": {"type": "boolean"},
+                "lossy_output": {"enum": ["explicit-vr-little-endian", "jpeg-2000-lossless"]},
+            },
+        },
         "labels": {
             "type": "array",
             "items": {
@@ -305,6 +318,7 @@ class RuleSet:
     categories: tuple[tuple[str, frozenset[str]], ...] = ()
     scope_to_forward: Scope = Scope()
     transformations: tuple[Transformation, ...] = ()
+    pixels: tuple[tuple[str, Any], ...] = ()  # PixelPolicy fields from the `pixels:` section
     source: str = "built-in"
 
     def plan_for(self, ds: Dataset) -> InstancePlan:
@@ -575,6 +589,7 @@ def compile_rules(data: dict[str, Any], index: dict[tuple[Any, ...], int], where
         categories=tuple(categories),
         scope_to_forward=forward,
         transformations=tuple(transformations),
+        pixels=tuple(sorted(data.get("pixels", {}).items())),
         source=where,
     )
 
