@@ -97,10 +97,12 @@ class Engine:
         """Burned-in text first, on the original header (it reads Manufacturer, BurnedInAnnotation)."""
         policy = policy_from_rules(plan.burned_in, self.pixel_policy)
         scan, _ = needs_pixel_scan(ds, policy)
-        if not scan and not ds.get("IconImageSequence") and not _has_overlay(ds):
-            return None  # nothing to look at: the pixels stay exactly as they are
+        if not scan:
+            # The pixels stay exactly as they are; overlays and icon images are still removed, by
+            # the header pass (Table E.1-1 removes 60xx groups and the Icon Image Sequence).
+            return None
         try:
-            return redact_burned_in_text(ds, policy, self._detector(policy.detector) if scan else None)
+            return redact_burned_in_text(ds, policy, self._detector(policy.detector))
         except (PixelDecodeError, DetectionError, PixelEncodeError) as exc:
             raise Rejected("pixels_failed", f"burned-in text could not be cleaned ({type(exc).__name__})") from None
 
@@ -124,6 +126,3 @@ def _transcode(ds: pydicom.Dataset, transfer_syntax: str) -> None:
     except Exception as exc:  # noqa: BLE001
         raise Rejected("transcode_failed", f"could not transcode to {transfer_syntax} ({type(exc).__name__})") from None
 
-
-def _has_overlay(ds: pydicom.Dataset) -> bool:
-    return any(0x6000 <= (tag >> 16) <= 0x601E for tag in ds.keys())
