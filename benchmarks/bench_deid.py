@@ -42,7 +42,7 @@ import numpy as np
 import pydicom
 from deidflow.batch import run_batch
 from deidflow.rules import load_rules
-from deidflow.synthetic import UID_PREFIX, SyntheticStudy, make_instance, make_patient
+from deidflow.synthetic import make_patient, make_series, make_study
 from pydicom import config as pydicom_config
 
 KEY = bytes(range(32))  # fixed, so every run and every method sees the same pseudonyms
@@ -59,10 +59,6 @@ Runner = Callable[[list[Path], Path], int]
 # --------------------------------------------------------------------------- data
 
 
-def _uid(rng: np.random.Generator) -> str:
-    return UID_PREFIX + ".".join(str(int(x)) for x in rng.integers(1, 2**31, size=3))
-
-
 def _generate(folder: Path, count: int) -> None:
     """Write `count` CT instances, one series per study, streaming (never the whole corpus in memory)."""
     rng = np.random.default_rng(20240611)
@@ -73,34 +69,14 @@ def _generate(folder: Path, count: int) -> None:
         for s_index in range(STUDIES_PER_PATIENT):
             if written >= count:
                 break
-            year = 2015 + s_index * 3 + patient_index % 2
-            study = SyntheticStudy(
-                patient=patient,
-                study_uid=_uid(rng),
-                accession=f"ACC{51000 + patient_index * 100 + s_index:08d}",
-                study_date=f"{year}{1 + (patient_index + s_index) % 12:02d}{10 + s_index:02d}",
-            )
-            series_uid, frame = _uid(rng), _uid(rng)
-            previous: list[tuple[str, str]] = []
-            for n in range(min(IMAGES_PER_SERIES, count - written)):
-                inst = make_instance(
-                    study,
-                    series_uid,
-                    1,
-                    n + 1,
-                    rng,
-                    rows=ROWS,
-                    columns=COLUMNS,
-                    referenced=previous[-1:],
-                    frame_of_reference=frame,
-                )
-                ds = inst.dataset
-                previous = [(ds.SOPClassUID, ds.SOPInstanceUID)]
-                path = folder / f"patient{patient_index:03d}" / f"study{s_index}" / f"img{n + 1:03d}.dcm"
+            study = make_study(patient, s_index, rng)
+            images = min(IMAGES_PER_SERIES, count - written)
+            for n, inst in enumerate(make_series(study, rng, images, rows=ROWS, columns=COLUMNS), start=1):
+                path = folder / f"patient{patient_index:03d}" / f"study{s_index}" / f"img{n:03d}.dcm"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                ds.save_as(path, enforce_file_format=True)
+                inst.dataset.save_as(path, enforce_file_format=True)
                 written += 1
-            study.instances.clear()
+                study.instances.clear()
         patient_index += 1
 
 

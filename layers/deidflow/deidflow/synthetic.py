@@ -6,6 +6,7 @@ gone. Nothing here is real patient data.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -374,6 +375,40 @@ class Corpus:
         return sorted(values)
 
 
+def make_study(patient: SyntheticPatient, study_index: int, rng: np.random.Generator) -> SyntheticStudy:
+    """The patient's `study_index`-th study: three years apart, each with its own accession."""
+    year = 2015 + study_index * 3 + patient.index % 2
+    return SyntheticStudy(
+        patient=patient,
+        study_uid=_uid(rng),
+        accession=f"ACC{51000 + patient.index * 100 + study_index:08d}",
+        study_date=f"{year}{1 + (patient.index + study_index) % 12:02d}{10 + study_index:02d}",
+    )
+
+
+def make_series(
+    study: SyntheticStudy, rng: np.random.Generator, images: int, *, rows: int = 64, columns: int = 64
+) -> Iterator[SyntheticInstance]:
+    """One CT series, each image citing the one before (Referenced/Source Image Sequences)."""
+    series_uid = _uid(rng)
+    frame = _uid(rng)
+    previous: list[tuple[str, str]] = []
+    for n in range(images):
+        inst = make_instance(
+            study,
+            series_uid,
+            1,
+            n + 1,
+            rng,
+            rows=rows,
+            columns=columns,
+            referenced=previous[-1:],
+            frame_of_reference=frame,
+        )
+        previous.append((inst.dataset.SOPClassUID, inst.dataset.SOPInstanceUID))
+        yield inst
+
+
 def make_corpus(
     n_patients: int = 3,
     studies_per_patient: int = 2,
@@ -390,31 +425,11 @@ def make_corpus(
     for p_index in range(n_patients):
         patient = make_patient(p_index)
         for s_index in range(studies_per_patient):
-            year = 2015 + s_index * 3 + p_index % 2
-            study = SyntheticStudy(
-                patient=patient,
-                study_uid=_uid(rng),
-                accession=f"ACC{51000 + p_index * 100 + s_index:08d}",
-                study_date=f"{year}{1 + (p_index + s_index) % 12:02d}{10 + s_index:02d}",
-            )
-            series_uid = _uid(rng)
-            frame = _uid(rng)
-            previous: list[tuple[str, str]] = []
-            for n in range(images_per_series):
-                inst = make_instance(
-                    study,
-                    series_uid,
-                    1,
-                    n + 1,
-                    rng,
-                    rows=rows,
-                    columns=columns,
-                    referenced=previous[-1:],
-                    frame_of_reference=frame,
-                )
-                previous.append((inst.dataset.SOPClassUID, inst.dataset.SOPInstanceUID))
+            study = make_study(patient, s_index, rng)
+            for _ in make_series(study, rng, images_per_series, rows=rows, columns=columns):
+                pass  # make_instance records each image in study.instances
             if with_sr:
-                make_sr(study, rng, [i for i in study.instances])
+                make_sr(study, rng, list(study.instances))
             studies.append(study)
     return Corpus(studies)
 
