@@ -182,3 +182,10 @@ def test_explain_names_the_profile_row_or_rule_for_every_element():
     assert decisions["SOPClassUID"].action == "kept (class or syntax UID)"
     assert "private:ACME MEDICAL 1.0" in decisions
     assert all(d.decided_by for d in processed.result.decisions)
+
+
+def test_a_time_kept_by_a_rule_is_not_shifted_with_its_date():
+    ds = _ct()
+    out = _run("transformations:\n  - scope: {labels: ALL}\n    keep_tags: [{tags: StudyTime}]\n", ds)
+    assert out.StudyTime == ds.StudyTime
+    assert out.StudyDate != ds.StudyDate

@@ -406,7 +406,7 @@ class Deidentifier:
             return self._rule_shift(value, rule, ctx)
         if action == "C":
             if vr in DATE_VRS:
-                return self._shift_dates(value, ctx, handled)
+                return self._shift_dates(value, ctx, handled, path)
             if vr in TEXT_VRS and vr != "PN":
                 value.set([scrub_text(text, ctx.identifiers) for text in value.texts])
                 return "cleaned (known identifiers scrubbed)"
@@ -415,7 +415,7 @@ class Deidentifier:
             return "kept (clean: nothing to clean for this VR)"
         if action in ("Z", "D"):
             if vr in DATE_VRS and self.options.retain_longitudinal_modified_dates and action == "D":
-                return self._shift_dates(value, ctx, handled)
+                return self._shift_dates(value, ctx, handled, path)
             return self._replace(value, ctx, action)
         raise ValueError(f"no handler for action {action!r} on {_tag_text(tag)}")
 
@@ -443,7 +443,7 @@ class Deidentifier:
         value.set(new)
         return "UID remapped"
 
-    def _shift_dates(self, value: _Value, ctx: _Context, handled: set[int]) -> str:
+    def _shift_dates(self, value: _Value, ctx: _Context, handled: set[int], path: tuple[PathStep, ...] | None) -> str:
         ds, tag, vr = value.ds, value.tag, value.vr
         if not self.options.retain_longitudinal_modified_dates:
             # Clean with no date option selected: nothing safe to keep.
@@ -457,7 +457,9 @@ class Deidentifier:
             if time_tag is not None and time_tag in ds and len(value.texts) == 1:
                 time_raw = ds.get_item(time_tag)
                 time_vr = _vr_of(time_raw, time_tag)
-                time_action = self.decide(time_tag, time_vr, None, ctx.plan)[0] if time_vr == "TM" else "K"
+                # The time is paired only if it would be shifted on its own too (a rule may keep it).
+                time_path = (*path[:-1], PathStep(time_tag, _keyword(time_tag), time_vr)) if path else None
+                time_action = self.decide(time_tag, time_vr, time_path, ctx.plan)[0] if time_vr == "TM" else "K"
                 time_value = _Value(ds, time_tag, time_vr, time_raw) if time_action in ("C", "D") else None
                 if time_value is not None and len(time_value.texts) == 1:
                     pair = shift_date_and_time(text, time_value.texts[0], shift)
