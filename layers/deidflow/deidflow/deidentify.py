@@ -21,11 +21,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
 from . import __version__
 from .dates import shift_by_units, shift_date, shift_date_and_time, shift_datetime, shift_time
-from .profile import ProfileTable, method_codes, resolve_action, standard_table
+from .profile import OPTION_COLUMNS, ProfileTable, method_codes, resolve_action, standard_table
 from .pseudonym import DateShift, Pseudonymizer
 from .rules import ElementRule, InstancePlan, RuleSet
 from .scrub import collect_identifiers, scrub_text
-from .tagpattern import PathStep
+from .tagpattern import PathStep, tag_text
 
 IMPLEMENTATION_CLASS_UID = "2.25.255813004236516426009434744587853045523"
 IMPLEMENTATION_VERSION_NAME = "DEIDFLOW_" + __version__.replace(".", "_")
@@ -180,10 +180,6 @@ def _keyword(tag: int) -> str:
     return keyword
 
 
-def _tag_text(tag: int) -> str:
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-
-
 def _vr_of(raw: object, tag: int) -> str:
     vr = getattr(raw, "VR", None)
     if vr and vr != "UN":
@@ -236,7 +232,7 @@ class Deidentifier:
             if row is None:
                 return None
             action, by = resolve_action(row, self.options)
-            cell = row.basic if by == "basic" else row.options[_option_column(by)]
+            cell = row.basic if by == "basic" else row.options[OPTION_COLUMNS[by][0]]
             cached = (action, f"{row.label} [{'Basic Profile' if by == 'basic' else by}: {cell}]")
             self._table_cache[tag] = cached
         return cached
@@ -360,7 +356,7 @@ class Deidentifier:
             vr = _vr_of(raw, tag)
             path = (*parents, PathStep(tag, _keyword(tag), vr, creators.get(tag))) if ctx.needs_paths else None
             action, by, rule = self.decide(tag, vr, path, ctx.plan)
-            label = f"{where}{_tag_text(tag)}" if ctx.record else ""
+            label = f"{where}{tag_text(tag)}" if ctx.record else ""
             done = self._apply(ds, tag, raw, vr, action, rule, path, ctx, label, handled)
             if ctx.record:
                 keyword = _keyword(tag) or ("private:" + (creators.get(tag) or "?"))
@@ -417,7 +413,7 @@ class Deidentifier:
             if vr in DATE_VRS and self.options.retain_longitudinal_modified_dates and action == "D":
                 return self._shift_dates(value, ctx, handled, path)
             return self._replace(value, ctx, action)
-        raise ValueError(f"no handler for action {action!r} on {_tag_text(tag)}")
+        raise ValueError(f"no handler for action {action!r} on {tag_text(tag)}")
 
     def _replace(self, value: _Value, ctx: _Context, action: str) -> str:
         keyword, vr = _keyword(value.tag), value.vr
@@ -470,7 +466,7 @@ class Deidentifier:
                         if ctx.record:
                             ctx.decisions.append(
                                 Decision(
-                                    _tag_text(time_tag),
+                                    tag_text(time_tag),
                                     _keyword(time_tag),
                                     "TM",
                                     "shifted with its date",
@@ -538,7 +534,7 @@ class Deidentifier:
             ds.add(DataElement(add.tag, add.vr, add.value))
             if ctx.record:
                 ctx.decisions.append(
-                    Decision(_tag_text(add.tag), _keyword(add.tag), add.vr, "added", f"rule {add.origin}")
+                    Decision(tag_text(add.tag), _keyword(add.tag), add.vr, "added", f"rule {add.origin}")
                 )
 
     def _set_markers(self, ds: Dataset, pixels_cleaned: bool) -> None:
@@ -573,7 +569,7 @@ class Deidentifier:
                     if tag not in KEPT_META and tag != 0x00020000:
                         ctx.decisions.append(
                             Decision(
-                                f"meta{_tag_text(tag)}",
+                                f"meta{tag_text(tag)}",
                                 _keyword(tag),
                                 _vr_of(original.get_item(tag), tag),
                                 "replaced" if tag in (0x00020012, 0x00020013) else "removed",
@@ -602,12 +598,6 @@ class Deidentifier:
 def _is_overlay_group(tag: int) -> bool:
     group = tag >> 16
     return 0x6000 <= group <= 0x601E and group % 2 == 0
-
-
-def _option_column(option: str) -> str:
-    from .profile import OPTION_COLUMNS
-
-    return OPTION_COLUMNS[option][0]
 
 
 def _private_creator(ds: Dataset, tag: int) -> str | None:

@@ -19,6 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from .tagpattern import tag_text
+
 # pydicom's value validation warnings quote the offending value: they must never reach a log.
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
@@ -112,7 +114,7 @@ def check_complete(ds: Dataset) -> None:
         if declared is None or declared == UNDEFINED_LENGTH or raw.value is None:
             continue
         if isinstance(raw.value, bytes) and len(raw.value) < declared:
-            raise Rejected("truncated", f"element {_tag_text(tag)} holds {len(raw.value)} of its {declared} bytes")
+            raise Rejected("truncated", f"element {tag_text(tag)} holds {len(raw.value)} of its {declared} bytes")
     if not any(k in ds for k in PIXEL_KEYWORDS):
         if "Image Storage" in UID(str(ds.get("SOPClassUID", ""))).name:
             raise Rejected("truncated", "an image without Pixel Data: the file was cut short")
@@ -130,10 +132,6 @@ def check_complete(ds: Dataset) -> None:
         raise Rejected("unparseable", "Pixel Data without usable Rows/Columns/Bits Allocated") from None
     if len(value) < expected:
         raise Rejected("truncated", f"Pixel Data has {len(value)} of the {expected} bytes the header promises")
-
-
-def _tag_text(tag: int) -> str:
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _native_pixel_bytes(ds: Dataset) -> int:

@@ -125,4 +125,3 @@ def _transcode(ds: pydicom.Dataset, transfer_syntax: str) -> None:
             ds.compress(transfer_syntax)
     except Exception as exc:  # noqa: BLE001
         raise Rejected("transcode_failed", f"could not transcode to {transfer_syntax} ({type(exc).__name__})") from None
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .rules import RulesError
+from .rules import RulesError, line_for
 
 _SCOPE_KEYS = {
     "Labels": "labels",
@@ -55,9 +55,7 @@ class _Converter:
         self.problems: list[str] = []
 
     def line(self, old_path: tuple[Any, ...]) -> int:
-        while old_path not in self.old_index and old_path:
-            old_path = old_path[:-1]
-        return self.old_index.get(old_path, 1)
+        return line_for(self.old_index, old_path)
 
     def note(self, new_path: tuple[Any, ...], old_path: tuple[Any, ...]) -> None:
         self.index[new_path] = self.line(old_path)

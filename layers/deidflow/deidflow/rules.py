@@ -353,7 +353,7 @@ def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, 
     return index
 
 
-def _line_for(index: dict[tuple[Any, ...], int], path: Iterable[Any]) -> int:
+def line_for(index: dict[tuple[Any, ...], int], path: Iterable[Any]) -> int:
     path = tuple(path)
     while path not in index and path:
         path = path[:-1]
@@ -386,12 +386,12 @@ def parse_yaml(text: str, where: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
 def _schema_problems(data: Any, index: dict[tuple[Any, ...], int], where: str) -> list[str]:
     validator = jsonschema.Draft202012Validator(SCHEMA)
     problems = []
-    for error in sorted(validator.iter_errors(data), key=lambda e: _line_for(index, e.absolute_path)):
+    for error in sorted(validator.iter_errors(data), key=lambda e: line_for(index, e.absolute_path)):
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
             allowed = ", ".join(sorted(error.schema.get("properties", {})))
             for key in extra:
-                line = _line_for(index, (*error.absolute_path, key))
+                line = line_for(index, (*error.absolute_path, key))
                 problems.append(
                     f"{where}:{line}: unknown key {key!r} in {_path_text(error.absolute_path)} (allowed: {allowed})"
                 )
@@ -401,7 +401,7 @@ def _schema_problems(data: Any, index: dict[tuple[Any, ...], int], where: str) -
             message = f"{error.instance!r} must be a string or a list of strings"
         elif error.validator == "enum":
             message = f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
-        line = _line_for(index, error.absolute_path)
+        line = line_for(index, error.absolute_path)
         problems.append(f"{where}:{line}: {_path_text(error.absolute_path)}: {message}")
     return problems
 
@@ -431,7 +431,7 @@ def compile_rules(data: dict[str, Any], index: dict[tuple[Any, ...], int], where
     problems: list[str] = []
 
     def problem(path: tuple[Any, ...], message: str) -> None:
-        problems.append(f"{where}:{_line_for(index, path)}: {_path_text(path)}: {message}")
+        problems.append(f"{where}:{line_for(index, path)}: {_path_text(path)}: {message}")
 
     def patterns(values: Any, path: tuple[Any, ...]) -> tuple[TagPattern, ...]:
         compiled = []
@@ -512,7 +512,7 @@ def compile_rules(data: dict[str, Any], index: dict[tuple[Any, ...], int], where
                         kind=rule_kind,
                         patterns=patterns(entry["tags"], (*path, "tags")),
                         except_patterns=patterns(entry.get("except_tags", []), (*path, "except_tags")),
-                        origin=f"{where} {_path_text(path)} (line {_line_for(index, path)})",
+                        origin=f"{where} {_path_text(path)} (line {line_for(index, path)})",
                         shift_by=entry.get("shift_by", 0),
                         reuse_mapping=entry.get("reuse_mapping"),
                         split=entry.get("split"),
@@ -538,7 +538,7 @@ def compile_rules(data: dict[str, Any], index: dict[tuple[Any, ...], int], where
                     entry["vr"],
                     str(entry["value"]),
                     entry.get("overwrite_if_exists", False),
-                    f"{where} {_path_text(path)} (line {_line_for(index, path)})",
+                    f"{where} {_path_text(path)} (line {line_for(index, path)})",
                 )
             )
         burned_in = []
@@ -555,7 +555,7 @@ def compile_rules(data: dict[str, Any], index: dict[tuple[Any, ...], int], where
                     entry["type"],
                     boxes,
                     entry.get("detector"),  # type: ignore[arg-type]
-                    f"{where} {_path_text(path)} (line {_line_for(index, path)})",
+                    f"{where} {_path_text(path)} (line {line_for(index, path)})",
                 )
             )
         transcode = raw.get("transcode")
