@@ -42,11 +42,21 @@ class ProcessedInstance:
     pixels: PixelResult | None = None
 
 
+class PixelScanRequired(Exception):
+    """`process(..., scan_pixels=False)` met an instance whose pixels must be scanned for text.
+
+    The workflow's header step raises this to route the object to the burned-in text step, which
+    runs with the detector and the memory that scanning needs.
+    """
+
+
 class Engine:
     """Rules + key + profile table, built once per process (or Lambda container)."""
 
-    def __init__(self, rules: RuleSet, key: bytes):
+    def __init__(self, rules: RuleSet, key: bytes, *, detector: str | None = None):
+        """`detector` replaces the rules' text detector (the Lambdas use "rekognition")."""
         self.rules = rules
+        self.detector_override = detector
         self.policy = AcceptPolicy(rules.max_file_bytes, rules.accept_sop_classes)
         self.pixel_policy = replace(
             policy_from_mapping(dict(rules.pixels)), remove_overlays=not rules.options.clean_graphics
@@ -56,8 +66,14 @@ class Engine:
             rules, Pseudonymizer(key, min_shift_days=rules.min_shift_days, max_shift_days=rules.max_shift_days)
         )
 
-    def process(self, source: str | os.PathLike[str] | bytes, *, explain: bool = False) -> ProcessedInstance:
-        """De-identify one file; raises Rejected with a reason when it cannot be made safe."""
+    def process(
+        self, source: str | os.PathLike[str] | bytes, *, explain: bool = False, scan_pixels: bool = True
+    ) -> ProcessedInstance:
+        """De-identify one file; raises Rejected with a reason when it cannot be made safe.
+
+        With `scan_pixels=False`, an instance that needs its pixels scanned raises
+        PixelScanRequired instead of being scanned.
+        """
         ds = read_dataset(source, self.policy)
         check_cleanable(ds, self.policy)
         plan = self.rules.plan_for(ds)
@@ -65,7 +81,7 @@ class Engine:
             raise Rejected(
                 "out_of_scope", "not in the rules' scope_to_forward (labels: " + ", ".join(sorted(plan.labels)) + ")"
             )
-        pixels = self._clean_pixels(ds, plan)
+        pixels = self._clean_pixels(ds, plan, scan_allowed=scan_pixels)
         try:
             result = self.deidentifier.deidentify(
                 ds, explain=explain, plan=plan, pixels_cleaned=bool(pixels and pixels.redacted)
@@ -93,7 +109,7 @@ class Engine:
             pixels=pixels,
         )
 
-    def _clean_pixels(self, ds: pydicom.Dataset, plan: InstancePlan) -> PixelResult | None:
+    def _clean_pixels(self, ds: pydicom.Dataset, plan: InstancePlan, *, scan_allowed: bool) -> PixelResult | None:
         """Burned-in text first, on the original header (it reads Manufacturer, BurnedInAnnotation)."""
         policy = policy_from_rules(plan.burned_in, self.pixel_policy)
         scan, _ = needs_pixel_scan(ds, policy)
@@ -101,6 +117,8 @@ class Engine:
             # The pixels stay exactly as they are; overlays and icon images are still removed, by
             # the header pass (Table E.1-1 removes 60xx groups and the Icon Image Sequence).
             return None
+        if not scan_allowed:
+            raise PixelScanRequired
         try:
             return redact_burned_in_text(ds, policy, self._detector(policy.detector))
         except (PixelDecodeError, DetectionError, PixelEncodeError) as exc:
@@ -108,6 +126,8 @@ class Engine:
 
     def _detector(self, name: str) -> TextDetector:
         """Detectors load models: one of each per process (or Lambda container), made on first use."""
+        if self.detector_override and name != "none":
+            name = self.detector_override
         if name not in self._detectors:
             self._detectors[name] = make_detector(name)
         return self._detectors[name]
