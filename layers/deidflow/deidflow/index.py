@@ -1,0 +1,309 @@
+"""A de-identified header as one DynamoDB item: key and query attributes, plus the header as DICOM JSON.
+
+Pure domain code: nothing here talks to AWS. The Index Lambda puts `IndexEntry.item` with boto3's
+Table resource, so every value is a type its TypeSerializer accepts (str, int, bool, list, dict) —
+never float. When the header is too large for an item, the DICOM JSON goes to a sidecar object whose
+bytes `index_entry` returns for the caller to store; the item then names that object.
+
+The input is already de-identified, but values are still never logged: errors name tags only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import BYTES_VR
+
+# DynamoDB rejects items over 400 KB. The default leaves room for the estimate's slack and for
+# attributes a later version may add, so an item that passes here is always accepted.
+DEFAULT_MAX_ITEM_BYTES = 350_000
+# Binary values up to this many bytes stay inline (base64) in the DICOM JSON; larger ones are bulk
+# data, left in the .dcm object. 1 KiB keeps small binary attributes (e.g. LUT descriptors) searchable.
+DEFAULT_INLINE_BINARY_BYTES = 1024
+SIDECAR_CONTENT_TYPE = "application/dicom+json"
+
+# Bulk data however small: pixels, waveform samples, spectroscopy data and encapsulated documents
+# belong to the object, not to a searchable header (and a small image is still an image).
+_ALWAYS_BULK = frozenset(
+    {
+        0x7FE00008,  # Float Pixel Data
+        0x7FE00009,  # Double Float Pixel Data
+        0x7FE00010,  # Pixel Data
+        0x54001010,  # Waveform Data
+        0x56000020,  # Spectroscopy Data
+        0x00420011,  # Encapsulated Document
+    }
+)
+_OVERLAY_DATA_MASK, _OVERLAY_DATA = 0xFF00FFFF, 0x60003000  # (60xx,3000); the header pass removes them anyway
+
+_INT32 = (-(2**31), 2**31 - 1)  # the range of an IS value
+_IS = re.compile(r"^[+-]?\d+$")
+# DA, plus the retired ACR-NEMA "YYYY.MM.DD" some old files still carry.
+_DA = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")
+# Instances without a usable Instance Number sort after every numbered one: "u" > any digit.
+_UNNUMBERED = "unnumbered"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """What to put in the index table, and the sidecar bytes to store first when there are any."""
+
+    item: dict[str, Any]
+    sidecar: bytes | None = None  # DICOM JSON (UTF-8) to store at item["dicom_json_sidecar"]
+
+    @property
+    def sidecar_key(self) -> str | None:
+        return self.item.get("dicom_json_sidecar")
+
+
+def default_sidecar_key(research_key: str) -> str:
+    """The sidecar sits beside its instance (…/<SOP>.json), so it inherits the instance's access rules."""
+    stem = research_key[: -len(".dcm")] if research_key.endswith(".dcm") else research_key
+    return stem + ".json"
+
+
+def index_entry(
+    ds: Dataset,
+    research_key: str,
+    *,
+    max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+    sidecar_key: str | None = None,
+    inline_binary_bytes: int = DEFAULT_INLINE_BINARY_BYTES,
+) -> IndexEntry:
+    """The index item for one de-identified instance stored at `research_key`.
+
+    Deterministic: the same dataset and arguments give an equal item and identical sidecar bytes, so
+    a retried step overwrites the item with itself. Raises ValueError when the dataset has no SOP
+    Instance UID (there is no key to index it under) or when even the item without its DICOM JSON
+    would exceed `max_item_bytes`.
+    """
+    if not research_key:
+        raise ValueError("research_key is required")
+    # pydicom's validation warnings quote values; none of them may reach a log from here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        item = query_attributes(ds)
+        if "sop_instance_uid" not in item:
+            raise ValueError("the dataset has no SOP Instance UID (0008,0018): nothing to key the item on")
+        item["research_key"] = research_key
+        header, bulk, invalid = dicom_json(ds, inline_binary_bytes=inline_binary_bytes)
+    # Which elements the JSON leaves out, as distinct tags: bounded however many items repeat them,
+    # and enough for a reader to know the header is not the whole object.
+    if bulk:
+        item["bulk_data_tags"] = sorted(bulk)
+    if invalid:
+        item["invalid_tags"] = sorted(invalid)
+
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    item["dicom_json"] = text
+    if item_size(item) <= max_item_bytes:
+        return IndexEntry(item)
+    del item["dicom_json"]
+    item["dicom_json_sidecar"] = sidecar_key or default_sidecar_key(research_key)
+    size = item_size(item)
+    if size > max_item_bytes:
+        raise ValueError(f"the index item is {size} bytes without its DICOM JSON (limit {max_item_bytes})")
+    return IndexEntry(item, sidecar=text.encode("utf-8"))
+
+
+def query_attributes(ds: Dataset) -> dict[str, Any]:
+    """The top-level attributes that keys and GSIs are built from; absent when missing or unusable.
+
+    Never an empty string: DynamoDB rejects "" as a key attribute value, and an absent GSI key
+    simply leaves the item out of that (sparse) index.
+    """
+    item: dict[str, Any] = {}
+    for name, keyword in _TEXT_ATTRIBUTES:
+        value = _text(ds, keyword)
+        if value:
+            item[name] = value
+    if ts := _text(getattr(ds, "file_meta", None) or Dataset(), "TransferSyntaxUID"):
+        item["transfer_syntax_uid"] = ts
+    if study_date := _date(_text(ds, "StudyDate")):
+        item["study_date"] = study_date
+    for name, keyword, low in _INT_ATTRIBUTES:
+        number = _integer(ds, keyword)
+        if number is not None and number >= low:
+            item[name] = number
+
+    sop = item.get("sop_instance_uid")
+    if sop:
+        number = item.get("instance_number")
+        # Zero-padded to IS's ten digits so that string order is numeric order; the SOP UID makes
+        # the sort key unique, which keeps listings stable when instance numbers repeat.
+        position = f"{number:010d}" if number is not None and number >= 0 else _UNNUMBERED
+        item["instance_sort"] = f"{position}#{sop}"
+        if series := item.get("series_instance_uid"):
+            item["series_instance_sort"] = f"{series}#{item['instance_sort']}"
+    return item
+
+
+# (item attribute, DICOM keyword) for the string attributes copied as they are.
+_TEXT_ATTRIBUTES = (
+    ("sop_instance_uid", "SOPInstanceUID"),
+    ("sop_class_uid", "SOPClassUID"),
+    ("study_instance_uid", "StudyInstanceUID"),
+    ("series_instance_uid", "SeriesInstanceUID"),
+    ("patient_id", "PatientID"),
+    ("modality", "Modality"),
+    ("body_part_examined", "BodyPartExamined"),
+    ("study_description", "StudyDescription"),
+    ("series_description", "SeriesDescription"),
+    ("manufacturer", "Manufacturer"),
+    ("manufacturer_model_name", "ManufacturerModelName"),
+)
+# (item attribute, DICOM keyword, smallest meaningful value)
+_INT_ATTRIBUTES = (
+    ("series_number", "SeriesNumber", _INT32[0]),
+    ("instance_number", "InstanceNumber", _INT32[0]),
+    ("rows", "Rows", 1),
+    ("columns", "Columns", 1),
+    ("number_of_frames", "NumberOfFrames", 1),
+)
+
+
+def _element(ds: Dataset, keyword: str) -> DataElement | None:
+    try:
+        return ds.data_element(keyword)
+    except Exception:  # noqa: BLE001 - a value that cannot be decoded is treated as absent
+        return None
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    element = _element(ds, keyword)
+    if element is None or element.VR == "SQ" or element.VR in BYTES_VR:
+        return None
+    value = element.value
+    if value is None:
+        return None
+    # Multi-valued strings keep DICOM's own separator, so nothing is lost or invented.
+    text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue | list) else str(value)
+    return text.strip(" \x00") or None
+
+
+def _integer(ds: Dataset, keyword: str) -> int | None:
+    element = _element(ds, keyword)
+    if element is None or element.VM != 1:
+        return None
+    value = element.value
+    if isinstance(value, int) and not isinstance(value, bool) and element.VR != "IS":
+        return value  # US/UL/SS/SL: already an integer
+    # IS: read the characters, not pydicom's conversion, so "3.5" or "abc" count as absent rather
+    # than as a number someone guessed.
+    text = str(value).strip(" \x00")
+    if not _IS.match(text):
+        return None
+    number = int(text)
+    return number if _INT32[0] <= number <= _INT32[1] else None
+
+
+def _date(text: str | None) -> str | None:
+    """YYYYMMDD when `text` is one valid calendar date; a range, a partial date or garbage is absent."""
+    if not text:
+        return None
+    match = _DA.match(text)
+    if not match:
+        return None
+    year, month, day = (int(g) for g in match.groups())
+    try:
+        date(year, month, day)
+    except ValueError:
+        return None
+    return f"{year:04d}{month:02d}{day:02d}"
+
+
+def dicom_json(
+    ds: Dataset, *, inline_binary_bytes: int = DEFAULT_INLINE_BINARY_BYTES
+) -> tuple[dict[str, Any], set[str], set[str]]:
+    """PS3.18 F.2 DICOM JSON of the data set (not its file meta), without bulk data.
+
+    Returns (json dict, tags left out as bulk data, tags left out because their value could not be
+    encoded), tags as 8 hex digits. Built element by element rather than with Dataset.to_json_dict:
+    that one either fails on the first undecodable element or (suppress_invalid_tags) logs the
+    exception, whose text can quote the value.
+    """
+    bulk: set[str] = set()
+    invalid: set[str] = set()
+    return _json_dataset(ds, inline_binary_bytes, bulk, invalid), bulk, invalid
+
+
+def _json_dataset(ds: Dataset, limit: int, bulk: set[str], invalid: set[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tag in ds.keys():  # keys(): iterating the Dataset itself would decode every raw value first
+        key = f"{int(tag):08X}"
+        try:
+            element = ds[tag]
+        except Exception:  # noqa: BLE001
+            invalid.add(key)
+            continue
+        if _is_bulk(element, limit):
+            bulk.add(key)
+            continue
+        if element.VR == "SQ":
+            items = [_json_dataset(item, limit, bulk, invalid) for item in element.value or []]
+            # PS3.18 F.2.5: an attribute without a value carries only its VR.
+            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            continue
+        try:
+            encoded = element.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=limit)
+        except Exception:  # noqa: BLE001 - e.g. an IS or DS that is not a number
+            invalid.add(key)
+            continue
+        if "Value" in encoded:
+            encoded["Value"] = [_finite(v) for v in encoded["Value"]]
+        out[key] = encoded
+    return out
+
+
+def _is_bulk(element: DataElement, limit: int) -> bool:
+    tag = int(element.tag)
+    if tag in _ALWAYS_BULK or tag & _OVERLAY_DATA_MASK == _OVERLAY_DATA:
+        return True
+    if element.VR not in BYTES_VR or element.VR == "SQ":
+        return False
+    value = element.value
+    return isinstance(value, bytes | bytearray) and len(value) > limit
+
+
+def _finite(value: Any) -> Any:
+    # FL/FD may hold NaN or ±infinity, which JSON numbers cannot: written as strings, the
+    # convention dicom-rs uses, so the text stays valid JSON.
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def item_size(item: Mapping[str, Any]) -> int:
+    """An upper bound of the item's size as DynamoDB counts it (names + values, UTF-8).
+
+    Generous on purpose: numbers count as their decimal text plus one byte (DynamoDB stores about
+    half that), and lists and maps pay 3 bytes plus one per element, as DynamoDB documents.
+    """
+    return sum(len(name.encode("utf-8")) + _value_size(value) for name, value in item.items())
+
+
+def _value_size(value: Any) -> int:
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, int):
+        return len(str(value)) + 1
+    if isinstance(value, Mapping):
+        return 3 + sum(1 + len(str(k).encode("utf-8")) + _value_size(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return 3 + sum(1 + _value_size(v) for v in value)
+    # Decimal and anything else numeric-like: its text, like an int.
+    return len(str(value)) + 1
