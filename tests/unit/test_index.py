@@ -212,6 +212,12 @@ def test_unusable_values_are_absent_and_never_guessed():
     ds.StudyDate = "2001.03.03"  # retired ACR-NEMA form, still a date
     assert query_attributes(ds)["study_date"] == "20010303"
 
+    # A malformed value too long for a DynamoDB key is left out rather than failing put_item.
+    ds.PatientID = "P" * 1025
+    ds.Modality = "CT"
+    item = query_attributes(ds)
+    assert "patient_id" not in item and item["modality"] == "CT"
+
 
 def test_a_dataset_without_a_sop_instance_uid_cannot_be_indexed():
     ds = Dataset()

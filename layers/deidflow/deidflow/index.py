@@ -46,6 +46,7 @@ _ALWAYS_BULK = frozenset(
 )
 _OVERLAY_DATA_MASK, _OVERLAY_DATA = 0xFF00FFFF, 0x60003000  # (60xx,3000); the header pass removes them anyway
 
+_MAX_KEY_BYTES = 1024
 _INT32 = (-(2**31), 2**31 - 1)  # the range of an IS value
 _IS = re.compile(r"^[+-]?\d+$")
 # DA, plus the retired ACR-NEMA "YYYY.MM.DD" some old files still carry.
@@ -94,7 +95,7 @@ def index_entry(
         warnings.simplefilter("ignore")
         item = query_attributes(ds)
         if "sop_instance_uid" not in item:
-            raise ValueError("the dataset has no SOP Instance UID (0008,0018): nothing to key the item on")
+            raise ValueError("the dataset has no usable SOP Instance UID (0008,0018): nothing to key the item on")
         item["research_key"] = research_key
         header, bulk, invalid = dicom_json(ds, inline_binary_bytes=inline_binary_bytes)
     # Which elements the JSON leaves out, as distinct tags: bounded however many items repeat them,
@@ -125,7 +126,10 @@ def query_attributes(ds: Dataset) -> dict[str, Any]:
     item: dict[str, Any] = {}
     for name, keyword in _TEXT_ATTRIBUTES:
         value = _text(ds, keyword)
-        if value:
+        # DynamoDB caps sort keys at 1024 bytes (partition keys at 2048) and these feed keys; only a
+        # malformed value is that long (UIDs are 64 characters at most, LO 64), and the full value
+        # is still in the DICOM JSON.
+        if value and len(value.encode("utf-8")) <= _MAX_KEY_BYTES:
             item[name] = value
     if ts := _text(getattr(ds, "file_meta", None) or Dataset(), "TransferSyntaxUID"):
         item["transfer_syntax_uid"] = ts
