@@ -1,0 +1,217 @@
+"""A real Orthanc on loopback receives a PHI-laden study by STOW-RS and another by C-STORE, hands
+every instance to the drop folder, and the pipeline turns the drop folder into a clean research folder.
+
+Needs Debian's orthanc, orthanc-dicomweb and orthanc-python (skipped with the apt command otherwise)
+and pynetdicom for the C-STORE sender.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from deidflow.batch import run_batch
+from deidflow.local_orthanc import (
+    DROP_SUBFOLDER,
+    LocalOrthanc,
+    OrthancInstallation,
+    OrthancNotInstalled,
+    _request,
+    c_store,
+    find_orthanc,
+    stow_rs,
+)
+from deidflow.pseudonym import Pseudonymizer
+from deidflow.rules import load_rules
+from deidflow.storage import research_key
+from deidflow.synthetic import Corpus, make_corpus, write_corpus
+
+from ..conftest import TEST_KEY
+
+pytestmark = pytest.mark.integration
+
+ARRIVAL_TIMEOUT = 20.0  # seconds; eight small instances normally arrive in well under one
+ORTHANC_ID_NAME = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}\.dcm$")
+
+
+# -- the step the workflow owner will swap for the local Step Functions run ----------------------------
+
+
+def run_pipeline(drop_dir: Path, research_dir: Path, key: bytes) -> None:
+    """De-identify everything in the drop folder into research_dir/studies/<Study>/series/<Series>/....
+
+    Today: the engine's batch runner. Later: the real ASL workflow on moto, fed by the drop folder;
+    the assertions below only look at research_dir.
+    """
+    summary = run_batch([drop_dir], research_dir, load_rules(), key, jobs=1)
+    assert summary.rejected == 0, f"rejected: {dict(summary.reasons)}"
+
+
+# -- fixtures -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installation() -> OrthancInstallation:
+    try:
+        return find_orthanc()
+    except OrthancNotInstalled as exc:
+        pytest.skip(f"no local Orthanc: {exc}")
+
+
+@pytest.fixture(scope="module")
+def orthanc(installation: OrthancInstallation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
+    base = tmp_path_factory.mktemp("orthanc")
+    # The context manager stops Orthanc (terminate, wait, kill) however the tests end.
+    with LocalOrthanc(base / "state", base / "drop", installation=installation) as server:
+        yield server
+    assert not server.running
+
+
+@pytest.fixture(scope="module")
+def sent(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """Two patients, one study each: three CT images citing each other plus an SR citing them."""
+    corpus = make_corpus(n_patients=2, studies_per_patient=1, images_per_series=3, seed=4242)
+    return write_corpus(corpus, tmp_path_factory.mktemp("sent"))
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def ready_files(folder: Path) -> list[Path]:
+    """Finished hand-overs only: hidden names are temporaries still being written."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def wait_for(condition_name: str, check: object, timeout: float = ARRIVAL_TIMEOUT) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {condition_name}")
+        time.sleep(0.1)
+
+
+def non_loopback_address() -> str | None:
+    # Connecting a UDP socket sends nothing; it only asks the kernel which local address would be used.
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("192.0.2.1", 9))
+            address = str(sock.getsockname()[0])
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+# -- tests --------------------------------------------------------------------------------------------
+
+
+def test_stow_and_c_store_reach_the_drop_folder_and_come_out_clean(
+    orthanc: LocalOrthanc, sent: Corpus, tmp_path: Path
+) -> None:
+    pytest.importorskip("pynetdicom", reason="the C-STORE sender needs pynetdicom")
+    by_stow, by_c_store = sent.studies
+    stow_files = [sent.files[str(i.dataset.SOPInstanceUID)] for i in by_stow.instances]
+    c_store_files = [sent.files[str(i.dataset.SOPInstanceUID)] for i in by_c_store.instances]
+
+    assert stow_rs(orthanc.url, orthanc.credentials, stow_files) == len(stow_files)
+    assert c_store("127.0.0.1", orthanc.dicom_port, orthanc.aet, c_store_files, calling_aet=orthanc.calling_aet) == len(
+        c_store_files
+    )
+
+    drop = orthanc.target_folder
+    assert drop == orthanc.drop_dir / DROP_SUBFOLDER
+    expected = len(stow_files) + len(c_store_files)
+    wait_for(f"{expected} files in the drop folder", lambda: len(ready_files(drop)) >= expected)
+    # Handed over, then deleted: Orthanc's own storage must not keep PHI.
+    wait_for("Orthanc's storage to empty", lambda: orthanc.stored_instance_ids() == [])
+
+    # The drop folder holds what Orthanc received, named by Orthanc id (never a UID or a name).
+    arrived = ready_files(drop)
+    assert len(arrived) == expected
+    assert all(ORTHANC_ID_NAME.match(p.name) for p in arrived), [p.name for p in arrived]
+    sent_by_uid = {uid: path for uid, path in sent.files.items()}
+    stow_uids = {str(i.dataset.SOPInstanceUID) for i in by_stow.instances}
+    seen: set[str] = set()
+    for path in arrived:
+        ds = pydicom.dcmread(path)
+        uid = str(ds.SOPInstanceUID)
+        seen.add(uid)
+        original = sent_by_uid[uid]
+        if uid in stow_uids:
+            # STOW-RS carries the whole Part 10 file, and Orthanc stores it unchanged.
+            assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(original.read_bytes()).digest()
+        else:
+            # C-STORE carries the dataset only; the receiver writes its own file meta header.
+            assert ds == pydicom.dcmread(original)
+            assert ds.file_meta.TransferSyntaxUID == pydicom.dcmread(original).file_meta.TransferSyntaxUID
+    assert seen == set(sent.files)
+
+    research = tmp_path / "research"
+    run_pipeline(orthanc.drop_dir, research, TEST_KEY)
+
+    # Every sent instance is in the research layout, under its new UIDs, and nothing else is.
+    pseudonyms = Pseudonymizer(TEST_KEY)
+    wanted = {
+        research_key(
+            pseudonyms.uid(str(i.dataset.StudyInstanceUID)),
+            pseudonyms.uid(str(i.dataset.SeriesInstanceUID)),
+            pseudonyms.uid(str(i.dataset.SOPInstanceUID)),
+        )
+        for i in sent.instances
+    }
+    outputs = sorted(p for p in research.rglob("*") if p.is_file())
+    assert {p.relative_to(research).as_posix() for p in outputs} == wanted
+
+    # No planted identifier anywhere: not in output bytes, paths, nor Orthanc's log.
+    planted = [v.encode() for v in sent.planted_values()]
+    for path in outputs:
+        data = path.read_bytes()
+        leaked = [v for v in planted if v in data or v in str(path).encode()]
+        assert not leaked, f"{path.relative_to(research)} still carries {len(leaked)} planted value(s)"
+        assert pydicom.dcmread(path).PatientIdentityRemoved == "YES"
+    log = orthanc.log_path.read_bytes()
+    assert not [v for v in planted if v in log], "Orthanc's log carries planted values"
+
+
+def test_only_loopback_and_the_registered_sender_get_in(orthanc: LocalOrthanc, sent: Corpus) -> None:
+    pytest.importorskip("pynetdicom", reason="the C-STORE sender needs pynetdicom")
+    one = [next(iter(sent.files.values()))]
+    before = len(ready_files(orthanc.target_folder))
+
+    assert _request("GET", orthanc.url + "/system", (orthanc.credentials[0], "wrong"))[0] == 401
+    with pytest.raises(RuntimeError, match="not accepted"):
+        c_store("127.0.0.1", orthanc.dicom_port, orthanc.aet, one, calling_aet="SOMEONE_ELSE")
+
+    # Orthanc 1.10 listens on every interface (it has no bind-address option), so refusing
+    # non-loopback peers is Orthanc's own job: RemoteAccessAllowed=false and DicomCheckModalityHost.
+    address = non_loopback_address()
+    if address is not None:
+        status, _ = _request("GET", f"http://{address}:{orthanc.http_port}/system", orthanc.credentials)
+        assert status in (401, 403)
+        with pytest.raises(RuntimeError, match="not accepted"):
+            c_store(address, orthanc.dicom_port, orthanc.aet, one, calling_aet=orthanc.calling_aet)
+    assert len(ready_files(orthanc.target_folder)) == before
+
+
+def test_what_orthanc_still_holds_at_start_is_handed_over(
+    installation: OrthancInstallation, sent: Corpus, tmp_path: Path
+) -> None:
+    """A crash between hand-over and deletion (or a failed hand-over) loses nothing and keeps nothing."""
+    files = [sent.files[str(i.dataset.SOPInstanceUID)] for i in sent.studies[0].instances]
+    state, drop = tmp_path / "state", tmp_path / "drop"
+    # First run keeps what it stores, standing in for deletions that never happened.
+    with LocalOrthanc(state, drop, installation=installation, delete_after_forward=False) as server:
+        stow_rs(server.url, server.credentials, files)
+        wait_for("the first hand-over", lambda: len(ready_files(server.target_folder)) == len(files))
+        assert len(server.stored_instance_ids()) == len(files)
+    for path in ready_files(drop / DROP_SUBFOLDER):
+        path.unlink()  # as if those hand-overs had been lost
+    with LocalOrthanc(state, drop, installation=installation) as server:
+        wait_for("the start-up sweep", lambda: server.stored_instance_ids() == [])
+        assert len(ready_files(server.target_folder)) == len(files)
