@@ -1,0 +1,79 @@
+"""One Lambda handler shape for every step: powertools logging, tracing and metrics around a step.
+
+`functions/<step>/app.py` is `handler = lambda_handler(steps.<step>)`. Logs carry the object's key,
+the step's outcome and reasons; never header values (the steps never return any).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+from .errors import workflow_errors
+from .services import Services, Settings
+
+Step = Callable[[Any, Services], dict[str, Any]]
+
+# The template sets POWERTOOLS_SERVICE_NAME and POWERTOOLS_METRICS_NAMESPACE; these defaults keep
+# tests and the local workflow working without them.
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow"))
+tracer = Tracer(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow"))
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "deidflow"))
+_services: Services | None = None
+
+
+def current_services() -> Services:
+    """Made on the first invocation of a container, then reused (clients, key, rules, engine)."""
+    global _services
+    if _services is None:
+        _services = Services(Settings.from_env())
+    return _services
+
+
+def reset_services() -> None:
+    """Forget the container's clients and key (tests and the local workflow start fresh)."""
+    global _services
+    _services = None
+
+
+def lambda_handler(step: Step) -> Callable[[Any, Any], dict[str, Any]]:
+    @logger.inject_lambda_context(log_event=False)
+    @tracer.capture_lambda_handler(capture_response=False)
+    @metrics.log_metrics
+    @workflow_errors
+    def handler(event: Any, context: Any) -> dict[str, Any]:
+        result = step(event, current_services())
+        _observe(step.__name__, result)
+        return result
+
+    handler.__name__ = step.__name__
+    return handler
+
+
+def _observe(step_name: str, result: Mapping[str, Any]) -> None:
+    """One log line and the step's metrics, from the small dict the step returns."""
+    source = result.get("source") or {}
+    logger.info(
+        step_name,
+        extra={
+            "object_key": source.get("key"),
+            "version_id": source.get("version_id"),
+            "status": result.get("status"),
+            "reason": result.get("reason"),
+            "needs_pixel_scan": result.get("needs_pixel_scan"),
+        },
+    )
+    if step_name == "expand_batch":
+        metrics.add_metric("ObjectsReceived", MetricUnit.Count, len(result.get("objects", [])))
+        metrics.add_metric("ObjectsSkipped", MetricUnit.Count, len(result.get("skipped", [])))
+    elif result.get("status") == "published":
+        metrics.add_metric("ObjectsPublished", MetricUnit.Count, 1)
+    elif result.get("status") == "quarantined":
+        metrics.add_metric("ObjectsQuarantined", MetricUnit.Count, 1)
+        metrics.add_metadata("reason", result.get("reason"))
+    if (result.get("pixels") or {}).get("redacted"):
+        metrics.add_metric("InstancesRedacted", MetricUnit.Count, 1)

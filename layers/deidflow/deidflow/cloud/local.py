@@ -1,0 +1,468 @@
+"""The whole workflow on one machine: the real state machine and handlers, with AWS played by moto.
+
+What runs is what deploys: `statemachines/deidentify.asl.json` executed by moto's Step Functions
+interpreter, the handlers in `functions/<step>/app.py` called in-process for each Lambda task, S3
+notifications into SQS, and a stand-in for the EventBridge Pipe that reads the queue, starts an
+execution with the batch (the same input shape the Pipe sends) and deletes the messages only when
+the execution succeeded. Tests and `deidflow local run` use it; nothing here is deployed.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import unquote
+
+from . import handler
+from .handler import reset_services
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+# State machine substitution name -> function folder (functions/<folder>/app.py).
+FUNCTIONS = {
+    "ExpandBatch": "expand_batch",
+    "DeidentifyHeader": "deidentify_header",
+    "RedactBurnedInText": "redact_burned_in_text",
+    "IndexHeader": "index_header",
+    "Publish": "publish",
+    "Quarantine": "quarantine",
+}
+ASL_PATH = Path("statemachines") / "deidentify.asl.json"
+
+
+@dataclass(frozen=True)
+class LocalNames:
+    ingest_bucket: str = "deidflow-ingest"
+    research_bucket: str = "deidflow-research"
+    ingest_prefix: str = "incoming/"
+    queue: str = "deidflow-ingest-queue"
+    dead_letter_queue: str = "deidflow-ingest-dlq"
+    index_table: str = "deidflow-index"
+    mapping_table: str = "deidflow-mapping"
+    status_table: str = "deidflow-status"
+    key_secret: str = "deidflow/pseudonymisation-key"
+    state_machine: str = "deidflow-deidentify"
+
+
+@dataclass
+class ObjectPath:
+    """What the console shows for one object: the states it went through and where it ended."""
+
+    key: str
+    states: list[str]
+    status: str  # published | quarantined | skipped
+    detail: str | None = None  # research key, quarantine reason or skip reason
+
+
+@dataclass
+class ExecutionReport:
+    execution_arn: str
+    status: str
+    objects: list[ObjectPath] = field(default_factory=list)
+
+
+def find_project(start: Path | None = None) -> Path:
+    """The checkout that holds the state machine and the functions (cwd or a parent)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / ASL_PATH).is_file() and (folder / "functions").is_dir():
+            return folder
+    raise FileNotFoundError(f"no {ASL_PATH} with functions/ beside it in {here} or its parents")
+
+
+def load_handlers(project: Path) -> dict[str, Callable[[Any, Any], Any]]:
+    """The real handlers, imported from the checkout's functions/ folders."""
+    handlers = {}
+    for name, folder in FUNCTIONS.items():
+        path = project / "functions" / folder / "app.py"
+        spec = importlib.util.spec_from_file_location(f"deidflow_function_{folder}", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module: ModuleType = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        handlers[name] = module.handler
+    return handlers
+
+
+class LocalWorkflow:
+    """Use as a context manager: AWS is mocked inside it, and only inside it."""
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        project: Path | None = None,
+        names: LocalNames | None = None,
+        rules_file: str | None = None,
+        text_detector: str = "local",
+        max_object_mb: int = 512,
+        workflow_type: str = "EXPRESS",
+        batch_size: int = 10,
+        log_level: str = "WARNING",
+    ):
+        self.project = find_project(project)
+        self.names = names or LocalNames()
+        self.key = key
+        self.batch_size = batch_size
+        self.log_level = log_level
+        self.workflow_type = workflow_type
+        self.environment = {
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "RESEARCH_BUCKET": self.names.research_bucket,
+            "INDEX_TABLE": self.names.index_table,
+            "MAPPING_TABLE": self.names.mapping_table,
+            "STATUS_TABLE": self.names.status_table,
+            "KEY_SECRET_ID": self.names.key_secret,
+            "STAGING_PREFIX": "staging/",
+            "MAX_OBJECT_MB": str(max_object_mb),
+            "TEXT_DETECTOR": text_detector,
+            "SKIP_SUFFIXES": ".json",
+            "POWERTOOLS_SERVICE_NAME": "deidflow",
+            "POWERTOOLS_METRICS_NAMESPACE": "deidflow",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_DISABLED": "true",  # EMF lines would drown the operator's view
+        }
+        if rules_file:
+            self.environment["RULES_FILE"] = str(rules_file)
+        self._saved_env: dict[str, str | None] = {}
+        self._mock: Any = None
+        self._locks: dict[str, threading.Lock] = {}
+        self.invocations: list[tuple[str, str]] = []  # (function, object key) in call order
+
+    # -- set-up and tear-down -------------------------------------------------------------------
+
+    def __enter__(self) -> LocalWorkflow:
+        from moto import mock_aws
+
+        for name, value in self.environment.items():
+            self._saved_env[name] = os.environ.get(name)
+            os.environ[name] = value
+        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
+        self._mock.start()
+        import boto3
+
+        boto3.setup_default_session()
+        reset_services()
+        self._log_level = handler.logger.log_level
+        handler.logger.setLevel(self.log_level)
+        self.handlers = load_handlers(self.project)
+        self._locks = {name: threading.Lock() for name in self.handlers}
+        # moto's interpreter calls lambda:Invoke through boto3's default session: answer it here.
+        boto3.DEFAULT_SESSION.events.register("before-call.lambda.Invoke", self._invoke)
+        self.s3 = boto3.client("s3")
+        self.sqs = boto3.client("sqs")
+        self.dynamodb = boto3.resource("dynamodb")
+        self.sfn = boto3.client("stepfunctions")
+        self._create_resources()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        reset_services()
+        handler.logger.setLevel(self._log_level)
+        self._mock.stop()
+        import boto3
+
+        boto3.DEFAULT_SESSION = None
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def _create_resources(self) -> None:
+        n = self.names
+        for bucket in (n.ingest_bucket, n.research_bucket):
+            self.s3.create_bucket(Bucket=bucket)
+            self.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        dlq_url = self.sqs.create_queue(QueueName=n.dead_letter_queue)["QueueUrl"]
+        dlq_arn = self._queue_arn(dlq_url)
+        self.queue_url = self.sqs.create_queue(
+            QueueName=n.queue,
+            Attributes={
+                "VisibilityTimeout": "360",
+                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
+            },
+        )["QueueUrl"]
+        self.s3.put_bucket_notification_configuration(
+            Bucket=n.ingest_bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "QueueArn": self._queue_arn(self.queue_url),
+                        "Events": ["s3:ObjectCreated:*"],
+                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": n.ingest_prefix}]}},
+                    }
+                ]
+            },
+        )
+        for table in table_definitions(n):
+            self.dynamodb.create_table(**table)
+        import boto3
+
+        boto3.client("secretsmanager").create_secret(
+            Name=n.key_secret, SecretString=base64.b64encode(self.key).decode()
+        )
+        substitutions = {f"{name}FunctionArn": self.function_arn(name) for name in FUNCTIONS}
+        definition = (self.project / ASL_PATH).read_text()
+        for name, value in substitutions.items():
+            definition = definition.replace("${" + name + "}", value)
+        self.state_machine_arn = self.sfn.create_state_machine(
+            name=n.state_machine,
+            definition=definition,
+            roleArn=f"arn:aws:iam::{ACCOUNT}:role/deidflow-workflow",
+            type=self.workflow_type,
+        )["stateMachineArn"]
+
+    def _queue_arn(self, url: str) -> str:
+        return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    @staticmethod
+    def function_arn(name: str) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:deidflow-{FUNCTIONS[name].replace('_', '-')}"
+
+    # -- the Lambda stand-in --------------------------------------------------------------------
+
+    def _invoke(self, params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
+        from botocore.awsrequest import AWSResponse
+        from botocore.response import StreamingBody
+
+        arn = unquote(params["url_path"].split("/functions/", 1)[1].split("/", 1)[0])
+        name = next(n for n in FUNCTIONS if self.function_arn(n) == arn or arn.endswith(self.function_arn(n)))
+        event = json.loads(params.get("body") or b"null")
+        source = event.get("source", {}) if isinstance(event, dict) else {}
+        self.invocations.append((name, str(source.get("key", ""))))
+        response: dict[str, Any] = {"StatusCode": 200, "ExecutedVersion": "$LATEST"}
+        # One call at a time per function, as in a single Lambda container.
+        with self._locks[name]:
+            try:
+                payload = self.handlers[name](event, _LambdaContext(arn))
+            except Exception as exc:  # noqa: BLE001 - becomes the Lambda error payload, as in AWS
+                payload = {"errorMessage": str(exc), "errorType": type(exc).__name__, "stackTrace": []}
+                response["FunctionError"] = "Unhandled"
+        body = json.dumps(payload).encode()
+        response["Payload"] = StreamingBody(io.BytesIO(body), len(body))
+        return AWSResponse(arn, 200, {}, None), response
+
+    # -- feeding and draining -------------------------------------------------------------------
+
+    def drop(self, relative_key: str, data: bytes) -> str:
+        """Put an object into the drop folder (the ingest prefix); returns its S3 key."""
+        key = self.names.ingest_prefix + relative_key.lstrip("/")
+        self.s3.put_object(Bucket=self.names.ingest_bucket, Key=key, Body=data)
+        return key
+
+    def drop_folder(self, folder: Path) -> list[str]:
+        """Every file under `folder` (sorted), keyed by its relative path."""
+        keys = []
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            keys.append(self.drop(path.relative_to(folder).as_posix(), path.read_bytes()))
+        return keys
+
+    def run_pipe(self, *, timeout: float = 600.0) -> list[ExecutionReport]:
+        """The Pipe's job: batches from the queue into executions, until the queue is empty."""
+        reports = []
+        while True:
+            messages = self.sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=self.batch_size, AttributeNames=["All"]
+            ).get("Messages", [])
+            if not messages:
+                return reports
+            report = self.execute([self._pipe_record(m) for m in messages], timeout=timeout)
+            reports.append(report)
+            if report.status == "SUCCEEDED":
+                self.sqs.delete_message_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+                )
+            else:  # a failed execution leaves its messages for redelivery (and, in time, the DLQ)
+                return reports
+
+    def execute(self, batch: list[dict[str, Any]], *, timeout: float = 600.0) -> ExecutionReport:
+        """Start one execution with `batch` as input and wait for it (the Pipe's REQUEST_RESPONSE)."""
+        arn = self.sfn.start_execution(
+            stateMachineArn=self.state_machine_arn, name=f"batch-{uuid.uuid4()}", input=json.dumps(batch)
+        )["executionArn"]
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.sfn.describe_execution(executionArn=arn)
+            if status["status"] != "RUNNING":
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"execution {arn} still running after {timeout:.0f} s")
+            time.sleep(0.02)
+        output = json.loads(status.get("output") or "{}")
+        return ExecutionReport(arn, status["status"], object_paths(self.history(arn), output))
+
+    def _pipe_record(self, message: dict[str, Any]) -> dict[str, Any]:
+        """An SQS message as an EventBridge Pipe hands it to its target."""
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": message.get("Attributes", {}),
+            "messageAttributes": {},
+            "md5OfBody": message.get("MD5OfBody"),
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self._queue_arn(self.queue_url),
+            "awsRegion": REGION,
+        }
+
+    def history(self, execution_arn: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
+        while True:
+            page = self.sfn.get_execution_history(**kwargs)
+            events += page["events"]
+            if not page.get("nextToken"):
+                return events
+            kwargs["nextToken"] = page["nextToken"]
+
+    # -- what came out --------------------------------------------------------------------------
+
+    def research_objects(self, prefix: str = "studies/") -> dict[str, bytes]:
+        return dict(self._objects(self.names.research_bucket, prefix))
+
+    def _objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, bytes]]:
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"], self.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+
+    def download_research(self, destination: Path) -> list[Path]:
+        """Copy the research bucket's studies/ tree into a local folder (write, then rename)."""
+        from ..storage import LocalStore
+
+        store = LocalStore(destination)
+        return [Path(store.put(key, data)) for key, data in self._objects(self.names.research_bucket, "studies/")]
+
+    def table_items(self, table: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {}
+        while True:
+            page = self.dynamodb.Table(table).scan(**kwargs)
+            items += page["Items"]
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def object_paths(events: Iterable[dict[str, Any]], output: dict[str, Any]) -> list[ObjectPath]:
+    """Per Map iteration, the states entered (from the execution history), and how each ended."""
+    events = list(events)
+    by_id = {e["id"]: e for e in events}
+    iteration_of: dict[int, int] = {}
+    for event in events:
+        if event["type"] == "MapIterationStarted":
+            iteration_of[event["id"]] = event["mapIterationStartedEventDetails"]["index"]
+    states: dict[int, list[str]] = {}
+    for event in events:
+        if not event["type"].endswith("StateEntered"):
+            continue
+        index = _iteration(event, by_id, iteration_of)
+        if index is not None:
+            states.setdefault(index, []).append(event["stateEnteredEventDetails"]["name"])
+    paths = []
+    for index, result in enumerate(output.get("results") or []):
+        result = result or {}
+        source = result.get("source") or {}
+        status = str(result.get("status", "unknown"))
+        detail = result.get("research_key") or result.get("reason")
+        paths.append(ObjectPath(str(source.get("key", "?")), states.get(index, []), status, detail))
+    for skipped in output.get("skipped") or []:
+        key = (skipped.get("source") or {}).get("key") or f"(message {skipped.get('message_id')})"
+        paths.append(ObjectPath(key, ["ExpandBatch"], "skipped", skipped.get("reason")))
+    return paths
+
+
+def _iteration(event: dict[str, Any], by_id: dict[int, dict[str, Any]], iteration_of: dict[int, int]) -> int | None:
+    seen = 0
+    current: dict[str, Any] | None = event
+    while current is not None and seen < 10_000:
+        if current["id"] in iteration_of:
+            return iteration_of[current["id"]]
+        current = by_id.get(current.get("previousEventId", 0))
+        seen += 1
+    return None
+
+
+def table_definitions(names: LocalNames) -> list[dict[str, Any]]:
+    """The three tables as the template declares them (keys and indexes; see docs/index.md)."""
+
+    def attrs(*pairs: tuple[str, str]) -> list[dict[str, str]]:
+        return [{"AttributeName": n, "AttributeType": t} for n, t in pairs]
+
+    def gsi(name: str, hash_key: str, range_key: str | None = None) -> dict[str, Any]:
+        schema = [{"AttributeName": hash_key, "KeyType": "HASH"}]
+        if range_key:
+            schema.append({"AttributeName": range_key, "KeyType": "RANGE"})
+        return {"IndexName": name, "KeySchema": schema, "Projection": {"ProjectionType": "ALL"}}
+
+    return [
+        {
+            "TableName": names.index_table,
+            "BillingMode": "PAY_PER_REQUEST",
+            "KeySchema": [{"AttributeName": "sop_instance_uid", "KeyType": "HASH"}],
+            "AttributeDefinitions": attrs(
+                ("sop_instance_uid", "S"),
+                ("study_instance_uid", "S"),
+                ("series_instance_uid", "S"),
+                ("series_instance_sort", "S"),
+                ("instance_sort", "S"),
+                ("patient_id", "S"),
+                ("modality", "S"),
+                ("study_date", "S"),
+            ),
+            "GlobalSecondaryIndexes": [
+                gsi("by_study", "study_instance_uid", "series_instance_sort"),
+                gsi("by_series", "series_instance_uid", "instance_sort"),
+                gsi("by_patient", "patient_id", "study_date"),
+                gsi("by_modality_date", "modality", "study_date"),
+            ],
+        },
+        {
+            "TableName": names.mapping_table,
+            "BillingMode": "PAY_PER_REQUEST",
+            "KeySchema": [{"AttributeName": "sop_instance_uid", "KeyType": "HASH"}],
+            "AttributeDefinitions": attrs(("sop_instance_uid", "S"), ("patient_id", "S")),
+            "GlobalSecondaryIndexes": [gsi("by_patient", "patient_id")],
+        },
+        {
+            "TableName": names.status_table,
+            "BillingMode": "PAY_PER_REQUEST",
+            "KeySchema": [
+                {"AttributeName": "object_key", "KeyType": "HASH"},
+                {"AttributeName": "version_id", "KeyType": "RANGE"},
+            ],
+            "AttributeDefinitions": attrs(("object_key", "S"), ("version_id", "S")),
+        },
+    ]
+
+
+@dataclass
+class _LambdaContext:
+    invoked_function_arn: str
+    function_name: str = ""
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 2048
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = "/aws/lambda/local"
+    log_stream_name: str = "local"
+
+    def __post_init__(self) -> None:
+        self.function_name = self.invoked_function_arn.rsplit(":", 1)[-1]
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 300_000

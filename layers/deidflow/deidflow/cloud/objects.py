@@ -1,0 +1,129 @@
+"""Which objects a batch of queue messages asks us to process, and which it asks us to skip.
+
+The queue carries S3 event notifications. A message may hold several records, none (the test
+event S3 sends when a notification is configured), or records for things that are not DICOM
+instances (folder markers, the `.json` attachments Orthanc's storage plugin may write). Those are
+skipped with a reason, not failed: they are not errors, and retrying them would not help.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """A pointer to one object version: what the states pass instead of DICOM bytes."""
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+    size: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> ObjectRef:
+        source = event.get("source", event)
+        return cls(
+            bucket=str(source["bucket"]),
+            key=str(source["key"]),
+            version_id=source.get("version_id") or None,
+            size=int(source["size"]) if source.get("size") is not None else None,
+        )
+
+    @property
+    def status_key(self) -> str:
+        """The processing-status table's partition key: bucket and key (the version is the sort key)."""
+        return f"{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    reason: str  # stable code: s3_test_event, folder, not_an_instance, not_object_created, unreadable_message
+    ref: ObjectRef | None = None
+    message_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "source": self.ref.as_dict() if self.ref else None,
+            "message_id": self.message_id,
+        }
+
+
+@dataclass(frozen=True)
+class Batch:
+    objects: list[ObjectRef]
+    skipped: list[Skipped]
+
+
+def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[str] = (".json",)) -> Batch:
+    """Objects to process (in order, each object version once) and what was skipped, from SQS records.
+
+    Accepts what an EventBridge Pipe sends a state machine from an SQS source: a list of messages
+    with a JSON `body` holding the S3 notification.
+    """
+    suffixes = tuple(s.lower() for s in skip_suffixes if s)
+    objects: list[ObjectRef] = []
+    skipped: list[Skipped] = []
+    seen: set[tuple[str, str, str | None]] = set()
+    for message in messages:
+        message_id = message.get("messageId")
+        body = message.get("body", message)
+        try:
+            notification = json.loads(body) if isinstance(body, str) else dict(body)
+        except (ValueError, TypeError):
+            skipped.append(Skipped("unreadable_message", message_id=message_id))
+            continue
+        if notification.get("Event") == "s3:TestEvent":
+            skipped.append(Skipped("s3_test_event", message_id=message_id))
+            continue
+        records = notification.get("Records")
+        if not isinstance(records, list):
+            skipped.append(Skipped("unreadable_message", message_id=message_id))
+            continue
+        for record in records:
+            ref = _ref_from_record(record)
+            if ref is None:
+                skipped.append(Skipped("unreadable_message", message_id=message_id))
+                continue
+            reason = _skip_reason(record, ref, suffixes)
+            if reason:
+                skipped.append(Skipped(reason, ref, message_id))
+                continue
+            identity = (ref.bucket, ref.key, ref.version_id)
+            if identity not in seen:  # the same delivery twice in one batch is processed once
+                seen.add(identity)
+                objects.append(ref)
+    return Batch(objects, skipped)
+
+
+def _ref_from_record(record: Mapping[str, Any]) -> ObjectRef | None:
+    try:
+        s3 = record["s3"]
+        obj = s3["object"]
+        return ObjectRef(
+            bucket=str(s3["bucket"]["name"]),
+            # Keys arrive URL-encoded, spaces as '+'.
+            key=unquote_plus(str(obj["key"])),
+            version_id=obj.get("versionId") or None,
+            size=int(obj["size"]) if obj.get("size") is not None else None,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _skip_reason(record: Mapping[str, Any], ref: ObjectRef, suffixes: tuple[str, ...]) -> str | None:
+    if not str(record.get("eventName", "")).startswith("ObjectCreated"):
+        return "not_object_created"
+    if ref.key.endswith("/"):
+        return "folder"
+    if suffixes and ref.key.lower().endswith(suffixes):
+        return "not_an_instance"
+    return None

@@ -1,0 +1,101 @@
+"""Settings and AWS clients of a workflow Lambda, made once per container.
+
+Everything the steps need from the outside comes through `Services`, so tests and the local
+workflow hand in moto-backed clients and the steps stay plain functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from ..keys import parse_key
+from ..process import Engine
+from ..rules import RuleSet, load_rules
+
+
+@dataclass(frozen=True)
+class Settings:
+    research_bucket: str
+    index_table: str
+    mapping_table: str
+    status_table: str
+    key_secret_id: str
+    staging_prefix: str = "staging/"
+    rules_file: str | None = None
+    max_object_bytes: int = 512 * 1024**2
+    text_detector: str = "rekognition"
+    skip_suffixes: tuple[str, ...] = (".json",)
+    max_index_item_bytes: int = 350_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """From the function's environment (the template sets these; a missing one is a deploy bug)."""
+        env = os.environ if env is None else env
+
+        def need(name: str) -> str:
+            value = env.get(name, "")
+            if not value:
+                raise RuntimeError(f"environment variable {name} is not set")
+            return value
+
+        return cls(
+            research_bucket=need("RESEARCH_BUCKET"),
+            index_table=need("INDEX_TABLE"),
+            mapping_table=need("MAPPING_TABLE"),
+            status_table=need("STATUS_TABLE"),
+            key_secret_id=need("KEY_SECRET_ID"),
+            staging_prefix=env.get("STAGING_PREFIX", "staging/"),
+            rules_file=env.get("RULES_FILE") or None,
+            max_object_bytes=int(env.get("MAX_OBJECT_MB", "512")) * 1024**2,
+            text_detector=env.get("TEXT_DETECTOR", "rekognition"),
+            skip_suffixes=tuple(s.strip() for s in env.get("SKIP_SUFFIXES", ".json").split(",") if s.strip()),
+        )
+
+
+@dataclass
+class Services:
+    """Clients are created on first use; the key is read from Secrets Manager once per container."""
+
+    settings: Settings
+    session: Any = None  # a boto3.Session; the default session when None
+    _clients: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def client(self, name: str) -> Any:
+        if name not in self._clients:
+            import boto3
+
+            self._clients[name] = (self.session or boto3).client(name)
+        return self._clients[name]
+
+    def table(self, name: str) -> Any:
+        """A DynamoDB Table resource (it converts Python values to attribute values for us)."""
+        key = "table:" + name
+        if key not in self._clients:
+            import boto3
+
+            self._clients[key] = (self.session or boto3).resource("dynamodb").Table(name)
+        return self._clients[key]
+
+    @property
+    def s3(self) -> Any:
+        return self.client("s3")
+
+    @cached_property
+    def rules(self) -> RuleSet:
+        return load_rules(self.settings.rules_file)
+
+    @cached_property
+    def key(self) -> bytes:
+        secret = self.client("secretsmanager").get_secret_value(SecretId=self.settings.key_secret_id)
+        # The same format as the local key file (base64 or hex); the template generates 64
+        # alphanumerics, which decode as base64.
+        return parse_key(secret["SecretString"])
+
+    @cached_property
+    def engine(self) -> Engine:
+        """For the header step: scanning is routed elsewhere, so no detector is ever made here."""
+        return Engine(self.rules, self.key, detector=self.settings.text_detector)

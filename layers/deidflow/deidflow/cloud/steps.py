@@ -1,0 +1,247 @@
+"""What each state of the workflow does, on pointers in and small dicts out.
+
+The states pass `{"source": {bucket, key, version_id, size}, ...}` and add a few fields each; DICOM
+bytes only ever travel between S3 and a function, never through the state machine (256 KB limit).
+
+    expand_batch           SQS messages -> objects to process + skipped (recorded with a reason)
+    deidentify_header      original -> staging object, unless its pixels need a scan
+    redact_burned_in_text  original -> pixels cleaned, then header -> staging object
+    index_header           staging object -> index item (+ sidecar when large)
+    publish                staging object -> research bucket
+    quarantine             a caught error -> status record, tags on the original, reason
+
+Every step is idempotent: outputs are keyed by the new UIDs and their bytes are deterministic, so
+a redelivered event or a retried state overwrites with the same content.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pydicom
+from botocore.exceptions import ClientError
+
+from ..intake import Rejected
+from ..process import PixelScanRequired, ProcessedInstance
+from .errors import MISSING_CODES, RejectedObject, reason_from_error
+from .objects import ObjectRef, parse_batch
+from .services import Services
+
+# Identifiers the honest broker needs to go from a pseudonym back to the source.
+_MAPPED_ORIGINALS = {
+    "PatientID": "original_patient_id",
+    "IssuerOfPatientID": "original_issuer_of_patient_id",
+    "AccessionNumber": "original_accession_number",
+    "StudyInstanceUID": "original_study_instance_uid",
+    "SeriesInstanceUID": "original_series_instance_uid",
+    "SOPInstanceUID": "original_sop_instance_uid",
+}
+QUARANTINE_TAG_KEYS = ("deidflow-status", "deidflow-reason")
+
+
+def expand_batch(messages: Any, services: Services) -> dict[str, Any]:
+    """The Pipe's batch of SQS messages -> {"objects": [...], "skipped": [...]}."""
+    if isinstance(messages, Mapping):  # a single message, or {"Records": [...]} from a test
+        messages = messages.get("Records") if "Records" in messages and "body" not in messages else [messages]
+    batch = parse_batch(messages or [], services.settings.skip_suffixes)
+    for skipped in batch.skipped:
+        if skipped.ref is not None:
+            record_status(services, skipped.ref, "skipped", reason=skipped.reason)
+    return {
+        "objects": [{"source": ref.as_dict()} for ref in batch.objects],
+        "skipped": [s.as_dict() for s in batch.skipped],
+    }
+
+
+def deidentify_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
+    """Header de-identification; instances whose pixels need a scan go on to the redaction step."""
+    ref = ObjectRef.from_event(event)
+    try:
+        with _downloaded(services, ref) as path:
+            processed = services.engine.process(path, scan_pixels=False)
+            originals = _originals(path)
+    except PixelScanRequired:
+        return {"source": ref.as_dict(), "needs_pixel_scan": True}
+    except Rejected as exc:
+        raise RejectedObject(exc.reason, exc.detail) from None
+    return _stage(services, ref, processed, originals, needs_pixel_scan=False)
+
+
+def redact_burned_in_text(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
+    """Pixels first (the policy reads the original header), then the header, in one engine pass."""
+    ref = ObjectRef.from_event(event)
+    try:
+        with _downloaded(services, ref) as path:
+            processed = services.engine.process(path, scan_pixels=True)
+            originals = _originals(path)
+    except Rejected as exc:
+        raise RejectedObject(exc.reason, exc.detail) from None
+    result = _stage(services, ref, processed, originals, needs_pixel_scan=True)
+    pixels = processed.pixels
+    result["pixels"] = {
+        "redacted": bool(pixels and pixels.redacted),
+        "boxes": len(pixels.boxes) if pixels else 0,
+    }
+    return result
+
+
+def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
+    """The de-identified header into the index table; a header too big for an item goes to a sidecar."""
+    from ..index import index_entry
+
+    staged = event["staged"]
+    research_key = staged["research_key"]
+    sidecar_key = research_key.removesuffix(".dcm") + ".json"
+    with _downloaded(services, ObjectRef(services.settings.research_bucket, staged["staging_key"])) as path:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    entry = index_entry(
+        ds, research_key, max_item_bytes=services.settings.max_index_item_bytes, sidecar_key=sidecar_key
+    )
+    if entry.sidecar is not None:
+        services.s3.put_object(
+            Bucket=services.settings.research_bucket,
+            Key=sidecar_key,
+            Body=entry.sidecar,
+            ContentType="application/dicom+json",
+        )
+    services.table(services.settings.index_table).put_item(Item=entry.item)
+    return {**_passthrough(event), "indexed": {"sidecar": entry.sidecar is not None}}
+
+
+def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
+    """Staging -> research bucket (server-side copy), then the staging copy goes."""
+    ref = ObjectRef.from_event(event)
+    staged = event["staged"]
+    bucket = services.settings.research_bucket
+    services.s3.copy(
+        {"Bucket": bucket, "Key": staged["staging_key"]},
+        bucket,
+        staged["research_key"],
+        ExtraArgs={"ContentType": "application/dicom", "MetadataDirective": "REPLACE"},
+    )
+    services.s3.delete_object(Bucket=bucket, Key=staged["staging_key"])
+    record_status(services, ref, "published", research_key=staged["research_key"])
+    return {"source": ref.as_dict(), "status": "published", "research_key": staged["research_key"]}
+
+
+def quarantine(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
+    """Record why the object failed and mark the original; the original itself stays where it is."""
+    ref = ObjectRef.from_event(event)
+    reason, detail = reason_from_error(event.get("error") or {})
+    record_status(services, ref, "quarantined", reason=reason, detail=detail)
+    _tag_original(services, ref, reason)
+    return {"source": ref.as_dict(), "status": "quarantined", "reason": reason}
+
+
+def record_status(services: Services, ref: ObjectRef, status: str, **fields: Any) -> None:
+    """One item per object version in the status table: status, reason, timestamps."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    names = {"#status": "status", "#updated": "updated_at", "#first": "first_seen_at"}
+    values: dict[str, Any] = {":status": status, ":now": now}
+    sets = ["#status = :status", "#updated = :now", "#first = if_not_exists(#first, :now)"]
+    removes = []
+    for i, name in enumerate(("reason", "detail", "research_key")):
+        names[f"#f{i}"] = name
+        if fields.get(name) is not None:
+            values[f":f{i}"] = str(fields[name])
+            sets.append(f"#f{i} = :f{i}")
+        else:
+            removes.append(f"#f{i}")  # a reprocessed object drops its old quarantine reason
+    expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+    services.table(services.settings.status_table).update_item(
+        Key={"object_key": ref.status_key, "version_id": ref.version_id or "null"},
+        UpdateExpression=expression,
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=values,
+    )
+
+
+def _stage(
+    services: Services,
+    ref: ObjectRef,
+    processed: ProcessedInstance,
+    originals: dict[str, str],
+    *,
+    needs_pixel_scan: bool,
+) -> dict[str, Any]:
+    settings = services.settings
+    staging_key = settings.staging_prefix + processed.key
+    services.s3.put_object(
+        Bucket=settings.research_bucket, Key=staging_key, Body=processed.data, ContentType="application/dicom"
+    )
+    mapping = {
+        "sop_instance_uid": processed.sop_uid,
+        "study_instance_uid": processed.study_uid,
+        "series_instance_uid": processed.series_uid,
+        "patient_id": str(processed.result.dataset.get("PatientID", "") or ""),
+        "source_bucket": ref.bucket,
+        "source_key": ref.key,
+        "source_version_id": ref.version_id or "null",
+        **originals,
+    }
+    services.table(settings.mapping_table).put_item(Item={k: v for k, v in mapping.items() if v != ""})
+    record_status(services, ref, "deidentified", research_key=processed.key)
+    return {
+        "source": ref.as_dict(),
+        "needs_pixel_scan": needs_pixel_scan,
+        "staged": {
+            "staging_key": staging_key,
+            "research_key": processed.key,
+            "study_instance_uid": processed.study_uid,
+            "series_instance_uid": processed.series_uid,
+            "sop_instance_uid": processed.sop_uid,
+        },
+    }
+
+
+def _passthrough(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: event[k] for k in ("source", "needs_pixel_scan", "staged", "pixels") if k in event}
+
+
+def _originals(path: str) -> dict[str, str]:
+    """The source identifiers for the mapping table (they go nowhere else)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_MAPPED_ORIGINALS))
+    return {column: str(ds.get(keyword, "") or "") for keyword, column in _MAPPED_ORIGINALS.items()}
+
+
+@contextmanager
+def _downloaded(services: Services, ref: ObjectRef) -> Iterator[str]:
+    """The object version in a temporary file: /tmp (ephemeral storage) holds it, not the heap."""
+    limit = services.settings.max_object_bytes
+    head_args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+    if ref.version_id:
+        head_args["VersionId"] = ref.version_id
+    size = ref.size if ref.size is not None else services.s3.head_object(**head_args)["ContentLength"]
+    if size > limit:
+        raise RejectedObject("too_large", f"{size} bytes is above the pipeline's limit of {limit} bytes")
+    fd, path = tempfile.mkstemp(suffix=".dcm")
+    os.close(fd)
+    try:
+        extra = {"VersionId": ref.version_id} if ref.version_id else None
+        services.s3.download_file(ref.bucket, ref.key, path, ExtraArgs=extra)
+        if os.path.getsize(path) > limit:  # the event's size can be stale if the key was overwritten
+            raise RejectedObject("too_large", f"above the pipeline's limit of {limit} bytes")
+        yield path
+    finally:
+        os.unlink(path)
+
+
+def _tag_original(services: Services, ref: ObjectRef, reason: str) -> None:
+    """Tags, not a move: the original stays at its key for whoever fixes it; tags make it findable."""
+    args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+    if ref.version_id:
+        args["VersionId"] = ref.version_id
+    try:
+        existing = services.s3.get_object_tagging(**args)["TagSet"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+            return  # nothing to mark: the object is gone
+        raise
+    tags = [t for t in existing if t["Key"] not in QUARANTINE_TAG_KEYS]
+    tags += [{"Key": "deidflow-status", "Value": "quarantined"}, {"Key": "deidflow-reason", "Value": reason}]
+    services.s3.put_object_tagging(**args, Tagging={"TagSet": tags[:10]})
