@@ -151,6 +151,47 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_local_run(args: argparse.Namespace) -> int:
+    """The deployed workflow, run here: what the Step Functions console would show, per object."""
+    _load_rules_or_exit(args.rules)  # a bad rules file is a usage error here, not 10 quarantines
+    key = _load_key_or_exit(args.key_file)
+    sources = [Path(s) for s in args.src]
+    missing = [str(s) for s in sources if not s.exists()]
+    if missing:
+        print(f"deidflow: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        from .cloud.local import run_local
+    except ImportError as exc:
+        print(f"deidflow: the local workflow needs the 'local' extra ({exc.name} is missing)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run = run_local(
+            sources,
+            Path(args.dst),
+            key,
+            project=Path(args.project) if args.project else None,
+            rules_file=args.rules,
+            text_detector=args.detector,
+        )
+    except FileNotFoundError as exc:
+        print(f"deidflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for obj in run.objects:
+        print(f"{obj.key}\n    {' -> '.join(obj.states)}  [{obj.status}: {obj.detail}]")
+    counts: dict[str, int] = {}
+    for obj in run.objects:
+        counts[obj.status] = counts.get(obj.status, 0) + 1
+    print(
+        f"{len(run.executions)} executions ({run.failed_executions} failed); "
+        + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    )
+    print(f"research folder: {args.dst} ({len(run.research_files)} instances)")
+    if run.failed_executions:
+        return EXIT_FAILED
+    return EXIT_SOME_REJECTED if counts.get("quarantined") else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deidflow", description="DICOM de-identification (PS3.15 + rules)")
     parser.add_argument("--version", action="version", version=f"deidflow {__version__}")
@@ -183,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--rules")
     explain.add_argument("--key-file")
     explain.set_defaults(func=cmd_explain)
+
+    local = sub.add_parser("local", help="run the AWS workflow on this machine (AWS played by moto)")
+    local_sub = local.add_subparsers(dest="local_command", required=True)
+    run = local_sub.add_parser(
+        "run", help="drop SRC into a local ingest bucket, run the real state machine, fetch the research bucket"
+    )
+    run.add_argument("src", nargs="+", help="files or folders to drop (SRC...)")
+    run.add_argument("dst", help="local folder for the research bucket's studies/ tree")
+    run.add_argument("--rules", help="rules file (default: the built-in Basic profile + modified dates)")
+    run.add_argument("--key-file", help="pseudonymisation key file (as for deid)")
+    run.add_argument("--detector", default="local", help="text detector for burned-in text (default: local OCR)")
+    run.add_argument("--project", help="checkout holding template.yaml, statemachines/ and functions/ (default: cwd)")
+    run.set_defaults(func=cmd_local_run)
     return parser
 
 

@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 from . import handler
 from .handler import reset_services
+from .template import load_template, table_definition
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -70,6 +71,32 @@ class ExecutionReport:
     execution_arn: str
     status: str
     objects: list[ObjectPath] = field(default_factory=list)
+
+
+@dataclass
+class LocalRun:
+    executions: list[ExecutionReport]
+    research_files: list[Path]
+
+    @property
+    def objects(self) -> list[ObjectPath]:
+        return [path for report in self.executions for path in report.objects]
+
+    @property
+    def failed_executions(self) -> int:
+        return sum(1 for report in self.executions if report.status != "SUCCEEDED")
+
+
+def run_local(sources: Iterable[Path], destination: Path, key: bytes, **options: Any) -> LocalRun:
+    """Drop `sources` (files or folders) into a fresh local stack, run the pipe dry, fetch the results."""
+    with LocalWorkflow(key, **options) as workflow:
+        for source in sources:
+            if source.is_dir():
+                workflow.drop_folder(source)
+            else:
+                workflow.drop(source.name, source.read_bytes())
+        executions = workflow.run_pipe()
+        return LocalRun(executions, workflow.download_research(destination))
 
 
 def find_project(start: Path | None = None) -> Path:
@@ -208,8 +235,13 @@ class LocalWorkflow:
                 ]
             },
         )
-        for table in table_definitions(n):
-            self.dynamodb.create_table(**table)
+        template = load_template(self.project / "template.yaml")
+        for logical_id, name in (
+            ("IndexTable", n.index_table),
+            ("MappingTable", n.mapping_table),
+            ("StatusTable", n.status_table),
+        ):
+            self.dynamodb.create_table(**table_definition(template, logical_id, name))
         import boto3
 
         boto3.client("secretsmanager").create_secret(
@@ -380,7 +412,8 @@ def object_paths(events: Iterable[dict[str, Any]], output: dict[str, Any]) -> li
         source = result.get("source") or {}
         status = str(result.get("status", "unknown"))
         detail = result.get("research_key") or result.get("reason")
-        paths.append(ObjectPath(str(source.get("key", "?")), states.get(index, []), status, detail))
+        path = ["ExpandBatch", *states.get(index, [])]
+        paths.append(ObjectPath(str(source.get("key", "?")), path, status, detail))
     for skipped in output.get("skipped") or []:
         key = (skipped.get("source") or {}).get("key") or f"(message {skipped.get('message_id')})"
         paths.append(ObjectPath(key, ["ExpandBatch"], "skipped", skipped.get("reason")))
@@ -388,67 +421,18 @@ def object_paths(events: Iterable[dict[str, Any]], output: dict[str, Any]) -> li
 
 
 def _iteration(event: dict[str, Any], by_id: dict[int, dict[str, Any]], iteration_of: dict[int, int]) -> int | None:
-    seen = 0
+    """The Map iteration an event belongs to: follow previousEventId back to its MapIterationStarted."""
     current: dict[str, Any] | None = event
-    while current is not None and seen < 10_000:
+    while current is not None:
         if current["id"] in iteration_of:
             return iteration_of[current["id"]]
+        if current["type"] in _AFTER_MAP:  # a state after the Map, not inside one iteration
+            return None
         current = by_id.get(current.get("previousEventId", 0))
-        seen += 1
     return None
 
 
-def table_definitions(names: LocalNames) -> list[dict[str, Any]]:
-    """The three tables as the template declares them (keys and indexes; see docs/index.md)."""
-
-    def attrs(*pairs: tuple[str, str]) -> list[dict[str, str]]:
-        return [{"AttributeName": n, "AttributeType": t} for n, t in pairs]
-
-    def gsi(name: str, hash_key: str, range_key: str | None = None) -> dict[str, Any]:
-        schema = [{"AttributeName": hash_key, "KeyType": "HASH"}]
-        if range_key:
-            schema.append({"AttributeName": range_key, "KeyType": "RANGE"})
-        return {"IndexName": name, "KeySchema": schema, "Projection": {"ProjectionType": "ALL"}}
-
-    return [
-        {
-            "TableName": names.index_table,
-            "BillingMode": "PAY_PER_REQUEST",
-            "KeySchema": [{"AttributeName": "sop_instance_uid", "KeyType": "HASH"}],
-            "AttributeDefinitions": attrs(
-                ("sop_instance_uid", "S"),
-                ("study_instance_uid", "S"),
-                ("series_instance_uid", "S"),
-                ("series_instance_sort", "S"),
-                ("instance_sort", "S"),
-                ("patient_id", "S"),
-                ("modality", "S"),
-                ("study_date", "S"),
-            ),
-            "GlobalSecondaryIndexes": [
-                gsi("by_study", "study_instance_uid", "series_instance_sort"),
-                gsi("by_series", "series_instance_uid", "instance_sort"),
-                gsi("by_patient", "patient_id", "study_date"),
-                gsi("by_modality_date", "modality", "study_date"),
-            ],
-        },
-        {
-            "TableName": names.mapping_table,
-            "BillingMode": "PAY_PER_REQUEST",
-            "KeySchema": [{"AttributeName": "sop_instance_uid", "KeyType": "HASH"}],
-            "AttributeDefinitions": attrs(("sop_instance_uid", "S"), ("patient_id", "S")),
-            "GlobalSecondaryIndexes": [gsi("by_patient", "patient_id")],
-        },
-        {
-            "TableName": names.status_table,
-            "BillingMode": "PAY_PER_REQUEST",
-            "KeySchema": [
-                {"AttributeName": "object_key", "KeyType": "HASH"},
-                {"AttributeName": "version_id", "KeyType": "RANGE"},
-            ],
-            "AttributeDefinitions": attrs(("object_key", "S"), ("version_id", "S")),
-        },
-    ]
+_AFTER_MAP = frozenset({"MapStateExited", "MapStateSucceeded", "MapStateFailed", "MapStateAborted"})
 
 
 @dataclass

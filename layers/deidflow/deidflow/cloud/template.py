@@ -1,0 +1,50 @@
+"""Read the SAM template, so local runs and tests build exactly what it declares.
+
+CloudFormation's short tags (!Ref, !Sub, !GetAtt...) become {"Ref": ...} / {"Fn::Sub": ...} maps,
+as CloudFormation itself reads them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class _TemplateLoader(yaml.SafeLoader):
+    pass
+
+
+def _short_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = str(value).split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {name: value}
+
+
+_TemplateLoader.add_multi_constructor("!", _short_tag)
+
+
+def load_template(path: str | Path) -> dict[str, Any]:
+    return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_TemplateLoader)
+
+
+def table_definition(template: dict[str, Any], logical_id: str, table_name: str) -> dict[str, Any]:
+    """create_table arguments for one AWS::DynamoDB::Table of the template (keys and indexes only)."""
+    properties = template["Resources"][logical_id]["Properties"]
+    definition: dict[str, Any] = {
+        "TableName": table_name,
+        "BillingMode": properties.get("BillingMode", "PAY_PER_REQUEST"),
+        "KeySchema": properties["KeySchema"],
+        "AttributeDefinitions": properties["AttributeDefinitions"],
+    }
+    if properties.get("GlobalSecondaryIndexes"):
+        definition["GlobalSecondaryIndexes"] = properties["GlobalSecondaryIndexes"]
+    return definition
