@@ -314,6 +314,8 @@ def test_s3_plugin_writes_plain_dicom_under_the_prefix(template):
     assert s3["HybridMode"] == "Disabled"
     assert "AccessKey" not in s3 and "SecretKey" not in s3  # task role credentials only
     assert config["StorageCompression"] is False  # zlib attachments are not DICOM
+    assert "IngestTranscoding" not in config  # the pipeline must see the bytes as received
+    assert "AdvancedStorage" not in config  # would change the object naming scheme
     assert config["AuthenticationEnabled"] is True
     assert config["DicomWeb"]["Enable"] is True
 
