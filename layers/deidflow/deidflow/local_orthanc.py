@@ -494,3 +494,60 @@ def c_store(
     if refused:
         raise RuntimeError(f"C-STORE refused {len(refused)} of {len(datasets)} instance(s): {sorted(set(refused))}")
     return len(datasets)
+
+
+# -- `python -m deidflow.local_orthanc`: run it in the foreground for a demo or a manual test ---------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start Orthanc, print where to send, wait for Ctrl-C or SIGTERM, stop Orthanc."""
+    import argparse
+    import signal
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m deidflow.local_orthanc", description=main.__doc__)
+    parser.add_argument("--state", default=".deidflow/orthanc", help="config, credentials, log, transient storage")
+    parser.add_argument("--drop", default="drop", help="drop folder; instances land in DROP/orthanc/")
+    parser.add_argument("--http-port", type=int, default=8042)
+    parser.add_argument("--dicom-port", type=int, default=4242)
+    parser.add_argument("--aet", default=DEFAULT_AET)
+    parser.add_argument("--calling-aet", default=DEFAULT_CALLING_AET, help="the one AET allowed to C-STORE")
+    args = parser.parse_args(argv)
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(0)  # unwinds through the context manager, which stops Orthanc
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        with LocalOrthanc(
+            args.state,
+            args.drop,
+            http_port=args.http_port,
+            dicom_port=args.dicom_port,
+            aet=args.aet,
+            calling_aet=args.calling_aet,
+        ) as server:
+            # The password stays in its 0600 file rather than in terminal scrollback.
+            print(
+                f"Orthanc is up on loopback\n"
+                f"  DICOMweb (STOW-RS): {server.dicomweb_url}/studies\n"
+                f"  DICOM (C-STORE):    {server.aet}@127.0.0.1:{server.dicom_port}, calling AET {server.calling_aet}\n"
+                f"  credentials:        {server.state_dir / 'credentials.json'}\n"
+                f"  drop folder:        {server.target_folder}\n"
+                f"  log:                {server.log_path}\n"
+                "Ctrl-C stops it.",
+                flush=True,
+            )
+            while server.running:
+                time.sleep(0.5)
+            print(f"Orthanc exited; see {server.log_path}", file=sys.stderr)
+            return 1
+    except (OrthancNotInstalled, OrthancFailed) as exc:
+        print(f"deidflow: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
