@@ -156,7 +156,7 @@ class LocalWorkflow:
             "STAGING_PREFIX": "staging/",
             "MAX_OBJECT_MB": str(max_object_mb),
             "TEXT_DETECTOR": text_detector,
-            "SKIP_SUFFIXES": ".json",
+            "SKIP_SUFFIXES": ".json,.head,.unk",
             "POWERTOOLS_SERVICE_NAME": "deidflow",
             "POWERTOOLS_METRICS_NAMESPACE": "deidflow",
             "POWERTOOLS_TRACE_DISABLED": "true",
@@ -280,7 +280,7 @@ class LocalWorkflow:
         # One call at a time per function, as in a single Lambda container.
         with self._locks[name]:
             try:
-                payload = self.handlers[name](event, _LambdaContext(arn))
+                payload = self.handlers[name](event, LambdaContext(arn))
             except Exception as exc:  # noqa: BLE001 - becomes the Lambda error payload, as in AWS
                 payload = {"errorMessage": str(exc), "errorType": type(exc).__name__, "stackTrace": []}
                 response["FunctionError"] = "Unhandled"
@@ -436,7 +436,7 @@ _AFTER_MAP = frozenset({"MapStateExited", "MapStateSucceeded", "MapStateFailed",
 
 
 @dataclass
-class _LambdaContext:
+class LambdaContext:
     invoked_function_arn: str
     function_name: str = ""
     function_version: str = "$LATEST"

@@ -16,6 +16,10 @@ from ..keys import parse_key
 from ..process import Engine
 from ..rules import RuleSet, load_rules
 
+# Never complete instances: Orthanc's S3 plugin may write DICOM-as-JSON (.json), header-only
+# (.dcm.head) and unknown (.unk) attachments beside <uuid>.dcm.
+DEFAULT_SKIP_SUFFIXES = (".json", ".head", ".unk")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -28,7 +32,7 @@ class Settings:
     rules_file: str | None = None
     max_object_bytes: int = 512 * 1024**2
     text_detector: str = "rekognition"
-    skip_suffixes: tuple[str, ...] = (".json",)
+    skip_suffixes: tuple[str, ...] = DEFAULT_SKIP_SUFFIXES
     max_index_item_bytes: int = 350_000
 
     @classmethod
@@ -52,7 +56,9 @@ class Settings:
             rules_file=env.get("RULES_FILE") or None,
             max_object_bytes=int(env.get("MAX_OBJECT_MB", "512")) * 1024**2,
             text_detector=env.get("TEXT_DETECTOR", "rekognition"),
-            skip_suffixes=tuple(s.strip() for s in env.get("SKIP_SUFFIXES", ".json").split(",") if s.strip()),
+            skip_suffixes=tuple(
+                s.strip() for s in env.get("SKIP_SUFFIXES", ",".join(DEFAULT_SKIP_SUFFIXES)).split(",") if s.strip()
+            ),
         )
 
 

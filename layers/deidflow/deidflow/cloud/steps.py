@@ -133,6 +133,11 @@ def quarantine(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Record why the object failed and mark the original; the original itself stays where it is."""
     ref = ObjectRef.from_event(event)
     reason, detail = reason_from_error(event.get("error") or {})
+    if reason == "missing":
+        # Deleted before we read it (Orthanc drops duplicates, users fix mistakes): nothing to
+        # clean and nothing to keep, so a skip, not a quarantine.
+        record_status(services, ref, "skipped", reason=reason, detail=detail)
+        return {"source": ref.as_dict(), "status": "skipped", "reason": reason}
     record_status(services, ref, "quarantined", reason=reason, detail=detail)
     _tag_original(services, ref, reason)
     return {"source": ref.as_dict(), "status": "quarantined", "reason": reason}

@@ -1,0 +1,296 @@
+"""Each Lambda handler (functions/<step>/app.py) against moto: what it reads, writes and returns."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pydicom
+import pytest
+from deidflow.cloud.errors import ProcessingError, RejectedObject, TransientError, classify
+from deidflow.cloud.local import LambdaContext
+from deidflow.synthetic import make_corpus
+
+from tests.conftest import burned_in_ultrasound, dicom_bytes
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return make_corpus(n_patients=2, studies_per_patient=1, images_per_series=2, with_sr=True)
+
+
+def s3_message(bucket: str, key: str, *, event: str = "ObjectCreated:Put", size: int = 10, message_id: str = "m1"):
+    """An SQS message as the Pipe delivers it, carrying an S3 notification (keys URL-encoded)."""
+    from urllib.parse import quote_plus
+
+    record = {
+        "eventName": event,
+        "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(key, safe="/"), "size": size}},
+    }
+    return {"messageId": message_id, "body": json.dumps({"Records": [record]}), "eventSource": "aws:sqs"}
+
+
+def call(workflow, step: str, event):
+    return workflow.handlers[step](event, LambdaContext(workflow.function_arn(step)))
+
+
+def source(workflow, key: str) -> dict:
+    return {"source": {"bucket": workflow.names.ingest_bucket, "key": key, "version_id": None, "size": None}}
+
+
+def status_of(workflow, key: str) -> dict:
+    items = workflow.table_items(workflow.names.status_table)
+    return next(i for i in items if i["object_key"] == f"{workflow.names.ingest_bucket}/{key}")
+
+
+# -- expand_batch -----------------------------------------------------------------------------------
+
+
+def test_expand_batch_keeps_instances_and_records_what_it_skips(workflow):
+    bucket = workflow.names.ingest_bucket
+    messages = [
+        s3_message(bucket, "incoming/study one/img 1.dcm", message_id="a"),
+        s3_message(bucket, "incoming/study one/img 1.dcm", message_id="a-again"),  # duplicate delivery
+        s3_message(bucket, "orthanc/8a1c.json", message_id="b"),
+        s3_message(bucket, "orthanc/8a1c.dcm.head", message_id="b2"),
+        s3_message(bucket, "incoming/folder/", size=0, message_id="c"),
+        s3_message(bucket, "incoming/gone.dcm", event="ObjectRemoved:Delete", message_id="d"),
+        {"messageId": "e", "body": json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"})},
+        {"messageId": "f", "body": "not json"},
+    ]
+    out = call(workflow, "ExpandBatch", messages)
+    assert [o["source"]["key"] for o in out["objects"]] == ["incoming/study one/img 1.dcm"]
+    reasons = {s["message_id"]: s["reason"] for s in out["skipped"]}
+    assert reasons == {
+        "b": "not_an_instance",
+        "b2": "not_an_instance",
+        "c": "folder",
+        "d": "not_object_created",
+        "e": "s3_test_event",
+        "f": "unreadable_message",
+    }
+    assert status_of(workflow, "orthanc/8a1c.json")["status"] == "skipped"
+    assert status_of(workflow, "orthanc/8a1c.json")["reason"] == "not_an_instance"
+
+
+# -- deidentify_header ------------------------------------------------------------------------------
+
+
+def test_deidentify_header_stages_a_clean_copy_and_writes_the_mapping(workflow, corpus):
+    instance = corpus.instances[0]
+    key = workflow.drop("p0/img.dcm", dicom_bytes(instance.dataset))
+    out = call(workflow, "DeidentifyHeader", source(workflow, key))
+
+    assert out["needs_pixel_scan"] is False
+    staged = out["staged"]
+    assert staged["staging_key"] == "staging/" + staged["research_key"]
+    data = workflow.s3.get_object(Bucket=workflow.names.research_bucket, Key=staged["staging_key"])["Body"].read()
+    for value in corpus.planted_values():
+        assert value.encode() not in data
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert ds.SOPInstanceUID == staged["sop_instance_uid"] != instance.dataset.SOPInstanceUID
+
+    mapping = workflow.table_items(workflow.names.mapping_table)
+    assert len(mapping) == 1
+    assert mapping[0]["sop_instance_uid"] == ds.SOPInstanceUID
+    assert mapping[0]["original_sop_instance_uid"] == instance.dataset.SOPInstanceUID
+    assert mapping[0]["original_patient_id"] == instance.patient.patient_id
+    assert mapping[0]["patient_id"] == ds.PatientID != instance.patient.patient_id
+    assert status_of(workflow, key)["status"] == "deidentified"
+    # The original is untouched.
+    original = workflow.s3.get_object(Bucket=workflow.names.ingest_bucket, Key=key)["Body"].read()
+    assert original == dicom_bytes(instance.dataset)
+
+
+def test_deidentify_header_is_idempotent(workflow, corpus):
+    key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[1].dataset))
+    first = call(workflow, "DeidentifyHeader", source(workflow, key))
+    bucket, staging = workflow.names.research_bucket, first["staged"]["staging_key"]
+    first_bytes = workflow.s3.get_object(Bucket=bucket, Key=staging)["Body"].read()
+    second = call(workflow, "DeidentifyHeader", source(workflow, key))
+    assert second == first
+    assert workflow.s3.get_object(Bucket=bucket, Key=staging)["Body"].read() == first_bytes
+
+
+def test_an_instance_that_needs_a_scan_is_only_flagged(workflow):
+    ds, _, _ = burned_in_ultrasound()
+    key = workflow.drop("us/frame.dcm", dicom_bytes(ds))
+    out = call(workflow, "DeidentifyHeader", source(workflow, key))
+    assert out == {"source": source(workflow, key)["source"], "needs_pixel_scan": True}
+    listed = workflow.s3.list_objects_v2(Bucket=workflow.names.research_bucket).get("KeyCount", 0)
+    assert listed == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [(b"", "empty_file"), (b"just some text, not DICOM at all" * 10, "not_dicom")],
+)
+def test_bad_objects_are_rejected_with_a_reason_and_no_output(workflow, payload, reason):
+    key = workflow.drop("junk/file.bin", payload)
+    with pytest.raises(RejectedObject) as caught:
+        call(workflow, "DeidentifyHeader", source(workflow, key))
+    assert caught.value.reason == reason
+    assert json.loads(str(caught.value))["reason"] == reason
+    assert workflow.s3.list_objects_v2(Bucket=workflow.names.research_bucket).get("KeyCount", 0) == 0
+
+
+def test_a_truncated_instance_is_rejected(workflow, corpus):
+    data = dicom_bytes(corpus.instances[0].dataset)
+    key = workflow.drop("p0/cut.dcm", data[: len(data) - 500])
+    with pytest.raises(RejectedObject) as caught:
+        call(workflow, "DeidentifyHeader", source(workflow, key))
+    assert caught.value.reason == "truncated"
+
+
+def test_too_large_is_rejected_before_reading(workflow, monkeypatch):
+    key = workflow.drop("big/file.dcm", b"x" * 100)
+    event = source(workflow, key)
+    event["source"]["size"] = 513 * 1024**2  # above MAX_OBJECT_MB=512; the handler must not download it
+    downloads = []
+    services = __import__("deidflow.cloud.handler", fromlist=["current_services"]).current_services()
+    monkeypatch.setattr(services.s3, "download_file", lambda *a, **k: downloads.append(a))
+    with pytest.raises(RejectedObject) as caught:
+        call(workflow, "DeidentifyHeader", event)
+    assert caught.value.reason == "too_large"
+    assert downloads == []
+
+
+def test_an_object_deleted_before_processing_is_rejected_as_missing(workflow):
+    with pytest.raises(RejectedObject) as caught:
+        call(workflow, "DeidentifyHeader", source(workflow, "incoming/never-was.dcm"))
+    assert caught.value.reason == "missing"
+
+
+def test_unexpected_failures_are_processing_errors_without_values(workflow, corpus, monkeypatch):
+    key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[0].dataset))
+    monkeypatch.setenv("MAPPING_TABLE", "no-such-table")
+    from deidflow.cloud.handler import reset_services
+
+    reset_services()
+    with pytest.raises(ProcessingError) as caught:
+        call(workflow, "DeidentifyHeader", source(workflow, key))
+    assert "ResourceNotFoundException" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_throttling_is_transient_and_everything_else_is_not():
+    from botocore.exceptions import ClientError, EndpointConnectionError
+    from deidflow.intake import Rejected
+
+    def client_error(code: str, status: int = 400) -> ClientError:
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutItem")
+
+    assert isinstance(classify(client_error("ThrottlingException")), TransientError)
+    assert isinstance(classify(client_error("ProvisionedThroughputExceededException")), TransientError)
+    assert isinstance(classify(client_error("Anything", 503)), TransientError)
+    assert isinstance(classify(EndpointConnectionError(endpoint_url="https://s3")), TransientError)
+    assert isinstance(classify(client_error("AccessDenied", 403)), ProcessingError)
+    assert classify(client_error("NoSuchKey", 404)).reason == "missing"
+    assert classify(Rejected("not_dicom", "no preamble")).reason == "not_dicom"
+    assert str(classify(ValueError("PatientName=DOE^JANE"))) == "ValueError"
+
+
+# -- redact_burned_in_text --------------------------------------------------------------------------
+
+
+def test_redact_burned_in_text_fills_the_text_and_cleans_the_header(workflow):
+    ds, _, planted = burned_in_ultrasound()
+    key = workflow.drop("us/frame.dcm", dicom_bytes(ds))
+    out = call(workflow, "RedactBurnedInText", source(workflow, key))
+
+    assert out["needs_pixel_scan"] is True
+    assert out["pixels"]["redacted"] is True and out["pixels"]["boxes"] >= 2
+    data = workflow.s3.get_object(Bucket=workflow.names.research_bucket, Key=out["staged"]["staging_key"])[
+        "Body"
+    ].read()
+    for value in planted:
+        assert value.encode() not in data
+    cleaned = pydicom.dcmread(io.BytesIO(data))
+    assert cleaned.BurnedInAnnotation == "NO"
+    assert "113101" in {item.CodeValue for item in cleaned.DeidentificationMethodCodeSequence}
+    # The background is at most 60; the drawn text was 255. No text pixel is left.
+    assert int(np.asarray(cleaned.pixel_array).max()) < 128
+
+
+# -- index_header, publish, quarantine --------------------------------------------------------------
+
+
+def test_index_then_publish(workflow, corpus):
+    key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[0].dataset))
+    staged = call(workflow, "DeidentifyHeader", source(workflow, key))
+    indexed = call(workflow, "IndexHeader", staged)
+    assert indexed["indexed"] == {"sidecar": False}
+    [item] = workflow.table_items(workflow.names.index_table)
+    assert item["sop_instance_uid"] == staged["staged"]["sop_instance_uid"]
+    assert item["research_key"] == staged["staged"]["research_key"]
+    for value in corpus.planted_values():
+        assert value not in json.dumps(item, default=str)
+
+    published = call(workflow, "Publish", indexed)
+    research_key = staged["staged"]["research_key"]
+    assert published == {"source": staged["source"], "status": "published", "research_key": research_key}
+    research = workflow.research_objects()
+    assert list(research) == [research_key]
+    assert workflow.s3.list_objects_v2(Bucket=workflow.names.research_bucket, Prefix="staging/")["KeyCount"] == 0
+    assert status_of(workflow, key)["status"] == "published"
+    assert status_of(workflow, key)["research_key"] == research_key
+
+
+def test_quarantine_records_the_reason_and_tags_the_original_in_place(workflow):
+    key = workflow.drop("junk/readme.txt", b"hello")
+    workflow.s3.put_object_tagging(
+        Bucket=workflow.names.ingest_bucket, Key=key, Tagging={"TagSet": [{"Key": "site", "Value": "north"}]}
+    )
+    error = {
+        "Error": "RejectedObject",
+        "Cause": json.dumps(
+            {"errorType": "RejectedObject", "errorMessage": json.dumps({"reason": "not_dicom", "detail": "no DICM"})}
+        ),
+    }
+    out = call(workflow, "Quarantine", {**source(workflow, key), "error": error})
+    assert out["status"] == "quarantined" and out["reason"] == "not_dicom"
+    record = status_of(workflow, key)
+    assert (record["status"], record["reason"], record["detail"]) == ("quarantined", "not_dicom", "no DICM")
+    tags = workflow.s3.get_object_tagging(Bucket=workflow.names.ingest_bucket, Key=key)["TagSet"]
+    assert {t["Key"]: t["Value"] for t in tags} == {
+        "site": "north",
+        "deidflow-status": "quarantined",
+        "deidflow-reason": "not_dicom",
+    }
+    assert workflow.s3.get_object(Bucket=workflow.names.ingest_bucket, Key=key)["Body"].read() == b"hello"
+
+
+def test_an_object_deleted_before_it_was_read_is_skipped_not_quarantined(workflow):
+    key = "orthanc/deleted-duplicate.dcm"
+    error = {
+        "Error": "RejectedObject",
+        "Cause": json.dumps({"errorMessage": json.dumps({"reason": "missing", "detail": "NoSuchKey"})}),
+    }
+    out = call(workflow, "Quarantine", {**source(workflow, key), "error": error})
+    assert out["status"] == "skipped" and out["reason"] == "missing"
+    assert status_of(workflow, key)["status"] == "skipped"
+
+
+def test_quarantine_names_timeouts_and_internal_errors():
+    from deidflow.cloud.errors import reason_from_error
+
+    assert reason_from_error({"Error": "States.Timeout", "Cause": ""}) == ("step_failed", "States.Timeout")
+    internal = {"Error": "ProcessingError", "Cause": json.dumps({"errorMessage": "PutItem: AccessDenied"})}
+    assert reason_from_error(internal) == ("internal_error", "PutItem: AccessDenied")
+
+
+def test_handlers_log_keys_and_reasons_never_header_values(workflow, corpus, caplog):
+    from deidflow.cloud import handler
+
+    handler.logger.setLevel("INFO")
+    key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[0].dataset))
+    staged = call(workflow, "DeidentifyHeader", source(workflow, key))
+    call(workflow, "Publish", call(workflow, "IndexHeader", staged))
+    with pytest.raises(RejectedObject):
+        call(workflow, "DeidentifyHeader", source(workflow, workflow.drop("p0/bad.dcm", b"\0" * 128 + b"DICM")))
+    # Every record with every extra field: what the JSON log line is made of.
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "incoming/p0/img.dcm" in text  # the key is logged...
+    for value in corpus.planted_values():
+        assert value not in text  # ...values never are
