@@ -6,13 +6,13 @@ same checks, rules and output layout.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, replace
 
 import pydicom
 
 from .deidentify import Deidentifier, DeidResult
+from .fastwrite import encode_file
 from .intake import AcceptPolicy, Rejected, check_cleanable, read_dataset
 from .pixels import (
     DetectionError,
@@ -92,16 +92,16 @@ class Engine:
             raise Rejected("unparseable", f"an element could not be de-identified ({type(exc).__name__})") from None
         if plan.transcode and plan.transcode != str(ds.file_meta.TransferSyntaxUID):
             _transcode(result.dataset, plan.transcode)
-        buffer = io.BytesIO()
         try:
-            pydicom.dcmwrite(buffer, result.dataset, enforce_file_format=True)
+            # What pydicom.dcmwrite(enforce_file_format=True) writes, byte for byte, but faster.
+            data = encode_file(result.dataset)
         except Exception as exc:  # noqa: BLE001
             raise Rejected(
                 "unwritable", f"the de-identified data set could not be encoded ({type(exc).__name__})"
             ) from None
         return ProcessedInstance(
             key=research_key(result.study_uid, result.series_uid, result.sop_uid),
-            data=buffer.getvalue(),
+            data=data,
             study_uid=result.study_uid,
             series_uid=result.series_uid,
             sop_uid=result.sop_uid,
