@@ -1,0 +1,236 @@
+"""The real state machine (statemachines/deidentify.asl.json) end to end on moto.
+
+Objects go into the ingest bucket, S3 notifies SQS, the Pipe stand-in starts executions with the
+batch, moto's Step Functions interpreter runs the ASL, and the real handlers run in-process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pydicom
+import pytest
+from deidflow.cloud.local import FUNCTIONS, LambdaContext
+from deidflow.cloud.template import load_template
+from deidflow.synthetic import make_corpus
+
+from tests.conftest import REPO, burned_in_ultrasound, dicom_bytes
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return make_corpus(n_patients=2, studies_per_patient=2, images_per_series=2, with_sr=True)
+
+
+def queue_counts(workflow) -> tuple[int, int]:
+    attrs = workflow.sqs.get_queue_attributes(
+        QueueUrl=workflow.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def statuses(workflow) -> dict[str, dict]:
+    prefix = workflow.names.ingest_bucket + "/"
+    return {i["object_key"].removeprefix(prefix): i for i in workflow.table_items(workflow.names.status_table)}
+
+
+def test_a_drop_folder_with_junk_comes_out_clean_and_accounted_for(workflow, corpus):
+    originals = {}
+    for n, instance in enumerate(corpus.instances):
+        key = workflow.drop(f"site a/patient{instance.patient.index}/img{n:03d}.dcm", dicom_bytes(instance.dataset))
+        originals[key] = instance
+    us, _, us_planted = burned_in_ultrasound()
+    us_key = workflow.drop("site a/us/echo.dcm", dicom_bytes(us))
+    truncated = dicom_bytes(corpus.instances[0].dataset)
+    junk = {
+        workflow.drop("site a/notes.txt", b"call the ward about this patient"): "not_dicom",
+        workflow.drop("site a/empty.dcm", b""): "empty_file",
+        workflow.drop("site a/cut.dcm", truncated[: len(truncated) // 2]): "truncated",
+    }
+    sidecar = workflow.drop("orthanc/0a1b2c.json", b'{"0010,0010": "not an instance"}')
+
+    reports = workflow.run_pipe()
+
+    assert reports and all(r.status == "SUCCEEDED" for r in reports)
+    assert queue_counts(workflow) == (0, 0)  # every message left the queue, none before its object was done
+    research = workflow.research_objects()
+    assert len(research) == len(corpus.instances) + 1
+
+    # Nothing identifying reached the research side: objects, index, or the execution history.
+    planted = [*corpus.planted_values(), *us_planted]
+    index_items = workflow.table_items(workflow.names.index_table)
+    histories = json.dumps([workflow.history(r.execution_arn) for r in reports], default=str)
+    for data in research.values():
+        for value in planted:
+            assert value.encode() not in data
+    for value in planted:
+        assert value not in json.dumps(index_items, default=str)
+        assert value not in histories
+
+    # Each published object is indexed under its key, and references still resolve.
+    assert sorted(i["research_key"] for i in index_items) == sorted(research)
+    datasets = [pydicom.dcmread(io.BytesIO(b)) for b in research.values()]
+    sops = {ds.SOPInstanceUID for ds in datasets}
+    for ds in datasets:
+        if ds.Modality == "SR":
+            cited = {
+                item.ReferencedSOPInstanceUID
+                for study_ref in ds.CurrentRequestedProcedureEvidenceSequence
+                for series in study_ref.ReferencedSeriesSequence
+                for item in series.ReferencedSOPSequence
+            }
+            assert cited and cited <= sops
+
+    # The burned-in ultrasound went through the redaction state; CTs did not.
+    paths = {o.key: o for r in reports for o in r.objects}
+    assert "RedactBurnedInText" in paths[us_key].states
+    assert all("RedactBurnedInText" not in paths[k].states for k in originals)
+    assert paths[us_key].status == "published"
+
+    # Junk is quarantined with its reason, the original stays where it was, tagged.
+    recorded = statuses(workflow)
+    for key, reason in junk.items():
+        assert paths[key].status == "quarantined"
+        assert paths[key].states[-1] == "Quarantine"
+        assert (recorded[key]["status"], recorded[key]["reason"]) == ("quarantined", reason)
+        workflow.s3.head_object(Bucket=workflow.names.ingest_bucket, Key=key)
+        tags = workflow.s3.get_object_tagging(Bucket=workflow.names.ingest_bucket, Key=key)["TagSet"]
+        assert {"Key": "deidflow-reason", "Value": reason} in tags
+    assert (recorded[sidecar]["status"], recorded[sidecar]["reason"]) == ("skipped", "not_an_instance")
+    for key in originals:
+        assert recorded[key]["status"] == "published"
+    # Staging is empty once everything is published.
+    assert workflow.s3.list_objects_v2(Bucket=workflow.names.research_bucket, Prefix="staging/")["KeyCount"] == 0
+
+
+def test_the_same_event_twice_gives_the_same_object_and_index_item(workflow, corpus):
+    workflow.drop("p/img.dcm", dicom_bytes(corpus.instances[0].dataset))
+    messages = workflow.sqs.receive_message(QueueUrl=workflow.queue_url, MaxNumberOfMessages=10)["Messages"]
+    batch = [workflow._pipe_record(m) for m in messages]
+
+    first = workflow.execute(batch)
+    research_1 = workflow.research_objects()
+    index_1 = workflow.table_items(workflow.names.index_table)
+    second = workflow.execute(batch)  # redelivery: SQS is at-least-once
+
+    assert first.status == second.status == "SUCCEEDED"
+    assert workflow.research_objects() == research_1 and len(research_1) == 1
+    assert workflow.table_items(workflow.names.index_table) == index_1
+    [key] = research_1
+    versions = workflow.s3.list_object_versions(Bucket=workflow.names.research_bucket, Prefix=key)["Versions"]
+    contents = {
+        workflow.s3.get_object(Bucket=workflow.names.research_bucket, Key=key, VersionId=v["VersionId"])["Body"].read()
+        for v in versions
+    }
+    assert len(contents) == 1  # every version written is byte-identical
+
+
+def test_throttling_is_retried_by_the_state_machine(workflow, corpus):
+    from botocore.exceptions import ClientError
+    from deidflow.cloud.handler import current_services
+
+    table = current_services().table(workflow.names.index_table)
+    real_put = table.put_item
+    calls = []
+
+    def throttled_once(**kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ClientError({"Error": {"Code": "ThrottlingException"}}, "PutItem")
+        return real_put(**kwargs)
+
+    table.put_item = throttled_once
+    workflow.drop("p/img.dcm", dicom_bytes(corpus.instances[0].dataset))
+    [report] = workflow.run_pipe()
+
+    assert report.status == "SUCCEEDED"
+    [obj] = [o for o in report.objects if o.status != "skipped"]
+    assert obj.status == "published"
+    assert [name for name, _ in workflow.invocations].count("IndexHeader") == 2
+    assert len(workflow.table_items(workflow.names.index_table)) == 1
+
+
+def test_a_failed_execution_leaves_its_messages_on_the_queue(workflow):
+    def broken_quarantine(event, context):
+        raise RuntimeError("the status table is unreachable")
+
+    workflow.handlers["Quarantine"] = broken_quarantine
+    key = workflow.drop("junk.txt", b"not dicom")
+    reports = workflow.run_pipe()
+
+    assert reports[-1].status == "FAILED"
+    visible, in_flight = queue_counts(workflow)
+    assert visible + in_flight >= 1  # redelivered after the visibility timeout, then the DLQ
+    workflow.s3.head_object(Bucket=workflow.names.ingest_bucket, Key=key)  # and the original is still there
+
+
+def test_template_state_machine_and_functions_agree():
+    template = load_template(REPO / "template.yaml")
+    resources = template["Resources"]
+    machine = resources["DeidentifyStateMachine"]["Properties"]
+    asl_text = (REPO / machine["DefinitionUri"]).read_text()
+    placeholders = set(re.findall(r"\$\{(\w+)\}", asl_text))
+    assert placeholders == set(machine["DefinitionSubstitutions"]) == {f"{n}FunctionArn" for n in FUNCTIONS}
+    for name, folder in FUNCTIONS.items():
+        function = resources[f"{name}Function"]["Properties"]
+        assert function["CodeUri"].rstrip("/") == f"functions/{folder}"
+        assert machine["DefinitionSubstitutions"][f"{name}FunctionArn"] == {"Fn::GetAtt": [f"{name}Function", "Arn"]}
+        assert (REPO / "functions" / folder / "app.py").is_file()
+    # Every task but the batch expansion and the quarantine itself is caught into Quarantine.
+    asl = json.loads(asl_text)
+    inner = asl["States"]["ProcessObjects"]["ItemProcessor"]["States"]
+    for name, state in inner.items():
+        if state["Type"] == "Task" and name != "Quarantine":
+            assert state["Catch"][0]["Next"] == "Quarantine"
+            assert "TransientError" in state["Retry"][0]["ErrorEquals"]
+            assert state["Retry"][0]["JitterStrategy"] == "FULL"
+            assert "RejectedObject" not in json.dumps(state["Retry"])
+    # Express waits for the execution (messages deleted only after success); Standard hands off.
+    pipe = resources["IngestPipe"]["Properties"]
+    invocation = pipe["TargetParameters"]["StepFunctionStateMachineParameters"]["InvocationType"]
+    assert invocation == {"Fn::If": ["IsExpress", "REQUEST_RESPONSE", "FIRE_AND_FORGET"]}
+
+
+def test_every_function_has_a_sample_event_in_the_shape_it_is_called_with(workflow, corpus):
+    """events/<step>.json (for `sam local invoke -e`) match what the states really pass."""
+
+    def shape(value):
+        if isinstance(value, dict):
+            return {k: shape(v) for k, v in value.items()}
+        return type(value).__name__ if value is not None else "NoneType"
+
+    events = {folder: json.loads((REPO / "events" / f"{folder}.json").read_text()) for folder in FUNCTIONS.values()}
+    workflow.drop("patient0/img0000.dcm", dicom_bytes(corpus.instances[0].dataset))
+    [message] = [
+        m
+        for m in workflow.sqs.receive_message(QueueUrl=workflow.queue_url, MaxNumberOfMessages=10)["Messages"]
+        if "Records" in m["Body"]
+    ]
+
+    def run(name: str, event):
+        return workflow.handlers[name](event, LambdaContext(workflow.function_arn(name)))
+
+    expanded = run("ExpandBatch", [workflow._pipe_record(message)])
+    sample_expanded = run("ExpandBatch", events["expand_batch"])
+    assert [o["source"]["key"] for o in sample_expanded["objects"]] == ["incoming/patient0/img0000.dcm"]
+    assert [s["reason"] for s in sample_expanded["skipped"]] == ["s3_test_event"]
+
+    item = expanded["objects"][0]
+    assert set(item) == set(events["deidentify_header"]) and set(item["source"]) == set(
+        events["deidentify_header"]["source"]
+    )
+    staged = run("DeidentifyHeader", item)
+    assert shape({k: v for k, v in staged.items() if k != "source"}) == shape(
+        {k: v for k, v in events["index_header"].items() if k != "source"}
+    )
+    indexed = run("IndexHeader", staged)
+    assert shape({k: v for k, v in indexed.items() if k != "source"}) == shape(
+        {k: v for k, v in events["publish"].items() if k != "source"}
+    )
+    assert run("Publish", indexed)["status"] == "published"
+    assert events["redact_burned_in_text"]["needs_pixel_scan"] is True
+    quarantined = run("Quarantine", {**item, "error": events["quarantine"]["error"]})
+    assert quarantined["reason"] == "not_dicom"
