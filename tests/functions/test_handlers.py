@@ -10,9 +10,9 @@ import pydicom
 import pytest
 from deidflow.cloud.errors import ProcessingError, RejectedObject, TransientError, classify
 from deidflow.cloud.local import LambdaContext
-from deidflow.synthetic import make_corpus
+from deidflow.synthetic import make_burned_in_ultrasound, make_corpus
 
-from tests.conftest import burned_in_ultrasound, dicom_bytes
+from tests.conftest import dicom_bytes
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_deidentify_header_is_idempotent(workflow, corpus):
 
 
 def test_an_instance_that_needs_a_scan_is_only_flagged(workflow):
-    ds, _, _ = burned_in_ultrasound()
+    ds, _, _ = make_burned_in_ultrasound()
     key = workflow.drop("us/frame.dcm", dicom_bytes(ds))
     out = call(workflow, "DeidentifyHeader", source(workflow, key))
     assert out == {"source": source(workflow, key)["source"], "needs_pixel_scan": True}
@@ -195,7 +195,7 @@ def test_throttling_is_transient_and_everything_else_is_not():
 
 
 def test_redact_burned_in_text_fills_the_text_and_cleans_the_header(workflow):
-    ds, _, planted = burned_in_ultrasound()
+    ds, _, planted = make_burned_in_ultrasound()
     key = workflow.drop("us/frame.dcm", dicom_bytes(ds))
     out = call(workflow, "RedactBurnedInText", source(workflow, key))
 

@@ -14,9 +14,9 @@ import pydicom
 import pytest
 from deidflow.cloud.local import FUNCTIONS, LambdaContext
 from deidflow.cloud.template import load_template
-from deidflow.synthetic import make_corpus
+from deidflow.synthetic import make_burned_in_ultrasound, make_corpus
 
-from tests.conftest import REPO, burned_in_ultrasound, dicom_bytes
+from tests.conftest import REPO, dicom_bytes
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_a_drop_folder_with_junk_comes_out_clean_and_accounted_for(workflow, cor
     for n, instance in enumerate(corpus.instances):
         key = workflow.drop(f"site a/patient{instance.patient.index}/img{n:03d}.dcm", dicom_bytes(instance.dataset))
         originals[key] = instance
-    us, _, us_planted = burned_in_ultrasound()
+    us, _, us_planted = make_burned_in_ultrasound()
     us_key = workflow.drop("site a/us/echo.dcm", dicom_bytes(us))
     truncated = dicom_bytes(corpus.instances[0].dataset)
     junk = {
@@ -234,3 +234,25 @@ def test_every_function_has_a_sample_event_in_the_shape_it_is_called_with(workfl
     assert events["redact_burned_in_text"]["needs_pixel_scan"] is True
     quarantined = run("Quarantine", {**item, "error": events["quarantine"]["error"]})
     assert quarantined["reason"] == "not_dicom"
+
+
+def test_local_run_command_shows_each_objects_path_and_exits_3_on_quarantine(tmp_path, corpus, capsys):
+    from deidflow.cli import main
+
+    drop = tmp_path / "drop"
+    (drop / "p").mkdir(parents=True)
+    for n, instance in enumerate(corpus.instances[:3]):
+        (drop / "p" / f"img{n}.dcm").write_bytes(dicom_bytes(instance.dataset))
+    (drop / "notes.txt").write_text("not an image")
+    key_file = tmp_path / "key"
+    key_file.write_text(bytes(range(32)).hex())
+
+    code = main(
+        ["local", "run", str(drop), str(tmp_path / "research"), "--key-file", str(key_file), "--project", str(REPO)]
+    )
+
+    out = capsys.readouterr().out
+    assert code == 3
+    assert "incoming/notes.txt\n    ExpandBatch -> DeidentifyHeader -> Quarantine  [quarantined: not_dicom]" in out
+    assert out.count("-> IndexHeader -> Publish  [published: studies/") == 3
+    assert len(list((tmp_path / "research" / "studies").rglob("*.dcm"))) == 3

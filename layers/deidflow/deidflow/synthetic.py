@@ -463,3 +463,40 @@ def make_encapsulated_pdf(rng: np.random.Generator | None = None) -> Dataset:
 
 def new_uid() -> str:
     return generate_uid(prefix=UID_PREFIX)
+
+
+def make_burned_in_ultrasound(seed: int = 7) -> tuple[Dataset, tuple[str, ...], list[str]]:
+    """An ultrasound image, BurnedInAnnotation YES, with a name and an MRN drawn into the pixels.
+
+    Returns (dataset, the words drawn, the patient's planted header values). Drawing text needs
+    Pillow (a dev dependency), imported here so the rest of the module does not.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    patient = make_patient(40 + seed)
+    study = make_study(patient, 0, rng)
+    instance = make_instance(study, new_uid(), 1, 1, rng, rows=240, columns=320)
+    ds = instance.dataset
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    ds.Modality = "US"
+    ds.BurnedInAnnotation = "YES"
+    image = Image.fromarray((rng.random((240, 320, 3)) * 60).astype("uint8"))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=22)
+    words = ("QUILLFEATHER", "MRN 88123467")
+    draw.text((10, 8), words[0], fill=(255, 255, 255), font=font)
+    draw.text((10, 200), words[1], fill=(255, 255, 0), font=font)
+    pixels = np.asarray(image)
+    for keyword in ("RescaleIntercept", "RescaleSlope", "WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    return ds, words, patient.planted
