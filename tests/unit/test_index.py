@@ -80,7 +80,7 @@ def _dynamodb_size(serialized: dict[str, Any]) -> int:
     """The item size by DynamoDB's documented rules, from TypeSerializer's output (the reference)."""
 
     def value(v: dict[str, Any]) -> int:
-        (kind, inner), = v.items()
+        ((kind, inner),) = v.items()
         if kind == "S":
             return len(inner.encode("utf-8"))
         if kind == "N":
