@@ -175,3 +175,15 @@ def test_a_different_key_gives_different_pseudonyms(run, tmp_path):
     other = tmp_path / "other"
     run_batch([source], other, load_rules(), bytes(reversed(TEST_KEY)), jobs=1)
     assert not set(_outputs(out)) & set(_outputs(other))
+
+
+def test_the_preamble_is_never_carried_over(default_engine):
+    """The 128 bytes before DICM may hold anything (a TIFF header, a name): the output has zeros."""
+    from deidflow.synthetic import make_corpus
+
+    from ..conftest import dicom_bytes
+
+    ds = make_corpus(n_patients=1, studies_per_patient=1, images_per_series=1, with_sr=False).instances[0].dataset
+    ds.preamble = b"II*\x00PATIENT QUILLFEATHER MRN 88123467".ljust(128, b"\x00")
+    out = default_engine.process(dicom_bytes(ds))
+    assert out.data[:128] == bytes(128) and out.data[128:132] == b"DICM"

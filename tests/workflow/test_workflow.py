@@ -102,6 +102,19 @@ def test_a_drop_folder_with_junk_comes_out_clean_and_accounted_for(workflow, cor
     assert (recorded[sidecar]["status"], recorded[sidecar]["reason"]) == ("skipped", "not_an_instance")
     for key in originals:
         assert recorded[key]["status"] == "published"
+    # The metrics the quarantine-rate alarm divides: one per object, with the alarm's dimension.
+    emitted: dict[str, float] = {}
+    for document in workflow.metrics:
+        [directive] = document["_aws"]["CloudWatchMetrics"]
+        assert document["service"] == "deidflow" and directive["Dimensions"] == [["service"]]
+        for metric in directive["Metrics"]:
+            value = document[metric["Name"]]
+            emitted[metric["Name"]] = emitted.get(metric["Name"], 0) + (
+                sum(value) if isinstance(value, list) else value
+            )
+    assert emitted["ObjectsQuarantined"] == len(junk)
+    assert emitted["ObjectsPublished"] == len(corpus.instances) + 1
+    assert emitted["InstancesRedacted"] == 1
     # Staging is empty once everything is published.
     assert workflow.s3.list_objects_v2(Bucket=workflow.names.research_bucket, Prefix="staging/")["KeyCount"] == 0
 

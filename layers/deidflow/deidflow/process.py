@@ -92,6 +92,9 @@ class Engine:
             raise Rejected("unparseable", f"an element could not be de-identified ({type(exc).__name__})") from None
         if plan.transcode and plan.transcode != str(ds.file_meta.TransferSyntaxUID):
             _transcode(result.dataset, plan.transcode)
+        # The 128-byte preamble is free for applications (DICOM/TIFF dual files put a TIFF header
+        # there, others anything at all): nothing of it reaches the output.
+        result.dataset.preamble = bytes(128)
         try:
             # What pydicom.dcmwrite(enforce_file_format=True) writes, byte for byte, but faster.
             data = encode_file(result.dataset)

@@ -13,7 +13,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-from .errors import workflow_errors
+from .errors import classify, workflow_errors
 from .services import Services, Settings
 
 Step = Callable[[Any, Services], dict[str, Any]]
@@ -22,7 +22,10 @@ Step = Callable[[Any, Services], dict[str, Any]]
 # tests and the local workflow working without them.
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow"))
 tracer = Tracer(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow"))
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "deidflow"))
+metrics = Metrics(
+    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "deidflow"),
+    service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow"),  # the alarms' dimension
+)
 _services: Services | None = None
 
 
@@ -46,7 +49,13 @@ def lambda_handler(step: Step) -> Callable[[Any, Any], dict[str, Any]]:
     @metrics.log_metrics
     @workflow_errors
     def handler(event: Any, context: Any) -> dict[str, Any]:
-        result = step(event, current_services())
+        try:
+            result = step(event, current_services())
+        except Exception as exc:
+            # The state machine decides what happens next (retry or quarantine); this counts it.
+            metrics.add_metric("StepErrors", MetricUnit.Count, 1)
+            metrics.add_metadata("error", type(classify(exc)).__name__)
+            raise
         _observe(step.__name__, result)
         return result
 
@@ -70,10 +79,19 @@ def _observe(step_name: str, result: Mapping[str, Any]) -> None:
     if step_name == "expand_batch":
         metrics.add_metric("ObjectsReceived", MetricUnit.Count, len(result.get("objects", [])))
         metrics.add_metric("ObjectsSkipped", MetricUnit.Count, len(result.get("skipped", [])))
+    elif step_name == "deidentify_header":
+        scan = bool(result.get("needs_pixel_scan"))
+        metrics.add_metric("PixelScansNeeded" if scan else "HeadersDeidentified", MetricUnit.Count, 1)
+    elif step_name == "redact_burned_in_text":
+        metrics.add_metric("PixelScans", MetricUnit.Count, 1)
+        if (result.get("pixels") or {}).get("redacted"):
+            metrics.add_metric("InstancesRedacted", MetricUnit.Count, 1)
+    elif step_name == "index_header":
+        metrics.add_metric("InstancesIndexed", MetricUnit.Count, 1)
     elif result.get("status") == "published":
         metrics.add_metric("ObjectsPublished", MetricUnit.Count, 1)
     elif result.get("status") == "quarantined":
         metrics.add_metric("ObjectsQuarantined", MetricUnit.Count, 1)
         metrics.add_metadata("reason", result.get("reason"))
-    if (result.get("pixels") or {}).get("redacted"):
-        metrics.add_metric("InstancesRedacted", MetricUnit.Count, 1)
+    else:  # a quarantine step that found the object gone: a skip
+        metrics.add_metric("ObjectsSkipped", MetricUnit.Count, 1)

@@ -10,6 +10,7 @@ the execution succeeded. Tests and `deidflow local run` use it; nothing here is 
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import io
 import json
@@ -160,14 +161,15 @@ class LocalWorkflow:
             "POWERTOOLS_SERVICE_NAME": "deidflow",
             "POWERTOOLS_METRICS_NAMESPACE": "deidflow",
             "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_METRICS_DISABLED": "true",  # EMF lines would drown the operator's view
         }
         if rules_file:
             self.environment["RULES_FILE"] = str(rules_file)
         self._saved_env: dict[str, str | None] = {}
         self._mock: Any = None
-        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self.metrics: list[dict[str, Any]] = []  # CloudWatch EMF documents the handlers emitted
         self.invocations: list[tuple[str, str]] = []  # (function, object key) in call order
+        self.durations: list[tuple[str, float]] = []  # (function, seconds) per invocation, for costing
 
     # -- set-up and tear-down -------------------------------------------------------------------
 
@@ -186,7 +188,6 @@ class LocalWorkflow:
         self._log_level = handler.logger.log_level
         handler.logger.setLevel(self.log_level)
         self.handlers = load_handlers(self.project)
-        self._locks = {name: threading.Lock() for name in self.handlers}
         # moto's interpreter calls lambda:Invoke through boto3's default session: answer it here.
         boto3.DEFAULT_SESSION.events.register("before-call.lambda.Invoke", self._invoke)
         self.s3 = boto3.client("s3")
@@ -277,13 +278,17 @@ class LocalWorkflow:
         source = event.get("source", {}) if isinstance(event, dict) else {}
         self.invocations.append((name, str(source.get("key", ""))))
         response: dict[str, Any] = {"StatusCode": 200, "ExecutedVersion": "$LATEST"}
-        # One call at a time per function, as in a single Lambda container.
-        with self._locks[name]:
+        # One call at a time (the Map runs iterations on threads): handlers see one container each,
+        # and the metrics they print (CloudWatch EMF on stdout) are collected, not shown.
+        with self._lock, contextlib.redirect_stdout(io.StringIO()) as printed:
+            started = time.perf_counter()
             try:
                 payload = self.handlers[name](event, LambdaContext(arn))
             except Exception as exc:  # noqa: BLE001 - becomes the Lambda error payload, as in AWS
                 payload = {"errorMessage": str(exc), "errorType": type(exc).__name__, "stackTrace": []}
                 response["FunctionError"] = "Unhandled"
+            self.durations.append((name, time.perf_counter() - started))
+        self.metrics += [json.loads(line) for line in printed.getvalue().splitlines() if line.startswith('{"_aws"')]
         body = json.dumps(payload).encode()
         response["Payload"] = StreamingBody(io.BytesIO(body), len(body))
         return AWSResponse(arn, 200, {}, None), response
