@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): layers/deidflow/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e "layers/deidflow[codecs,ocr,rekognition,cloud,local]" -r requirements-dev.txt
+	$(BIN)/pip install --quiet -e "layers/deidflow[codecs,ocr,rekognition,cloud,local,orthanc]" -r requirements-dev.txt
 	touch $(STAMP)
 
 run: $(STAMP)

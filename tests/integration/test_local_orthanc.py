@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from deidflow.batch import run_batch
 from deidflow.local_orthanc import (
     DROP_SUBFOLDER,
     LocalOrthanc,
@@ -28,7 +27,6 @@ from deidflow.local_orthanc import (
     stow_rs,
 )
 from deidflow.pseudonym import Pseudonymizer
-from deidflow.rules import load_rules
 from deidflow.storage import research_key
 from deidflow.synthetic import Corpus, make_corpus, write_corpus
 
@@ -44,13 +42,20 @@ ORTHANC_ID_NAME = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}\.dcm$")
 
 
 def run_pipeline(drop_dir: Path, research_dir: Path, key: bytes) -> None:
-    """De-identify everything in the drop folder into research_dir/studies/<Study>/series/<Series>/....
-
-    Today: the engine's batch runner. Later: the real ASL workflow on moto, fed by the drop folder;
-    the assertions below only look at research_dir.
+    """What `deidflow local up` does: hand the drop over to the local ingest bucket under orthanc/,
+    run the real state machine on moto, fetch the research bucket into research_dir.
     """
-    summary = run_batch([drop_dir], research_dir, load_rules(), key, jobs=1)
-    assert summary.rejected == 0, f"rejected: {dict(summary.reasons)}"
+    from deidflow.cloud.local import LocalWorkflow
+
+    with LocalWorkflow(key, project=Path(__file__).resolve().parents[2]) as workflow:
+        keys = workflow.take_over(drop_dir)
+        assert keys and all(k.startswith("orthanc/") for k in keys)
+        reports = workflow.run_pipe()
+        assert all(r.status == "SUCCEEDED" for r in reports)
+        outcomes = [o.status for r in reports for o in r.objects if o.status != "skipped"]
+        assert outcomes == ["published"] * len(keys), outcomes
+        assert not any(drop_dir.glob("*.dcm"))  # handed over, nothing left on disk
+        workflow.download_research(research_dir)
 
 
 # -- fixtures -----------------------------------------------------------------------------------------
@@ -153,7 +158,7 @@ def test_stow_and_c_store_reach_the_drop_folder_and_come_out_clean(
     assert seen == set(sent.files)
 
     research = tmp_path / "research"
-    run_pipeline(orthanc.drop_dir, research, TEST_KEY)
+    run_pipeline(orthanc.target_folder, research, TEST_KEY)
 
     # Every sent instance is in the research layout, under its new UIDs, and nothing else is.
     pseudonyms = Pseudonymizer(TEST_KEY)

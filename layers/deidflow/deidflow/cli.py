@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -192,6 +193,55 @@ def cmd_local_run(args: argparse.Namespace) -> int:
     return EXIT_SOME_REJECTED if counts.get("quarantined") else EXIT_OK
 
 
+def cmd_local_up(args: argparse.Namespace) -> int:
+    """A real Orthanc on loopback in front of the local workflow: send studies, watch them come out."""
+    _load_rules_or_exit(args.rules)
+    key = _load_key_or_exit(args.key_file)
+    try:
+        from .cloud.local import LocalWorkflow
+        from .local_orthanc import LocalOrthanc, OrthancFailed, OrthancNotInstalled
+    except ImportError as exc:
+        print(f"deidflow: the local front door needs the 'local' extra ({exc.name} is missing)", file=sys.stderr)
+        return EXIT_USAGE
+    state, destination = Path(args.state), Path(args.dst)
+    try:
+        with (
+            LocalWorkflow(
+                key,
+                project=Path(args.project) if args.project else None,
+                rules_file=args.rules,
+                text_detector=args.detector,
+            ) as workflow,
+            LocalOrthanc(
+                state / "orthanc", state / "drop", http_port=args.http_port, dicom_port=args.dicom_port
+            ) as orthanc,
+        ):
+            print(
+                "Orthanc is up on loopback, in front of the local workflow\n"
+                f"  DICOMweb (STOW-RS): {orthanc.dicomweb_url}/studies\n"
+                f"  DICOM (C-STORE):    {orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+                f", calling AET {orthanc.calling_aet}\n"
+                f"  credentials:        {orthanc.state_dir / 'credentials.json'}\n"
+                f"  research folder:    {destination}\n"
+                "Ctrl-C stops everything.",
+                flush=True,
+            )
+            while orthanc.running:
+                if workflow.take_over(orthanc.target_folder):
+                    for report in workflow.run_pipe():
+                        for obj in report.objects:
+                            print(f"{obj.key}\n    {' -> '.join(obj.states)}  [{obj.status}: {obj.detail}]", flush=True)
+                    workflow.download_research(destination)
+                time.sleep(args.poll)
+            print(f"deidflow: Orthanc exited; see {orthanc.log_path}", file=sys.stderr)
+            return EXIT_FAILED
+    except (OrthancNotInstalled, OrthancFailed, FileNotFoundError) as exc:
+        print(f"deidflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deidflow", description="DICOM de-identification (PS3.15 + rules)")
     parser.add_argument("--version", action="version", version=f"deidflow {__version__}")
@@ -237,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--detector", default="local", help="text detector for burned-in text (default: local OCR)")
     run.add_argument("--project", help="checkout holding template.yaml, statemachines/ and functions/ (default: cwd)")
     run.set_defaults(func=cmd_local_run)
+    up = local_sub.add_parser("up", help="start a real Orthanc on loopback in front of the local workflow")
+    up.add_argument("dst", nargs="?", default="out/research", help="local research folder (default: out/research)")
+    up.add_argument("--state", default=".deidflow-local", help="Orthanc's config, credentials, log and drop folder")
+    up.add_argument("--http-port", type=int, default=8042)
+    up.add_argument("--dicom-port", type=int, default=4242)
+    up.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the drop folder")
+    for option in ("--rules", "--key-file", "--project"):
+        up.add_argument(option)
+    up.add_argument("--detector", default="local")
+    up.set_defaults(func=cmd_local_up)
     return parser
 
 

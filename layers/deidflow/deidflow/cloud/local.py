@@ -48,6 +48,7 @@ class LocalNames:
     ingest_bucket: str = "deidflow-ingest"
     research_bucket: str = "deidflow-research"
     ingest_prefix: str = "incoming/"
+    orthanc_prefix: str = "orthanc/"  # where Orthanc's S3 plugin writes in the cloud
     queue: str = "deidflow-ingest-queue"
     dead_letter_queue: str = "deidflow-ingest-dlq"
     index_table: str = "deidflow-index"
@@ -231,8 +232,9 @@ class LocalWorkflow:
                     {
                         "QueueArn": self._queue_arn(self.queue_url),
                         "Events": ["s3:ObjectCreated:*"],
-                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": n.ingest_prefix}]}},
+                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
                     }
+                    for prefix in (n.ingest_prefix, n.orthanc_prefix)
                 ]
             },
         )
@@ -306,6 +308,21 @@ class LocalWorkflow:
         keys = []
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             keys.append(self.drop(path.relative_to(folder).as_posix(), path.read_bytes()))
+        return keys
+
+    def take_over(self, folder: Path, prefix: str | None = None) -> list[str]:
+        """Move finished files from a local folder into the ingest bucket (the local Orthanc's hand-over).
+
+        Hidden files are a writer's work in progress (write, then rename) and wait for the next call.
+        Each file is deleted once stored, so PHI does not pile up on disk.
+        """
+        prefix = self.names.orthanc_prefix if prefix is None else prefix
+        keys = []
+        for path in sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith(".")):
+            key = prefix + path.name
+            self.s3.put_object(Bucket=self.names.ingest_bucket, Key=key, Body=path.read_bytes())
+            path.unlink()
+            keys.append(key)
         return keys
 
     def run_pipe(self, *, timeout: float = 600.0) -> list[ExecutionReport]:
