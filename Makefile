@@ -7,7 +7,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run deid test lint bench clean
+SAM := .venv-sam
+CHECKOV := .venv-checkov
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: run deid test lint check-templates bench clean
 
 $(STAMP): layers/deidflow/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +26,28 @@ run: $(STAMP)
 deid: $(STAMP)
 	$(BIN)/deidflow deid samples/drop out/research
 
-test: $(STAMP) lint
+test: $(STAMP) lint check-templates
 	$(BIN)/python -m pytest
+
+$(SAM)/.installed: requirements-sam.txt
+	$(PYTHON) -m venv $(SAM)
+	$(SAM)/bin/pip install --quiet -r requirements-sam.txt
+	touch $@
+
+$(CHECKOV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV)
+	$(CHECKOV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+# The SAM template and the Orthanc nested stack: SAM's own validation and lint, a real `sam build`
+# (arm64 layer from manylinux wheels, no Docker), cfn-lint and checkov. A finding that does not apply
+# is skipped in the template itself, with its reason.
+check-templates: $(SAM)/.installed $(CHECKOV)/.installed
+	$(SAM)/bin/sam validate --lint
+	$(SAM)/bin/sam build --no-cached --build-dir .aws-sam/build
+	$(SAM)/bin/cfn-lint template.yaml orthanc/template.yaml
+	$(CHECKOV)/bin/checkov --quiet --compact --skip-download --framework cloudformation \
+		-f template.yaml -f orthanc/template.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_deid.py
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(SAM) $(CHECKOV) out .aws-sam .deidflow-local
