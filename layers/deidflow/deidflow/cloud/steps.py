@@ -26,7 +26,6 @@ from typing import Any
 import pydicom
 from botocore.exceptions import ClientError
 
-from ..intake import Rejected
 from ..process import PixelScanRequired, ProcessedInstance
 from .errors import MISSING_CODES, RejectedObject, reason_from_error
 from .objects import ObjectRef, parse_batch
@@ -62,25 +61,16 @@ def deidentify_header(event: Mapping[str, Any], services: Services) -> dict[str,
     """Header de-identification; instances whose pixels need a scan go on to the redaction step."""
     ref = ObjectRef.from_event(event)
     try:
-        with _downloaded(services, ref) as path:
-            processed = services.engine.process(path, scan_pixels=False)
-            originals = _originals(path)
+        processed, originals = _process_original(services, ref, scan_pixels=False)
     except PixelScanRequired:
         return {"source": ref.as_dict(), "needs_pixel_scan": True}
-    except Rejected as exc:
-        raise RejectedObject(exc.reason, exc.detail) from None
     return _stage(services, ref, processed, originals, needs_pixel_scan=False)
 
 
 def redact_burned_in_text(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Pixels first (the policy reads the original header), then the header, in one engine pass."""
     ref = ObjectRef.from_event(event)
-    try:
-        with _downloaded(services, ref) as path:
-            processed = services.engine.process(path, scan_pixels=True)
-            originals = _originals(path)
-    except Rejected as exc:
-        raise RejectedObject(exc.reason, exc.detail) from None
+    processed, originals = _process_original(services, ref, scan_pixels=True)
     result = _stage(services, ref, processed, originals, needs_pixel_scan=True)
     pixels = processed.pixels
     result["pixels"] = {
@@ -202,6 +192,17 @@ def _stage(
             "sop_instance_uid": processed.sop_uid,
         },
     }
+
+
+def _process_original(
+    services: Services, ref: ObjectRef, *, scan_pixels: bool
+) -> tuple[ProcessedInstance, dict[str, str]]:
+    """The engine's output for the original version, and its identifiers for the mapping table.
+
+    A Rejected from the engine leaves as RejectedObject (the handler's `workflow_errors` maps it).
+    """
+    with _downloaded(services, ref) as path:
+        return services.engine.process(path, scan_pixels=scan_pixels), _originals(path)
 
 
 def _passthrough(event: Mapping[str, Any]) -> dict[str, Any]:
