@@ -1,0 +1,110 @@
+"""What template.yaml promises a hospital's security review, checked on the template itself.
+
+cfn-lint and checkov run in `make check-templates`; these are the deidflow-specific promises they
+cannot know about.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from deidflow.cloud.template import load_template
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def resources() -> dict:
+    return load_template(REPO / "template.yaml")["Resources"]
+
+
+def of_type(resources: dict, kind: str) -> dict:
+    return {name: r for name, r in resources.items() if r["Type"] == kind}
+
+
+def statements(resource: dict) -> list[dict]:
+    found = []
+    for policy in resource["Properties"].get("Policies", []):
+        document = policy.get("PolicyDocument", policy)
+        if isinstance(document, dict):
+            found += document.get("Statement", [])
+    return found
+
+
+def test_data_buckets_are_kms_encrypted_versioned_private_and_tls_only(resources):
+    policies = {r["Properties"]["Bucket"]["Ref"]: r for r in of_type(resources, "AWS::S3::BucketPolicy").values()}
+    for name in ("IngestBucket", "ResearchBucket"):
+        props = resources[name]["Properties"]
+        [rule] = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+        assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
+        assert props["VersioningConfiguration"]["Status"] == "Enabled"
+        assert all(props["PublicAccessBlockConfiguration"].values())
+        assert resources[name]["DeletionPolicy"] == "Retain"
+        deny = policies[name]["Properties"]["PolicyDocument"]["Statement"][0]
+        assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_staging_expires_and_the_research_layout_is_the_published_one(resources):
+    rules = resources["ResearchBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    staging = next(r for r in rules if r["Id"] == "expire-staging")
+    assert staging["Prefix"] == "staging/" and staging["ExpirationInDays"] == {"Ref": "StagingExpirationDays"}
+
+
+def test_queues_tables_and_logs_are_encrypted_and_recoverable(resources):
+    for queue in of_type(resources, "AWS::SQS::Queue").values():
+        assert queue["Properties"]["KmsMasterKeyId"] == {"Ref": "DataKey"}
+    assert resources["IngestQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["IngestDeadLetterQueue", "Arn"]
+    }
+    for name, table in of_type(resources, "AWS::DynamoDB::Table").items():
+        props = table["Properties"]
+        assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
+        assert props["SSESpecification"]["SSEType"] == "KMS", name
+    assert resources["MappingTable"]["Properties"]["SSESpecification"]["KMSMasterKeyId"] == {"Ref": "MappingKey"}
+    for log_group in of_type(resources, "AWS::Logs::LogGroup").values():
+        assert log_group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
+
+
+def test_only_the_honest_broker_can_read_the_mapping(resources):
+    readers = []
+    for name, resource in {
+        **of_type(resources, "AWS::Serverless::Function"),
+        **of_type(resources, "AWS::IAM::Role"),
+    }.items():
+        for statement in statements(resource):
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            touches_mapping = "MappingTable" in json.dumps(statement.get("Resource"))
+            if touches_mapping and any(a.startswith("dynamodb:") and a != "dynamodb:PutItem" for a in actions):
+                readers.append(name)
+    assert readers == ["HonestBrokerRole"]
+
+
+def test_the_pseudonymisation_key_is_a_generated_secret_under_its_own_key(resources):
+    secret = resources["PseudonymKeySecret"]
+    assert secret["Properties"]["KmsKeyId"] == {"Ref": "MappingKey"}
+    assert secret["Properties"]["GenerateSecretString"] == {"PasswordLength": 64, "ExcludePunctuation": True}
+    assert secret["DeletionPolicy"] == "Retain"
+
+
+def test_functions_are_arm64_python_traced_and_the_workflow_logs_and_traces():
+    template = load_template(REPO / "template.yaml")
+    function_globals = template["Globals"]["Function"]
+    assert function_globals["Architectures"] == ["arm64"]
+    assert function_globals["Runtime"] == "python3.12"
+    assert function_globals["Tracing"] == "Active"
+    machine = template["Resources"]["DeidentifyStateMachine"]["Properties"]
+    assert machine["Tracing"] == {"Enabled": True}
+    assert machine["Logging"]["Level"] == "ALL"
+    assert machine["Type"] == {"Ref": "WorkflowType"}
+    assert template["Parameters"]["WorkflowType"]["AllowedValues"] == ["EXPRESS", "STANDARD"]
+
+
+def test_alarms_watch_the_dead_letter_queue_failed_executions_and_the_quarantine_rate(resources):
+    alarms = of_type(resources, "AWS::CloudWatch::Alarm")
+    assert set(alarms) == {"DeadLetterQueueAlarm", "FailedExecutionsAlarm", "QuarantineRateAlarm"}
+    rate = json.dumps(alarms["QuarantineRateAlarm"]["Properties"]["Metrics"])
+    assert "ObjectsQuarantined" in rate and "ObjectsPublished" in rate
+    for alarm in alarms.values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
