@@ -12,9 +12,20 @@ this one process, single-threaded:
   (c) dicognito  Anonymizer().anonymize(ds) + save_as, as its own command line does (if installed)
 
 Each method is warmed up once on a few files, then run `--repeat` times over all files (methods
-interleaved, outputs deleted between runs, untimed); the best run counts. Targets: deidflow at least
-0.7x the floor's files/s, and faster than dicognito. Always exits 0 unless something crashes: it is
-a benchmark, not a test.
+interleaved, the order rotating from one round to the next); the best run counts. Targets: deidflow
+at least 0.7x the floor's files/s, and faster than dicognito. Always exits 0 unless something
+crashes: it is a benchmark, not a test.
+
+Every timed run starts from the same machine state, set up untimed: the previous run's outputs
+deleted, dirty pages written back (`os.sync()`), then `--settle` seconds idle. Dirty pages are not
+what made the figures vary (560 MB stays far below the background writeback threshold, and nothing
+is written back during a run), but the idle matters on virtual machines whose balloon device reports
+free pages to the host (virtio-balloon free page reporting, as on Firecracker): about two seconds
+after memory is freed the host takes it back, and page cache written into it afterwards costs a host
+page fault per page (a bare loop writing 1,000 files of 560 KB: 0.4 s right after deleting the
+previous 1,000, 0.9-1.1 s a second or more later). Without the pause, a run starting right after
+another deleted its outputs got part of that discount, depending on how long it ran and on timing;
+with it, every method writes into the same kind of memory.
 
 `--profile N` skips the benchmark and prints a cProfile of run_batch over the first N files instead.
 """
@@ -149,11 +160,16 @@ def make_dicognito_runner() -> tuple[Runner | None, str]:
 # --------------------------------------------------------------------------- timing
 
 
-def time_once(runner: Runner, files: list[Path], scratch: Path) -> float:
+def time_once(runner: Runner, files: list[Path], scratch: Path, settle: float = 0.0) -> float:
     out = scratch / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     gc.collect()
+    # The same starting state for every method (see the module docstring): nothing dirty left to
+    # write back, and freed memory given back to the host as it will be during a long run.
+    os.sync()
+    if settle:
+        time.sleep(settle)
     started = time.perf_counter()
     done = runner(files, out)
     elapsed = time.perf_counter() - started
@@ -188,15 +204,27 @@ def warn_if_busy(when: str) -> None:
         print(f"  warning: 1-min load average {load:.1f} on {cpus} CPUs {when} the runs: other work is running")
 
 
+def _loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1000, help="CT instances to generate and process (default 1000)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per method; the best counts (default 3)")
     parser.add_argument("--data-dir", type=Path, help="cache the generated files here (default: a temp dir)")
     parser.add_argument("--profile", type=int, metavar="N", default=0, help="only profile deidflow over N files")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds idle (after deleting outputs and os.sync) before each timed run (default 3)",
+    )
     args = parser.parse_args(argv)
     if args.count < 1 or args.repeat < 1:
         parser.error("--count and --repeat must be at least 1")
+    if args.settle < 0:
+        parser.error("--settle must not be negative")
 
     with tempfile.TemporaryDirectory(prefix="bench-deid-") as tmp:
         scratch = Path(tmp)
@@ -230,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
             f"pydicom validation read={modes.get(settings.reading_validation_mode)} "
             f"write={modes.get(settings.writing_validation_mode)} (deidflow's setting; same for all methods)"
         )
-        print(f"single process; warm-up on {min(WARMUP_FILES, len(files))} files; best of {args.repeat} runs")
+        print(
+            f"single process; warm-up on {min(WARMUP_FILES, len(files))} files; best of {args.repeat} runs, "
+            f"method order rotating; before each: outputs deleted, os.sync(), {args.settle:g} s idle"
+        )
+        print(f"load average: {_loadavg()}")
         warn_if_busy("before")
         print()
 
@@ -238,11 +270,13 @@ def main(argv: list[str] | None = None) -> int:
             time_once(runner, files[:WARMUP_FILES], scratch)
         times: dict[str, list[float]] = {name: [] for name, _ in methods}
         for r in range(args.repeat):
-            for name, runner in methods:
-                times[name].append(time_once(runner, files, scratch))
+            shift = r % len(methods)  # each method in turn runs first, so none always follows the same one
+            for name, runner in methods[shift:] + methods[:shift]:
+                times[name].append(time_once(runner, files, scratch, args.settle))
                 print(f"  run {r + 1}/{args.repeat}  {name:<32} {times[name][-1]:7.2f} s", flush=True)
 
         warn_if_busy("after")
+        print(f"load average: {_loadavg()}")
         rate = {name: len(files) / min(t) for name, t in times.items()}
         floor_name, deid_name = methods[0][0], methods[1][0]
         print()
