@@ -119,9 +119,18 @@ class _Value:
             data = "\\".join(texts).encode("ascii")
             if len(data) % 2:
                 data += b"\0" if self.vr == "UI" else b" "
-            self.ds[self.tag] = self.raw._replace(length=len(data), value=data)
+            self._put_raw(self.raw._replace(length=len(data), value=data))
         else:
             self.ds[self.tag].value = texts if len(texts) > 1 else texts[0]
+
+    def _put_raw(self, raw: RawDataElement) -> None:
+        """`ds[tag] = raw`. For a public element that is all Dataset.__setitem__ does (the tag is
+        already a key, the element is neither Pixel Data nor a sequence), so it is done directly;
+        a private one goes through pydicom, which ties it to its creator."""
+        if (self.tag >> 16) % 2:
+            self.ds[self.tag] = raw
+        else:
+            self.ds._dict[self.tag] = raw
 
     def set_dummy(self, dummy: str | int) -> None:
         if isinstance(dummy, str):
@@ -131,7 +140,7 @@ class _Value:
 
     def clear(self) -> None:
         if self.raw is not None:
-            self.ds[self.tag] = self.raw._replace(length=0, value=b"")
+            self._put_raw(self.raw._replace(length=0, value=b""))
         else:
             self.ds[self.tag].value = b"" if self.vr in BINARY_VRS else None
 
@@ -538,24 +547,29 @@ class Deidentifier:
                 )
 
     def _set_markers(self, ds: Dataset, pixels_cleaned: bool) -> None:
+        """What `ds.PatientIdentityRemoved = "YES"` and friends do, without the keyword and
+        dictionary look-ups: a new element with the dictionary VR, or, for one the data set already
+        has, the new value on its own element (which keeps its VR)."""
         o = self.options
-        ds.PatientIdentityRemoved = "YES"
+        _set_element(ds, 0x00120062, "CS", "YES")  # Patient Identity Removed
         selected = [name.replace("_", " ") for name in o.selected()]
-        ds.DeidentificationMethod = [f"deidflow {__version__}", self.table.edition_id, *selected][:16]
+        method = [f"deidflow {__version__}", self.table.edition_id, *selected][:16]
+        _set_element(ds, 0x00120063, "LO", method)  # De-identification Method
         codes = Sequence()
         for value, meaning in method_codes(o, pixels_cleaned=pixels_cleaned):
             item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
+            item[0x00080100] = DataElement(0x00080100, "SH", value)  # Code Value
+            item[0x00080102] = DataElement(0x00080102, "SH", "DCM")  # Coding Scheme Designator
+            item[0x00080104] = DataElement(0x00080104, "LO", meaning)  # Code Meaning
             codes.append(item)
-        ds.DeidentificationMethodCodeSequence = codes
+        _set_element(ds, 0x00120064, "SQ", codes)  # De-identification Method Code Sequence
         if o.retain_longitudinal_full_dates:
-            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+            modified = "UNMODIFIED"
         elif o.retain_longitudinal_modified_dates:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+            modified = "MODIFIED"
         else:
-            ds.LongitudinalTemporalInformationModified = "REMOVED"
+            modified = "REMOVED"
+        _set_element(ds, 0x00280303, "CS", modified)  # Longitudinal Temporal Information Modified
 
     def _rebuild_meta(self, ds: Dataset, original: FileMetaDataset | None, ctx: _Context) -> None:
         """Keep only what identifies the format; the rest (source AE titles, private info) goes."""
@@ -576,9 +590,10 @@ class Deidentifier:
                                 "file meta: only format elements are kept",
                             )
                         )
-        meta.FileMetaInformationVersion = b"\x00\x01"
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        # As `meta.FileMetaInformationVersion = ...` and so on, without the keyword look-ups.
+        _set_element(meta, 0x00020001, "OB", b"\x00\x01")  # File Meta Information Version
+        _set_element(meta, 0x00020002, "UI", ds.SOPClassUID)  # Media Storage SOP Class UID
+        _set_element(meta, 0x00020003, "UI", ds.SOPInstanceUID)  # Media Storage SOP Instance UID
         if "TransferSyntaxUID" not in meta:
             meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
         if (
@@ -590,9 +605,19 @@ class Deidentifier:
             # gets its dictionary VR and the file can be written as the syntax it declares.
             for _ in ds.iterall():
                 pass
-        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        _set_element(meta, 0x00020012, "UI", UID(IMPLEMENTATION_CLASS_UID))  # Implementation Class UID
+        _set_element(meta, 0x00020013, "SH", IMPLEMENTATION_VERSION_NAME)  # Implementation Version Name
         ds.file_meta = meta
+
+
+def _set_element(ds: Dataset, tag: int, vr: str, value: object) -> None:
+    """Dataset.__setattr__ for a keyword whose tag and dictionary VR are given."""
+    if tag in ds:
+        element = ds[tag]
+        element.value = value
+    else:
+        element = DataElement(tag, vr, value)
+    ds[tag] = element
 
 
 def _is_overlay_group(tag: int) -> bool:

@@ -1,0 +1,141 @@
+"""The de-identification pass sets elements without pydicom's keyword machinery: it must do exactly
+what that machinery does. Each case runs the pass twice on fresh reads of the same bytes, once as it
+is and once with the markers, file meta and raw values set the slow way (keyword setattr and
+Dataset.__setitem__), and compares the encoded files and the resulting data sets."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pydicom
+import pytest
+from deidflow import __version__, deidentify
+from deidflow.deidentify import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Deidentifier, _Value
+from deidflow.profile import method_codes
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from ..conftest import dicom_bytes, engine_with
+from .test_options_and_rules import BASE, _ct, options
+
+
+def _slow_set_markers(self: Deidentifier, ds: Dataset, pixels_cleaned: bool) -> None:
+    o = self.options
+    ds.PatientIdentityRemoved = "YES"
+    selected = [name.replace("_", " ") for name in o.selected()]
+    ds.DeidentificationMethod = [f"deidflow {__version__}", self.table.edition_id, *selected][:16]
+    codes = Sequence()
+    for value, meaning in method_codes(o, pixels_cleaned=pixels_cleaned):
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = "DCM"
+        item.CodeMeaning = meaning
+        codes.append(item)
+    ds.DeidentificationMethodCodeSequence = codes
+    if o.retain_longitudinal_full_dates:
+        ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    elif o.retain_longitudinal_modified_dates:
+        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+    else:
+        ds.LongitudinalTemporalInformationModified = "REMOVED"
+
+
+def _slow_set_element(ds: Dataset, tag: int, vr: str, value: object) -> None:
+    setattr(ds, pydicom.datadict.keyword_for_tag(tag), value)
+
+
+def _slow_put_raw(self: _Value, raw: RawDataElement) -> None:
+    self.ds[self.tag] = raw
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+
+
+def _state(ds: Dataset) -> str:
+    """Every element as pydicom holds it (raw or not, VR, value), at every depth, and the file meta."""
+    lines = []
+
+    def walk(item: Dataset, depth: int) -> None:
+        for tag, element in item._dict.items():
+            lines.append(f"{depth} {Tag(tag)} {type(element).__name__} {element.VR} {element.value!r}"[:300])
+            if element.VR == "SQ" and not isinstance(element, RawDataElement):
+                for child in element.value:
+                    walk(child, depth + 1)
+
+    walk(ds, 0)
+    lines += [f"meta {Tag(t)} {type(e).__name__} {e.VR} {e.value!r}" for t, e in ds.file_meta._dict.items()]
+    return _ADDRESS.sub("", "\n".join(lines))
+
+
+def _both(data: bytes, rules: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = engine_with(BASE + rules).process(data)
+    with monkeypatch.context() as patched:
+        patched.setattr(Deidentifier, "_set_markers", _slow_set_markers)
+        patched.setattr(deidentify, "_set_element", _slow_set_element)
+        patched.setattr(_Value, "_put_raw", _slow_put_raw)
+        slow = engine_with(BASE + rules).process(data)
+    assert fast.data == slow.data
+    assert _state(fast.result.dataset) == _state(slow.result.dataset)
+    assert fast.data == dicom_bytes(pydicom.dcmread(io.BytesIO(fast.data)))
+
+
+RULES = [
+    "",
+    options(retain_longitudinal_full_dates=True, retain_longitudinal_modified_dates=False),
+    options(retain_longitudinal_modified_dates=False),
+    options(retain_safe_private=True, clean_descriptors=True, clean_graphics=True)
+    + '  safe_private: ["0019{SAFE VENDOR}10"]\n',
+]
+
+
+@pytest.mark.parametrize("rules", RULES)
+def test_plain_instance(rules: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _both(dicom_bytes(_ct()), rules, monkeypatch)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("rules", RULES)
+def test_markers_and_meta_already_present(syntax: UID, rules: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Elements the pass sets already in the input, some with an unexpected VR: pydicom keeps an
+    existing element (and its VR) and only changes its value."""
+    ds = _ct()
+    ds.PatientIdentityRemoved = "NO"
+    ds.add_new(0x00120063, "LT", "someone's method")  # De-identification Method, LO in the dictionary
+    ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    item = Dataset()
+    item.CodeValue = "1"
+    ds.DeidentificationMethodCodeSequence = [item]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.ImplementationClassUID = UID("1.2.3.4")
+    ds.file_meta.ImplementationVersionName = "OTHER"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    _both(dicom_bytes(ds), rules, monkeypatch)
+
+
+@pytest.mark.parametrize("rules", RULES)
+def test_private_and_odd_values(rules: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raw values set in private blocks (pydicom ties them to their creator), odd lengths, UIDs."""
+    ds = _ct()
+    block = ds.private_block(0x0019, "SAFE VENDOR", create=True)
+    block.add_new(0x10, "LO", "ODD")
+    block.add_new(0x11, "UI", "1.2.3.45")
+    block.add_new(0x12, "DA", "20200101")
+    ds.add_new(0x00081030, "LO", "A STUDY DESCRIPTION ")
+    ds.add_new(0x00200052, "UI", "1.2.840.99.1")
+    _both(dicom_bytes(ds), rules, monkeypatch)
+
+
+def test_the_fast_paths_set_what_the_dictionary_says() -> None:
+    meta = FileMetaDataset()
+    for tag, vr, value in (
+        (0x00020012, "UI", UID(IMPLEMENTATION_CLASS_UID)),
+        (0x00020013, "SH", IMPLEMENTATION_VERSION_NAME),
+    ):
+        deidentify._set_element(meta, tag, vr, value)
+        assert pydicom.datadict.dictionary_VR(tag) == meta[tag].VR
