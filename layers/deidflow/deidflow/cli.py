@@ -179,7 +179,7 @@ def cmd_local_run(args: argparse.Namespace) -> int:
         print(f"deidflow: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for obj in run.objects:
-        print(f"{obj.key}\n    {' -> '.join(obj.states)}  [{obj.status}: {obj.detail}]")
+        print(obj.describe())
     counts: dict[str, int] = {}
     for obj in run.objects:
         counts[obj.status] = counts.get(obj.status, 0) + 1
@@ -230,7 +230,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
                 if workflow.take_over(orthanc.target_folder):
                     for report in workflow.run_pipe():
                         for obj in report.objects:
-                            print(f"{obj.key}\n    {' -> '.join(obj.states)}  [{obj.status}: {obj.detail}]", flush=True)
+                            print(obj.describe(), flush=True)
                     workflow.download_research(destination)
                 time.sleep(args.poll)
             print(f"deidflow: Orthanc exited; see {orthanc.log_path}", file=sys.stderr)

@@ -67,6 +67,10 @@ class ObjectPath:
     status: str  # published | quarantined | skipped
     detail: str | None = None  # research key, quarantine reason or skip reason
 
+    def describe(self) -> str:
+        """Two lines for an operator: the object, then its states and outcome."""
+        return f"{self.key}\n    {' -> '.join(self.states)}  [{self.status}: {self.detail}]"
+
 
 @dataclass
 class ExecutionReport:
