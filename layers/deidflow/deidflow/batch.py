@@ -78,7 +78,7 @@ def _process_one(path: str) -> ReportLine:
         return ReportLine(path, "rejected", reason=rejected.reason, detail=rejected.detail)
     except OSError as exc:
         return ReportLine(path, "rejected", reason="unreadable", detail=f"could not read the file ({exc.strerror})")
-    output = store.put(processed.key, processed.data)
+    output = store.put(processed.key, processed.parts)
     return ReportLine(path, "deidentified", output=output)
 
 

@@ -44,10 +44,17 @@ def encode_file(ds: Dataset) -> bytes:
     """`ds` as a DICOM file (preamble, DICM, file meta, data set), identical to what
     `pydicom.dcmwrite(buffer, ds, enforce_file_format=True)` writes, with the same changes to `ds`
     (Pixel Data decoded into a DataElement and its undefined-length flag set to the syntax's)."""
+    return b"".join(encode_file_parts(ds))
+
+
+def encode_file_parts(ds: Dataset) -> list[bytes]:
+    """`encode_file(ds)` as the byte strings it joins. A file writer writes them as they are:
+    joining would copy Pixel Data once more into freshly allocated memory, which costs more than
+    the copy itself (page faults) and was a tenth of the `deidflow deid` time per CT slice."""
     meta = getattr(ds, "file_meta", None)
     preamble = getattr(ds, "preamble", None)
     if not _covered(ds, meta, preamble):
-        return _dcmwrite(ds)
+        return [_dcmwrite(ds)]
     assert meta is not None  # _covered checked it
     # dcmwrite works on a deep copy of the file meta, so that the data set's own is left as it
     # was; a shallow one will do, as no element of it is changed in place (see _file_meta_bytes).
@@ -55,9 +62,9 @@ def encode_file(ds: Dataset) -> bytes:
     file_meta._dict = dict(meta._dict)
     syntax = file_meta.get("TransferSyntaxUID", None)
     if not isinstance(syntax, UID) or syntax.is_private or not syntax.is_transfer_syntax:
-        return _dcmwrite(ds)
+        return [_dcmwrite(ds)]
     if syntax.is_implicit_VR or not syntax.is_little_endian or syntax.is_deflated:
-        return _dcmwrite(ds)
+        return [_dcmwrite(ds)]
     if "PixelData" in ds:
         ds["PixelData"].is_undefined_length = syntax.is_compressed
     try:
@@ -65,8 +72,8 @@ def encode_file(ds: Dataset) -> bytes:
         writer = _Writer()
         writer.dataset(ds, default_encoding)
     except _NotCovered:
-        return _dcmwrite(ds)
-    return b"".join([preamble or b"\x00" * 128, b"DICM", meta_bytes, *writer.parts])
+        return [_dcmwrite(ds)]
+    return [preamble or b"\x00" * 128, b"DICM", meta_bytes, *writer.parts]
 
 
 def _dcmwrite(ds: Dataset) -> bytes:
@@ -193,19 +200,22 @@ class _Writer:
     def dataset(self, ds: Dataset, parent_encoding: str | list[str]) -> int:
         """pydicom's write_dataset: append one data set's elements, return how many bytes."""
         parts = self.parts
-        get_item = ds.get_item
+        elements = ds._dict
         if ds.original_encoding != _EXPLICIT_LE or ds.original_character_set != ds._character_set:
             # As pydicom: ambiguous VRs resolved, and every element decoded and encoded anew.
             ds = correct_ambiguous_vr(ds, True)
-            get_item = ds.__getitem__
+            elements = {tag: ds[tag] for tag in ds._dict}
         encoding = ds.get("SpecificCharacterSet", parent_encoding)
         ascii_text: bool | None = None
         size = 0
-        for tag in sorted(ds._dict):
+        for tag in sorted(ds._dict, key=int):  # Tag.__lt__ is Python: thrice as slow
             if tag & 0xFFFF == 0 and tag >> 16 > 6:
                 continue  # dcmwrite never writes retired group lengths
-            elem = get_item(tag)
+            elem = elements[tag]
             kind = type(elem)
+            if kind is RawDataElement and elem.value is None:
+                elem = ds.get_item(tag)  # a deferred value: read it, as pydicom's writer does
+                kind = type(elem)
             if kind is RawDataElement:
                 vr = elem.VR
                 value = elem.value

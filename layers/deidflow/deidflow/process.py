@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import pydicom
 
 from .deidentify import Deidentifier, DeidResult
-from .fastwrite import encode_file
+from .fastwrite import encode_file_parts
 from .intake import AcceptPolicy, Rejected, check_cleanable, read_dataset
 from .pixels import (
     DetectionError,
@@ -34,12 +35,17 @@ from .storage import research_key
 @dataclass(frozen=True)
 class ProcessedInstance:
     key: str  # research_key(...) of the output
-    data: bytes
+    parts: list[bytes]  # the output file in pieces, as a file writer takes them (Store.put)
     study_uid: str
     series_uid: str
     sop_uid: str
     result: DeidResult
     pixels: PixelResult | None = None
+
+    @cached_property
+    def data(self) -> bytes:
+        """The output file as one byte string (for S3 and readers)."""
+        return b"".join(self.parts)
 
 
 class PixelScanRequired(Exception):
@@ -97,14 +103,14 @@ class Engine:
         result.dataset.preamble = bytes(128)
         try:
             # What pydicom.dcmwrite(enforce_file_format=True) writes, byte for byte, but faster.
-            data = encode_file(result.dataset)
+            parts = encode_file_parts(result.dataset)
         except Exception as exc:  # noqa: BLE001
             raise Rejected(
                 "unwritable", f"the de-identified data set could not be encoded ({type(exc).__name__})"
             ) from None
         return ProcessedInstance(
             key=research_key(result.study_uid, result.series_uid, result.sop_uid),
-            data=data,
+            parts=parts,
             study_uid=result.study_uid,
             series_uid=result.series_uid,
             sop_uid=result.sop_uid,

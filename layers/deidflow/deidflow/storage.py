@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -22,8 +23,9 @@ def research_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
 
 
 class Store(Protocol):
-    def put(self, key: str, data: bytes) -> str:
-        """Write `data` at `key`, replacing what is there; return where it went."""
+    def put(self, key: str, data: bytes | Sequence[bytes]) -> str:
+        """Write `data` (bytes, or the byte strings that make it up, in order) at `key`,
+        replacing what is there; return where it went."""
         ...
 
 
@@ -32,7 +34,7 @@ class LocalStore:
         self.root = Path(root)
         self._made: set[Path] = set()
 
-    def put(self, key: str, data: bytes) -> str:
+    def put(self, key: str, data: bytes | Sequence[bytes]) -> str:
         target = self.root / key
         if target.parent not in self._made:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +44,10 @@ class LocalStore:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as fh:
-                fh.write(data)
+                if isinstance(data, bytes):
+                    fh.write(data)
+                else:
+                    fh.writelines(data)  # large parts go straight to the file, unbuffered
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
