@@ -10,6 +10,7 @@ which keeps untouched values (PixelData above all) byte for byte and the pass fa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -29,6 +30,7 @@ from .tagpattern import PathStep, tag_text
 
 IMPLEMENTATION_CLASS_UID = "2.25.255813004236516426009434744587853045523"
 IMPLEMENTATION_VERSION_NAME = "DEIDFLOW_" + __version__.replace(".", "_")
+UNDEFINED_LENGTH = 0xFFFFFFFF
 KEPT_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010)
 DUMMY_TEXT = "REMOVED"
 DUMMY_BY_VR = {
@@ -72,6 +74,28 @@ FREE_TEXT_VRS = {"ST", "LT", "UT", "UC"}
 # pydicom's value conversion (the costliest part of the pass).
 ASCII_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+# Text VRs whose value pydicom decodes with the character set, then strips of trailing padding.
+PLAIN_TEXT_VRS = {"LO", "SH", "PN", "ST", "LT", "UT", "UC", "UI"}
+_NOT_PLAIN = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")  # anything but printable ASCII, or a backslash
+
+
+def _plain_text(data: bytes) -> str | None:
+    """A single text value as pydicom decodes it, read straight from its bytes when they are
+    printable ASCII without a backslash once trailing padding is gone: every DICOM character set
+    decodes those bytes as ASCII, and there is only one value. None when pydicom must decode it."""
+    stripped = data.rstrip(b"\0 ")
+    if _NOT_PLAIN.search(stripped) is not None:
+        return None
+    return stripped.decode("ascii")
+
+
+def _element_text(ds: Dataset, tag: int, vr: str) -> str | None:
+    """`str(ds[tag].value)` for a raw `vr` element that `_plain_text` can read; None otherwise
+    (absent, decoded already, another VR, or bytes pydicom must decode)."""
+    raw = ds._dict.get(tag)
+    if type(raw) is not RawDataElement or vr != raw.VR or type(raw.value) is not bytes:
+        return None
+    return _plain_text(raw.value)
 
 
 class _Value:
@@ -93,9 +117,12 @@ class _Value:
     @property
     def texts(self) -> list[str]:
         if self._texts is None:
-            if self.raw is not None and self.vr in ASCII_VRS:
-                data = self.raw.value or b""
+            data = self.raw.value or b"" if self.raw is not None else None
+            plain = _plain_text(data) if data is not None and self.vr in PLAIN_TEXT_VRS else None
+            if data is not None and self.vr in ASCII_VRS:
                 self._texts = [t.strip("\0 ") for t in data.decode("latin-1").split("\\")] if data.strip(b"\0 ") else []
+            elif plain is not None:
+                self._texts = [plain] if plain else []
             else:
                 value = self.ds[self.tag].value
                 if value is None or value == "" or value == b"":
@@ -212,13 +239,30 @@ def _is_identifier(keyword: str, vr: str) -> bool:
 def patient_identity(ds: Dataset) -> str:
     """The original that patient pseudonym and date shift derive from: issuer + ID, else name +
     birth date, else the study. Patients with different identities never share a pseudonym."""
-    patient_id = str(ds.get("PatientID", "") or "").strip()
+    patient_id = _element_text(ds, 0x00100020, "LO")
+    if patient_id is None:
+        patient_id = str(ds.get("PatientID", "") or "")
+    patient_id = patient_id.strip()
     if patient_id:
-        return f"id:{str(ds.get('IssuerOfPatientID', '') or '').strip()}|{patient_id}"
+        issuer = _element_text(ds, 0x00100021, "LO")
+        if issuer is None:
+            issuer = str(ds.get("IssuerOfPatientID", "") or "")
+        return f"id:{issuer.strip()}|{patient_id}"
     name = str(ds.get("PatientName", "") or "").strip()
     if name:
         return f"name:{name}|{str(ds.get('PatientBirthDate', '') or '').strip()}"
     return f"study:{str(ds.get('StudyInstanceUID', '') or '').strip()}"
+
+
+_ORIGINAL_UIDS = {"SOPInstanceUID": 0x00080018, "SeriesInstanceUID": 0x0020000E, "StudyInstanceUID": 0x0020000D}
+
+
+def _original_uids(ds: Dataset) -> dict[str, str]:
+    uids = {}
+    for keyword, tag in _ORIGINAL_UIDS.items():
+        text = _element_text(ds, tag, "UI")
+        uids[keyword] = str(ds.get(keyword, "")) if text is None else text
+    return uids
 
 
 class Deidentifier:
@@ -327,7 +371,7 @@ class Deidentifier:
             patient_identity=identity,
             patient_pseudonym=self.pseudo.patient_id(identity),
             shift=self.pseudo.date_shift(identity),
-            original_uids={k: str(ds.get(k, "")) for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")},
+            original_uids=_original_uids(ds),
             identifiers=collect_identifiers(ds) if self._needs_scrub() else [],
             record=explain,
             needs_paths=bool(plan.element_rules) or self.options.retain_safe_private or explain,
@@ -358,10 +402,13 @@ class Deidentifier:
         if ctx.needs_paths:
             # Read private creators first: a creator may be removed before the elements of its block.
             creators = {t: _private_creator(ds, t) for t in tags if (t >> 16) % 2 == 1}
+        elements = ds._dict  # the walk only visits tags the data set has: no Tag() conversion needed
         for tag in tags:
             if tag in handled:
                 continue
-            raw = ds.get_item(tag)
+            raw = elements[tag]
+            if type(raw) is RawDataElement and raw.value is None:
+                raw = ds.get_item(tag)  # a deferred value: read it
             vr = _vr_of(raw, tag)
             path = (*parents, PathStep(tag, _keyword(tag), vr, creators.get(tag))) if ctx.needs_paths else None
             action, by, rule = self.decide(tag, vr, path, ctx.plan)
@@ -389,7 +436,11 @@ class Deidentifier:
             return "removed"
         if vr == "SQ":
             if action in ("Z", "empty"):
-                ds[tag].value = Sequence()
+                # A new empty element, not `ds[tag].value = ...`, which would parse the items first.
+                undefined = getattr(raw, "length", None) == UNDEFINED_LENGTH
+                ds[tag] = DataElement(
+                    tag, "SQ", Sequence(), is_undefined_length=undefined or getattr(raw, "is_undefined_length", False)
+                )
                 return "emptied"
             for i, item in enumerate(ds[tag].value):
                 self._walk(item, path or (), ctx, f"{label}[{i}]." if ctx.record else "")
