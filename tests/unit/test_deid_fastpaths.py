@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import io
 import re
+from collections import Counter
 
 import pydicom
 import pytest
-from deidflow import __version__, deidentify
+from deidflow import __version__, deidentify, rawvalues
 from deidflow.deidentify import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Deidentifier, _Value
 from deidflow.profile import method_codes
 from pydicom.dataelem import RawDataElement
@@ -141,25 +142,26 @@ def test_the_fast_paths_set_what_the_dictionary_says() -> None:
         assert pydicom.datadict.dictionary_VR(tag) == meta[tag].VR
 
 
-def _raw_text_elements(ds: Dataset):  # type: ignore[no-untyped-def]
-    """(data set, tag, raw element) for every raw text element, at every depth."""
+def _raw_elements(ds: Dataset):  # type: ignore[no-untyped-def]
+    """(data set, tag, raw element) for every raw element, at every depth."""
     for tag in list(ds._dict):
         raw = ds._dict[tag]
-        if isinstance(raw, RawDataElement) and raw.VR in deidentify.PLAIN_TEXT_VRS and type(raw.value) is bytes:
+        if isinstance(raw, RawDataElement) and type(raw.value) is bytes:
             yield ds, tag, raw
     for element in list(ds):
         if element.VR == "SQ":
             for item in element.value:
-                yield from _raw_text_elements(item)
+                yield from _raw_elements(item)
 
 
-def test_plain_text_reads_what_pydicom_decodes() -> None:
-    """`_plain_text` skips pydicom's character-set decoding for printable ASCII values: on every
-    text element of every real file (charset files included) and a synthetic one, it gives
-    pydicom's value or declines."""
+def test_raw_value_readers_read_what_pydicom_decodes() -> None:
+    """The readers of `rawvalues` skip pydicom's decoding for plain values: on every element of
+    every real file (charset files included) and a synthetic one, they give pydicom's value or
+    decline."""
     from .test_real_files import REAL_FILES
 
-    read, declined = 0, 0
+    read: Counter[str] = Counter()
+    declined = 0
     datasets = [pydicom.dcmread(io.BytesIO(dicom_bytes(_ct())))]
     for path in REAL_FILES:
         try:
@@ -168,15 +170,22 @@ def test_plain_text_reads_what_pydicom_decodes() -> None:
             continue
     for ds in datasets:
         try:
-            elements = list(_raw_text_elements(ds))
+            elements = list(_raw_elements(ds))
         except Exception:  # noqa: BLE001 - a damaged sequence: intake rejects the file
             continue
         for item, tag, raw in elements:
-            plain = deidentify._plain_text(raw.value)
-            if plain is None:
+            probe = Dataset()  # the raw element as read (`item` holds it decoded by now)
+            probe._dict[tag] = raw
+            if raw.VR in rawvalues.PLAIN_TEXT_VRS:
+                fast: object = rawvalues.element_text(probe, tag, raw.VR)
+            elif raw.VR in ("US", "UL"):
+                fast = rawvalues.element_unsigned(probe, tag, raw.VR)
+            else:
+                continue
+            if fast is None:
                 declined += 1
                 continue
             value = item[tag].value
-            assert plain == ("" if value in (None, "") else str(value)), Tag(tag)
-            read += 1
-    assert read > 2000 and declined > 20
+            assert fast == ("" if value in (None, "") else value if raw.VR in ("US", "UL") else str(value)), Tag(tag)
+            read[raw.VR] += 1
+    assert read["UI"] > 1000 and read["LO"] > 200 and read["CS"] > 500 and read["US"] > 500 and declined > 20

@@ -10,7 +10,6 @@ which keeps untouched values (PixelData above all) byte for byte and the pass fa
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -24,6 +23,7 @@ from . import __version__
 from .dates import shift_by_units, shift_date, shift_date_and_time, shift_datetime, shift_time
 from .profile import OPTION_COLUMNS, ProfileTable, method_codes, resolve_action, standard_table
 from .pseudonym import DateShift, Pseudonymizer
+from .rawvalues import PLAIN_TEXT_VRS, element_text, plain_text
 from .rules import ElementRule, InstancePlan, RuleSet
 from .scrub import collect_identifiers, scrub_text
 from .tagpattern import PathStep, tag_text
@@ -74,28 +74,6 @@ FREE_TEXT_VRS = {"ST", "LT", "UT", "UC"}
 # pydicom's value conversion (the costliest part of the pass).
 ASCII_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
-# Text VRs whose value pydicom decodes with the character set, then strips of trailing padding.
-PLAIN_TEXT_VRS = {"LO", "SH", "PN", "ST", "LT", "UT", "UC", "UI"}
-_NOT_PLAIN = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")  # anything but printable ASCII, or a backslash
-
-
-def _plain_text(data: bytes) -> str | None:
-    """A single text value as pydicom decodes it, read straight from its bytes when they are
-    printable ASCII without a backslash once trailing padding is gone: every DICOM character set
-    decodes those bytes as ASCII, and there is only one value. None when pydicom must decode it."""
-    stripped = data.rstrip(b"\0 ")
-    if _NOT_PLAIN.search(stripped) is not None:
-        return None
-    return stripped.decode("ascii")
-
-
-def _element_text(ds: Dataset, tag: int, vr: str) -> str | None:
-    """`str(ds[tag].value)` for a raw `vr` element that `_plain_text` can read; None otherwise
-    (absent, decoded already, another VR, or bytes pydicom must decode)."""
-    raw = ds._dict.get(tag)
-    if type(raw) is not RawDataElement or vr != raw.VR or type(raw.value) is not bytes:
-        return None
-    return _plain_text(raw.value)
 
 
 class _Value:
@@ -118,7 +96,7 @@ class _Value:
     def texts(self) -> list[str]:
         if self._texts is None:
             data = self.raw.value or b"" if self.raw is not None else None
-            plain = _plain_text(data) if data is not None and self.vr in PLAIN_TEXT_VRS else None
+            plain = plain_text(data) if data is not None and self.vr in PLAIN_TEXT_VRS else None
             if data is not None and self.vr in ASCII_VRS:
                 self._texts = [t.strip("\0 ") for t in data.decode("latin-1").split("\\")] if data.strip(b"\0 ") else []
             elif plain is not None:
@@ -239,12 +217,12 @@ def _is_identifier(keyword: str, vr: str) -> bool:
 def patient_identity(ds: Dataset) -> str:
     """The original that patient pseudonym and date shift derive from: issuer + ID, else name +
     birth date, else the study. Patients with different identities never share a pseudonym."""
-    patient_id = _element_text(ds, 0x00100020, "LO")
+    patient_id = element_text(ds, 0x00100020, "LO")
     if patient_id is None:
         patient_id = str(ds.get("PatientID", "") or "")
     patient_id = patient_id.strip()
     if patient_id:
-        issuer = _element_text(ds, 0x00100021, "LO")
+        issuer = element_text(ds, 0x00100021, "LO")
         if issuer is None:
             issuer = str(ds.get("IssuerOfPatientID", "") or "")
         return f"id:{issuer.strip()}|{patient_id}"
@@ -260,7 +238,7 @@ _ORIGINAL_UIDS = {"SOPInstanceUID": 0x00080018, "SeriesInstanceUID": 0x0020000E,
 def _original_uids(ds: Dataset) -> dict[str, str]:
     uids = {}
     for keyword, tag in _ORIGINAL_UIDS.items():
-        text = _element_text(ds, tag, "UI")
+        text = element_text(ds, tag, "UI")
         uids[keyword] = str(ds.get(keyword, "")) if text is None else text
     return uids
 

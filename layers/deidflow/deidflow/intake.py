@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from .rawvalues import element_text, element_unsigned
 from .tagpattern import tag_text
 
 # pydicom's value validation warnings quote the offending value: they must never reach a log.
@@ -38,6 +39,8 @@ ENCAPSULATED_DOCUMENT_CLASSES = {
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 UNDEFINED_LENGTH = 0xFFFFFFFF
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_UID_TAGS = {"SOPClassUID": 0x00080016, "SOPInstanceUID": 0x00080018, "StudyInstanceUID": 0x0020000D}
+_UID_TAGS["SeriesInstanceUID"] = 0x0020000E
 
 
 class Rejected(Exception):
@@ -93,6 +96,9 @@ def _parse(fh: io.BufferedIOBase) -> Dataset:
 
 
 def _has_uid(ds: Dataset, keyword: str) -> bool:
+    plain = element_text(ds, _UID_TAGS[keyword], "UI")
+    if plain is not None:
+        return bool(plain.strip())
     try:
         value = ds.get(keyword)
     except Exception:  # noqa: BLE001
@@ -136,13 +142,23 @@ def check_complete(ds: Dataset) -> None:
 
 def _native_pixel_bytes(ds: Dataset) -> int:
     frames = int(ds.get("NumberOfFrames") or 1)
-    bits = int(ds.BitsAllocated)
-    count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames
+    bits = _unsigned(ds, 0x00280100, "BitsAllocated")
+    samples = element_unsigned(ds, 0x00280002, "US") or int(ds.get("SamplesPerPixel") or 1)
+    count = _unsigned(ds, 0x00280010, "Rows") * _unsigned(ds, 0x00280011, "Columns") * samples * frames
     if bits == 1:
         return (count + 7) // 8
-    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+    photometric = element_text(ds, 0x00280004, "CS")
+    if photometric is None:
+        photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric == "YBR_FULL_422":
         return count * bits // 8 * 2 // 3
     return count * bits // 8
+
+
+def _unsigned(ds: Dataset, tag: int, keyword: str) -> int:
+    """`int(ds.<keyword>)` for a required US element."""
+    value = element_unsigned(ds, tag, "US")
+    return int(getattr(ds, keyword)) if value is None else value
 
 
 def _check_encapsulated(value: bytes) -> None:
@@ -171,7 +187,8 @@ def check_cleanable(ds: Dataset, policy: AcceptPolicy = AcceptPolicy()) -> None:
     missing = [k for k in REQUIRED_UIDS if not _has_uid(ds, k)]
     if missing:
         raise Rejected("missing_uids", "no " + ", ".join(missing))
-    sop_class = str(ds.SOPClassUID).strip()
+    sop_class = element_text(ds, 0x00080016, "UI")
+    sop_class = (str(ds.SOPClassUID) if sop_class is None else sop_class).strip()
     if sop_class in ENCAPSULATED_DOCUMENT_CLASSES:
         raise Rejected(
             "encapsulated_document", f"{ENCAPSULATED_DOCUMENT_CLASSES[sop_class]} content cannot be de-identified"

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
 
+from ..rawvalues import element_text
 from .boxes import RedactionBox
 
 ScanMode = Literal["auto", "always", "never"]
@@ -169,6 +171,9 @@ class PixelPolicy:
 
 
 def _code(ds: Dataset, keyword: str) -> str:
+    plain = element_text(ds, tag_for_keyword(keyword) or 0, "CS")
+    if plain is not None:
+        return plain.strip().upper()
     value = ds.get(keyword)
     return str(value).strip().upper() if value is not None else ""
 
@@ -205,7 +210,8 @@ def needs_pixel_scan(ds: Dataset, policy: PixelPolicy) -> tuple[bool, str]:
 
     burned_in = _code(ds, "BurnedInAnnotation")
     modality = _code(ds, "Modality")
-    sop_class = str(ds.get("SOPClassUID", "")).strip()
+    sop_class = element_text(ds, 0x00080016, "UI")
+    sop_class = (str(ds.get("SOPClassUID", "")) if sop_class is None else sop_class).strip()
     text_prone = modality in TEXT_PRONE_MODALITIES or sop_class in TEXT_PRONE_SOP_CLASSES
     kind = f"modality {modality}" if modality in TEXT_PRONE_MODALITIES else "a capture SOP class"
 

@@ -1,0 +1,50 @@
+"""A few header values read straight from a raw element's bytes, as pydicom would decode them.
+
+Why: pydicom decodes a value through its converters and character-set machinery (~10-20 µs an
+element), and the checks and pseudonyms that run on every instance need only a handful of short
+values. Each reader here handles the plain cases, returning exactly what pydicom would give, and
+returns None for anything else (implicit VR, other VRs, values already decoded, non-ASCII or
+multi-valued text), so that the caller asks pydicom instead. A test compares them with pydicom on
+every element of every real file.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+
+# Text VRs whose single value pydicom decodes (with the character set, or as ASCII) and strips of
+# trailing spaces and NULs.
+PLAIN_TEXT_VRS = frozenset({"AE", "CS", "LO", "SH", "PN", "ST", "LT", "UT", "UC", "UI"})
+_NOT_PLAIN = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")  # anything but printable ASCII, or a backslash
+_UNSIGNED_SIZES = {"US": 2, "UL": 4}
+
+
+def plain_text(data: bytes) -> str | None:
+    """A single text value as pydicom decodes it, when its bytes, once trailing padding is gone,
+    are printable ASCII without a backslash: every DICOM character set decodes those as ASCII, and
+    there is only one value. None when pydicom must decode it."""
+    stripped = data.rstrip(b"\0 ")
+    if _NOT_PLAIN.search(stripped) is not None:
+        return None
+    return stripped.decode("ascii")
+
+
+def element_text(ds: Dataset, tag: int, vr: str) -> str | None:
+    """`str(ds[tag].value)` for a raw element of VR `vr` that `plain_text` can read, else None."""
+    raw = ds._dict.get(tag)
+    if type(raw) is not RawDataElement or vr != raw.VR or type(raw.value) is not bytes:
+        return None
+    return plain_text(raw.value)
+
+
+def element_unsigned(ds: Dataset, tag: int, vr: str) -> int | None:
+    """`ds[tag].value` for a raw single-valued US or UL element of VR `vr`, else None."""
+    raw = ds._dict.get(tag)
+    if type(raw) is not RawDataElement or vr != raw.VR or type(raw.value) is not bytes:
+        return None
+    if len(raw.value) != _UNSIGNED_SIZES.get(vr):
+        return None
+    return int.from_bytes(raw.value, "little" if raw.is_little_endian else "big")
