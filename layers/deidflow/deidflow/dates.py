@@ -4,12 +4,17 @@ A date and the time that belongs to it (StudyDate + StudyTime, ...) are shifted 
 instant, so a time pushed past midnight carries into the date. A time with no date can only wrap
 around the clock; a date with no time moves by whole days. A value that cannot be parsed returns
 None: the caller removes it rather than keep something it could not shift.
+
+The shifts are pure functions of their arguments and cached: the instances of a series share most
+of their dates and times (study, series, birth date), and parsing and formatting them is most of
+what shifting costs. The cache lives in the process, like the data sets it serves.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from .pseudonym import DateShift
 
@@ -62,6 +67,7 @@ def _shift_date_value(text: str, days: int) -> str | None:
     return moved.strftime("%Y%m%d") if moved.year >= _MIN_YEAR else None
 
 
+@lru_cache(maxsize=4096)
 def shift_date(value: str, shift: DateShift) -> str | None:
     """DA (possibly multi-valued): whole days only."""
     if not value:
@@ -70,6 +76,7 @@ def shift_date(value: str, shift: DateShift) -> str | None:
     return None if any(v is None for v in out) else "\\".join(out)  # type: ignore[arg-type]
 
 
+@lru_cache(maxsize=4096)
 def shift_time(value: str, shift: DateShift) -> str | None:
     """TM with no date to carry into: wraps around midnight (intervals kept modulo a day)."""
     if not value:
@@ -89,6 +96,7 @@ def shift_time(value: str, shift: DateShift) -> str | None:
     return "\\".join(out)
 
 
+@lru_cache(maxsize=4096)
 def shift_date_and_time(date_value: str, time_value: str, shift: DateShift) -> tuple[str, str] | None:
     """A date and its time as one instant; single-valued pairs only (else shift separately)."""
     date_match = _DA.match(date_value.strip()) if date_value else None
@@ -106,6 +114,7 @@ def shift_date_and_time(date_value: str, time_value: str, shift: DateShift) -> t
     return moment.strftime("%Y%m%d"), _format_time(moment, precision)
 
 
+@lru_cache(maxsize=4096)
 def shift_datetime(value: str, shift: DateShift) -> str | None:
     """DT: a value with a time part moves by the full shift, a date-only value by whole days."""
     if not value:

@@ -17,6 +17,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID_dictionary
 
 from . import __version__
@@ -30,6 +31,7 @@ from .tagpattern import PathStep, tag_text
 
 IMPLEMENTATION_CLASS_UID = "2.25.255813004236516426009434744587853045523"
 IMPLEMENTATION_VERSION_NAME = "DEIDFLOW_" + __version__.replace(".", "_")
+_IMPLEMENTATION_CLASS_UID = UID(IMPLEMENTATION_CLASS_UID)
 UNDEFINED_LENGTH = 0xFFFFFFFF
 KEPT_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010)
 DUMMY_TEXT = "REMOVED"
@@ -253,6 +255,21 @@ class Deidentifier:
         self.options = rules.options
         self._table_cache: dict[int, tuple[str, str]] = {}
         self._static: dict[tuple[int, str], tuple[str, str]] = {}
+        # The markers depend on the options only: worked out once.
+        o = self.options
+        selected = [name.replace("_", " ") for name in o.selected()]
+        if o.retain_longitudinal_full_dates:
+            modified = "UNMODIFIED"
+        elif o.retain_longitudinal_modified_dates:
+            modified = "MODIFIED"
+        else:
+            modified = "REMOVED"
+        self._markers = (
+            (0x00120062, "CS", "YES"),  # Patient Identity Removed
+            (0x00120063, "LO", [f"deidflow {__version__}", self.table.edition_id, *selected][:16]),  # Method
+            (0x00280303, "CS", modified),  # Longitudinal Temporal Information Modified
+        )
+        self._method_codes = {cleaned: method_codes(o, pixels_cleaned=cleaned) for cleaned in (False, True)}
 
     # --- decisions -----------------------------------------------------------------------------
 
@@ -579,34 +596,27 @@ class Deidentifier:
         """What `ds.PatientIdentityRemoved = "YES"` and friends do, without the keyword and
         dictionary look-ups: a new element with the dictionary VR, or, for one the data set already
         has, the new value on its own element (which keeps its VR)."""
-        o = self.options
-        _set_element(ds, 0x00120062, "CS", "YES")  # Patient Identity Removed
-        selected = [name.replace("_", " ") for name in o.selected()]
-        method = [f"deidflow {__version__}", self.table.edition_id, *selected][:16]
-        _set_element(ds, 0x00120063, "LO", method)  # De-identification Method
+        identity_removed, method, temporal = self._markers
+        _set_element(ds, *identity_removed)
+        _set_element(ds, *method)
         codes = Sequence()
-        for value, meaning in method_codes(o, pixels_cleaned=pixels_cleaned):
+        for value, meaning in self._method_codes[pixels_cleaned]:
             item = Dataset()
-            item[0x00080100] = DataElement(0x00080100, "SH", value)  # Code Value
-            item[0x00080102] = DataElement(0x00080102, "SH", "DCM")  # Coding Scheme Designator
-            item[0x00080104] = DataElement(0x00080104, "LO", meaning)  # Code Meaning
+            _set_element(item, 0x00080100, "SH", value)  # Code Value
+            _set_element(item, 0x00080102, "SH", "DCM")  # Coding Scheme Designator
+            _set_element(item, 0x00080104, "LO", meaning)  # Code Meaning
             codes.append(item)
         _set_element(ds, 0x00120064, "SQ", codes)  # De-identification Method Code Sequence
-        if o.retain_longitudinal_full_dates:
-            modified = "UNMODIFIED"
-        elif o.retain_longitudinal_modified_dates:
-            modified = "MODIFIED"
-        else:
-            modified = "REMOVED"
-        _set_element(ds, 0x00280303, "CS", modified)  # Longitudinal Temporal Information Modified
+        _set_element(ds, *temporal)
 
     def _rebuild_meta(self, ds: Dataset, original: FileMetaDataset | None, ctx: _Context) -> None:
         """Keep only what identifies the format; the rest (source AE titles, private info) goes."""
         meta = FileMetaDataset()
         if original is not None:
             for tag in KEPT_META:
-                if tag in original:
-                    meta[tag] = original.get_item(tag)  # as read: no need to decode
+                element = original._dict.get(tag)
+                if element is not None:
+                    meta._dict[BaseTag(tag)] = element  # as read: no need to decode
             if ctx.record:
                 for tag in original.keys():
                     if tag not in KEPT_META and tag != 0x00020000:
@@ -619,12 +629,14 @@ class Deidentifier:
                                 "file meta: only format elements are kept",
                             )
                         )
-        # As `meta.FileMetaInformationVersion = ...` and so on, without the keyword look-ups.
+        sop_class = element_text(ds, 0x00080016, "UI")
+        sop_instance = element_text(ds, 0x00080018, "UI")
         _set_element(meta, 0x00020001, "OB", b"\x00\x01")  # File Meta Information Version
-        _set_element(meta, 0x00020002, "UI", ds.SOPClassUID)  # Media Storage SOP Class UID
-        _set_element(meta, 0x00020003, "UI", ds.SOPInstanceUID)  # Media Storage SOP Instance UID
-        if "TransferSyntaxUID" not in meta:
-            meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+        _set_element(meta, 0x00020002, "UI", ds.SOPClassUID if sop_class is None else UID(sop_class))
+        _set_element(meta, 0x00020003, "UI", ds.SOPInstanceUID if sop_instance is None else UID(sop_instance))
+        if 0x00020010 not in meta._dict:
+            syntax = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+            _set_element(meta, 0x00020010, "UI", syntax)  # Transfer Syntax UID
         if (
             (ds.original_encoding[0] is not False)
             and not meta.TransferSyntaxUID.is_implicit_VR
@@ -634,19 +646,26 @@ class Deidentifier:
             # gets its dictionary VR and the file can be written as the syntax it declares.
             for _ in ds.iterall():
                 pass
-        _set_element(meta, 0x00020012, "UI", UID(IMPLEMENTATION_CLASS_UID))  # Implementation Class UID
+        _set_element(meta, 0x00020012, "UI", _IMPLEMENTATION_CLASS_UID)  # Implementation Class UID
         _set_element(meta, 0x00020013, "SH", IMPLEMENTATION_VERSION_NAME)  # Implementation Version Name
         ds.file_meta = meta
 
 
 def _set_element(ds: Dataset, tag: int, vr: str, value: object) -> None:
-    """Dataset.__setattr__ for a keyword whose tag and dictionary VR are given."""
-    if tag in ds:
+    """Dataset.__setattr__ for a keyword whose tag and dictionary VR are given: a new element, or
+    for one the data set has already with the same VR, a new element in its place (what setting
+    the value of a decoded element amounts to). A sequence, or one with another VR, keeps its
+    element (VR, undefined length) and takes the value."""
+    existing = ds._dict.get(tag)
+    if existing is not None and (vr == "SQ" or vr != existing.VR):
         element = ds[tag]
         element.value = value
+        ds[tag] = element
+    elif vr == "SQ":
+        ds[tag] = DataElement(tag, vr, value)  # pydicom ties the items to the data set
     else:
         element = DataElement(tag, vr, value)
-    ds[tag] = element
+        ds._dict[BaseTag(tag)] = element  # a public, non-pixel element: all Dataset.__setitem__ does
 
 
 def _is_overlay_group(tag: int) -> bool:
