@@ -180,7 +180,7 @@ def _simple_value(vr: str, value: object, ascii_text: bool) -> bytes | None:
 
 
 class _Writer:
-    """Explicit VR little endian encoding into a list of byte strings, joined once at the end."""
+    """Explicit VR little endian encoding into a list of byte strings, which the file is written from."""
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
