@@ -401,7 +401,9 @@ class Deidentifier:
         for tag in tags:
             if tag in handled:
                 continue
-            raw = elements[tag]
+            raw = elements.get(tag)
+            if raw is None:
+                continue  # gone with an element handled before it
             if type(raw) is RawDataElement and raw.value is None:
                 raw = ds.get_item(tag)  # a deferred value: read it
             vr = _vr_of(raw, tag)
