@@ -22,9 +22,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
 from . import __version__
 from .dates import shift_by_units, shift_date, shift_date_and_time, shift_datetime, shift_time
+from .intake import UNDEFINED_LENGTH
 from .profile import OPTION_COLUMNS, ProfileTable, method_codes, resolve_action, standard_table
 from .pseudonym import DateShift, Pseudonymizer
-from .rawvalues import PLAIN_TEXT_VRS, element_text, plain_text
+from .rawvalues import PLAIN_TEXT_VRS, plain_text, text_value
 from .rules import ElementRule, InstancePlan, RuleSet
 from .scrub import collect_identifiers, scrub_text
 from .tagpattern import PathStep, tag_text
@@ -32,7 +33,7 @@ from .tagpattern import PathStep, tag_text
 IMPLEMENTATION_CLASS_UID = "2.25.255813004236516426009434744587853045523"
 IMPLEMENTATION_VERSION_NAME = "DEIDFLOW_" + __version__.replace(".", "_")
 _IMPLEMENTATION_CLASS_UID = UID(IMPLEMENTATION_CLASS_UID)
-UNDEFINED_LENGTH = 0xFFFFFFFF
+ORIGINAL_UID_KEYWORDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")  # reuse contexts
 KEPT_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010)
 DUMMY_TEXT = "REMOVED"
 DUMMY_BY_VR = {
@@ -97,23 +98,25 @@ class _Value:
     @property
     def texts(self) -> list[str]:
         if self._texts is None:
-            data = self.raw.value or b"" if self.raw is not None else None
-            plain = plain_text(data) if data is not None and self.vr in PLAIN_TEXT_VRS else None
-            if data is not None and self.vr in ASCII_VRS:
-                self._texts = [t.strip("\0 ") for t in data.decode("latin-1").split("\\")] if data.strip(b"\0 ") else []
-            elif plain is not None:
-                self._texts = [plain] if plain else []
-            else:
-                value = self.ds[self.tag].value
-                if value is None or value == "" or value == b"":
-                    self._texts = []
-                elif isinstance(value, bytes):
-                    self._texts = ["<binary>"]
-                elif isinstance(value, (list, MultiValue)):
-                    self._texts = [str(v) for v in value]
-                else:
-                    self._texts = [str(value)]
+            self._texts = self._read_texts()
         return self._texts
+
+    def _read_texts(self) -> list[str]:
+        if self.raw is not None:
+            data = self.raw.value or b""
+            if self.vr in ASCII_VRS:
+                return [t.strip("\0 ") for t in data.decode("latin-1").split("\\")] if data.strip(b"\0 ") else []
+            plain = plain_text(data) if self.vr in PLAIN_TEXT_VRS else None
+            if plain is not None:
+                return [plain] if plain else []
+        value = self.ds[self.tag].value
+        if value is None or value == "" or value == b"":
+            return []
+        if isinstance(value, bytes):
+            return ["<binary>"]
+        if isinstance(value, (list, MultiValue)):
+            return [str(v) for v in value]
+        return [str(value)]
 
     @property
     def is_empty(self) -> bool:
@@ -219,30 +222,13 @@ def _is_identifier(keyword: str, vr: str) -> bool:
 def patient_identity(ds: Dataset) -> str:
     """The original that patient pseudonym and date shift derive from: issuer + ID, else name +
     birth date, else the study. Patients with different identities never share a pseudonym."""
-    patient_id = element_text(ds, 0x00100020, "LO")
-    if patient_id is None:
-        patient_id = str(ds.get("PatientID", "") or "")
-    patient_id = patient_id.strip()
+    patient_id = text_value(ds, "PatientID", "LO").strip()
     if patient_id:
-        issuer = element_text(ds, 0x00100021, "LO")
-        if issuer is None:
-            issuer = str(ds.get("IssuerOfPatientID", "") or "")
-        return f"id:{issuer.strip()}|{patient_id}"
+        return f"id:{text_value(ds, 'IssuerOfPatientID', 'LO').strip()}|{patient_id}"
     name = str(ds.get("PatientName", "") or "").strip()
     if name:
         return f"name:{name}|{str(ds.get('PatientBirthDate', '') or '').strip()}"
     return f"study:{str(ds.get('StudyInstanceUID', '') or '').strip()}"
-
-
-_ORIGINAL_UIDS = {"SOPInstanceUID": 0x00080018, "SeriesInstanceUID": 0x0020000E, "StudyInstanceUID": 0x0020000D}
-
-
-def _original_uids(ds: Dataset) -> dict[str, str]:
-    uids = {}
-    for keyword, tag in _ORIGINAL_UIDS.items():
-        text = element_text(ds, tag, "UI")
-        uids[keyword] = str(ds.get(keyword, "")) if text is None else text
-    return uids
 
 
 class Deidentifier:
@@ -366,7 +352,9 @@ class Deidentifier:
             patient_identity=identity,
             patient_pseudonym=self.pseudo.patient_id(identity),
             shift=self.pseudo.date_shift(identity),
-            original_uids=_original_uids(ds),
+            original_uids={
+                k: text_value(ds, k, "UI") for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+            },
             identifiers=collect_identifiers(ds) if self._needs_scrub() else [],
             record=explain,
             needs_paths=bool(plan.element_rules) or self.options.retain_safe_private or explain,
@@ -631,11 +619,9 @@ class Deidentifier:
                                 "file meta: only format elements are kept",
                             )
                         )
-        sop_class = element_text(ds, 0x00080016, "UI")
-        sop_instance = element_text(ds, 0x00080018, "UI")
         _set_element(meta, 0x00020001, "OB", b"\x00\x01")  # File Meta Information Version
-        _set_element(meta, 0x00020002, "UI", ds.SOPClassUID if sop_class is None else UID(sop_class))
-        _set_element(meta, 0x00020003, "UI", ds.SOPInstanceUID if sop_instance is None else UID(sop_instance))
+        _set_element(meta, 0x00020002, "UI", UID(text_value(ds, "SOPClassUID", "UI")))  # Media Storage SOP Class
+        _set_element(meta, 0x00020003, "UI", UID(text_value(ds, "SOPInstanceUID", "UI")))  # ... SOP Instance
         if 0x00020010 not in meta._dict:
             syntax = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
             _set_element(meta, 0x00020010, "UI", syntax)  # Transfer Syntax UID
@@ -664,7 +650,7 @@ def _set_element(ds: Dataset, tag: int, vr: str, value: object) -> None:
         element.value = value
         ds[tag] = element
     elif vr == "SQ":
-        ds[tag] = DataElement(tag, vr, value)  # pydicom ties the items to the data set
+        ds[tag] = DataElement(tag, vr, value)  # Dataset.__setitem__ also hands Pixel Representation down
     else:
         element = DataElement(tag, vr, value)
         ds._dict[BaseTag(tag)] = element  # a public, non-pixel element: all Dataset.__setitem__ does

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pydicom
 from pydicom import config as pydicom_config
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from .rawvalues import element_text, element_unsigned
+from .rawvalues import element_text, element_unsigned, text_value
 from .tagpattern import tag_text
 
 # pydicom's value validation warnings quote the offending value: they must never reach a log.
@@ -39,8 +40,6 @@ ENCAPSULATED_DOCUMENT_CLASSES = {
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 UNDEFINED_LENGTH = 0xFFFFFFFF
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-_UID_TAGS = {"SOPClassUID": 0x00080016, "SOPInstanceUID": 0x00080018, "StudyInstanceUID": 0x0020000D}
-_UID_TAGS["SeriesInstanceUID"] = 0x0020000E
 
 
 class Rejected(Exception):
@@ -96,7 +95,7 @@ def _parse(fh: io.BufferedIOBase) -> Dataset:
 
 
 def _has_uid(ds: Dataset, keyword: str) -> bool:
-    plain = element_text(ds, _UID_TAGS[keyword], "UI")
+    plain = element_text(ds, tag_for_keyword(keyword) or 0, "UI")
     if plain is not None:
         return bool(plain.strip())
     try:
@@ -147,10 +146,7 @@ def _native_pixel_bytes(ds: Dataset) -> int:
     count = _unsigned(ds, 0x00280010, "Rows") * _unsigned(ds, 0x00280011, "Columns") * samples * frames
     if bits == 1:
         return (count + 7) // 8
-    photometric = element_text(ds, 0x00280004, "CS")
-    if photometric is None:
-        photometric = str(ds.get("PhotometricInterpretation", ""))
-    if photometric == "YBR_FULL_422":
+    if text_value(ds, "PhotometricInterpretation", "CS") == "YBR_FULL_422":
         return count * bits // 8 * 2 // 3
     return count * bits // 8
 
@@ -187,8 +183,7 @@ def check_cleanable(ds: Dataset, policy: AcceptPolicy = AcceptPolicy()) -> None:
     missing = [k for k in REQUIRED_UIDS if not _has_uid(ds, k)]
     if missing:
         raise Rejected("missing_uids", "no " + ", ".join(missing))
-    sop_class = element_text(ds, 0x00080016, "UI")
-    sop_class = (str(ds.SOPClassUID) if sop_class is None else sop_class).strip()
+    sop_class = text_value(ds, "SOPClassUID", "UI").strip()
     if sop_class in ENCAPSULATED_DOCUMENT_CLASSES:
         raise Rejected(
             "encapsulated_document", f"{ENCAPSULATED_DOCUMENT_CLASSES[sop_class]} content cannot be de-identified"

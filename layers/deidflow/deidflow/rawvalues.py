@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
@@ -38,6 +39,12 @@ def element_text(ds: Dataset, tag: int, vr: str) -> str | None:
     if type(raw) is not RawDataElement or vr != raw.VR or type(raw.value) is not bytes:
         return None
     return plain_text(raw.value)
+
+
+def text_value(ds: Dataset, keyword: str, vr: str) -> str:
+    """`str(ds.get(keyword, "") or "")`, from the raw bytes when `element_text` can read them."""
+    plain = element_text(ds, tag_for_keyword(keyword) or 0, vr)
+    return str(ds.get(keyword, "") or "") if plain is None else plain
 
 
 def element_unsigned(ds: Dataset, tag: int, vr: str) -> int | None:

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydicom import Dataset
-from pydicom.datadict import tag_for_keyword
 
-from ..rawvalues import element_text
+from ..rawvalues import text_value
 from .boxes import RedactionBox
 
 ScanMode = Literal["auto", "always", "never"]
@@ -171,11 +170,7 @@ class PixelPolicy:
 
 
 def _code(ds: Dataset, keyword: str) -> str:
-    plain = element_text(ds, tag_for_keyword(keyword) or 0, "CS")
-    if plain is not None:
-        return plain.strip().upper()
-    value = ds.get(keyword)
-    return str(value).strip().upper() if value is not None else ""
+    return text_value(ds, keyword, "CS").strip().upper()
 
 
 def matching_signatures(ds: Dataset, policy: PixelPolicy) -> list[DeviceSignature]:
@@ -210,8 +205,7 @@ def needs_pixel_scan(ds: Dataset, policy: PixelPolicy) -> tuple[bool, str]:
 
     burned_in = _code(ds, "BurnedInAnnotation")
     modality = _code(ds, "Modality")
-    sop_class = element_text(ds, 0x00080016, "UI")
-    sop_class = (str(ds.get("SOPClassUID", "")) if sop_class is None else sop_class).strip()
+    sop_class = text_value(ds, "SOPClassUID", "UI").strip()
     text_prone = modality in TEXT_PRONE_MODALITIES or sop_class in TEXT_PRONE_SOP_CLASSES
     kind = f"modality {modality}" if modality in TEXT_PRONE_MODALITIES else "a capture SOP class"
 
