@@ -33,12 +33,18 @@ def plain_text(data: bytes) -> str | None:
     return stripped.decode("ascii")
 
 
-def element_text(ds: Dataset, tag: int, vr: str) -> str | None:
-    """`str(ds[tag].value)` for a raw element of VR `vr` that `plain_text` can read, else None."""
+def _raw(ds: Dataset, tag: int, vr: str) -> RawDataElement | None:
+    """`ds`'s element `tag` while it is still raw, explicit `vr` and read (bytes), else None."""
     raw = ds._dict.get(tag)
     if type(raw) is not RawDataElement or vr != raw.VR or type(raw.value) is not bytes:
         return None
-    return plain_text(raw.value)
+    return raw
+
+
+def element_text(ds: Dataset, tag: int, vr: str) -> str | None:
+    """`str(ds[tag].value)` for a raw element of VR `vr` that `plain_text` can read, else None."""
+    raw = _raw(ds, tag, vr)
+    return None if raw is None else plain_text(raw.value)
 
 
 def text_value(ds: Dataset, keyword: str, vr: str) -> str:
@@ -49,9 +55,7 @@ def text_value(ds: Dataset, keyword: str, vr: str) -> str:
 
 def element_unsigned(ds: Dataset, tag: int, vr: str) -> int | None:
     """`ds[tag].value` for a raw single-valued US or UL element of VR `vr`, else None."""
-    raw = ds._dict.get(tag)
-    if type(raw) is not RawDataElement or vr != raw.VR or type(raw.value) is not bytes:
-        return None
-    if len(raw.value) != _UNSIGNED_SIZES.get(vr):
+    raw = _raw(ds, tag, vr)
+    if raw is None or len(raw.value) != _UNSIGNED_SIZES.get(vr):
         return None
     return int.from_bytes(raw.value, "little" if raw.is_little_endian else "big")
