@@ -10,6 +10,7 @@ which keeps untouched values (PixelData above all) byte for byte and the pass fa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -21,11 +22,14 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID_dictionary
 
 from . import __version__
+from .attribute_types import standard_types
+from .conformance import value_problem
 from .dates import shift_by_units, shift_date, shift_date_and_time, shift_datetime, shift_time
-from .intake import UNDEFINED_LENGTH
+from .framing import UNDEFINED_LENGTH, DatasetFrame, same_tags
 from .profile import OPTION_COLUMNS, ProfileTable, method_codes, resolve_action, standard_table
 from .pseudonym import DateShift, Pseudonymizer
 from .rawvalues import PLAIN_TEXT_VRS, plain_text, text_value
+from .rejection import Rejected
 from .rules import ElementRule, InstancePlan, RuleSet
 from .scrub import collect_identifiers, scrub_text
 from .tagpattern import PathStep, tag_text
@@ -71,6 +75,17 @@ CLASS_UID_MARKERS = (
 IDENTIFIER_SUFFIXES = ("ID", "IDs", "Number", "Numbers", "Identifier")
 DATE_VRS = {"DA", "DT", "TM"}
 FREE_TEXT_VRS = {"ST", "LT", "UT", "UC"}
+# Code sequences outside E.1-1 whose codes name a person or an organisation: replaced by dummies,
+# as E.1-1 does for Institution Code Sequence and Person Identification Code Sequence.
+IDENTITY_CODE_SEQUENCES = {
+    0x00404009: "HumanPerformerCodeSequence",
+    0x0072000E: "HangingProtocolUserIdentificationCodeSequence",
+    0x0040A028: "DocumentingOrganizationIdentifierCodeSequenceTrial",
+    0x0040A068: "DocumentAuthorIdentifierCodeSequenceTrial",
+    0x0040A076: "DocumentingObserverIdentifierCodeSequenceTrial",
+}
+# Sequences outside E.1-1 that name the organisations issuing an order's numbers.
+ISSUER_SEQUENCES = {0x00400026: "OrderPlacerIdentifierSequence", 0x00400027: "OrderFillerIdentifierSequence"}
 
 
 # Value representations whose bytes are ASCII whatever the character set: edited as bytes, without
@@ -186,6 +201,11 @@ class _Context:
     identifiers: list[str]
     record: bool
     needs_paths: bool
+    iod: str | None = None  # the instance's IOD, for attribute Types (None: not in the module tables)
+    # Where the walk is: the keyword of the sequence holding the current data set ("" at the top),
+    # and the current element's Type there.
+    parent: str = ""
+    attribute_type: str | None = None
     decisions: list[Decision] = field(default_factory=list)
 
 
@@ -204,11 +224,74 @@ def _vr_of(raw: object, tag: int) -> str:
     if vr and vr != "UN":
         return str(vr)
     # Implicit VR or UN: pydicom decodes the value with the dictionary VR, so decide with it too.
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return "UN"
-    return vr.split(" or ")[0] if vr else "UN"
+    allowed = _dictionary_vrs(tag)
+    return allowed[0] if allowed else "UN"
+
+
+_DICTIONARY_VRS: dict[int, tuple[str, ...]] = {}
+
+
+def _dictionary_vrs(tag: int) -> tuple[str, ...]:
+    """The VRs the dictionary allows for a public tag ("US or SS" -> both), () when it has none."""
+    allowed = _DICTIONARY_VRS.get(tag)
+    if allowed is None:
+        try:
+            vr = dictionary_VR(tag) if (tag >> 16) % 2 == 0 else ""
+        except KeyError:
+            vr = ""
+        allowed = _DICTIONARY_VRS[tag] = tuple(v for v in vr.split(" or ") if v and v != "NONE")
+    return allowed
+
+
+def _element_vr(raw: object, tag: int) -> tuple[str, bool]:
+    """(the VR to decide and write with, whether the file labelled the element otherwise).
+
+    A public element is what the dictionary says it is: labelled with another VR (by a faulty
+    writer, or by damage), it is decided as its dictionary VR, and kept only if its bytes are a
+    value of that VR (see `_relabel`).
+    """
+    label = getattr(raw, "VR", None)
+    if not label or label == "UN":
+        return _vr_of(raw, tag), False
+    allowed = _dictionary_vrs(tag)
+    if not allowed or label in allowed:
+        return str(label), False
+    return allowed[0], True
+
+
+def _relabel(ds: Dataset, tag: int, raw: object, vr: str) -> RawDataElement:
+    """`raw` as an element of its dictionary VR, or Rejected when its bytes are no such value."""
+    data = getattr(raw, "value", None)
+    problem = "it is not a value" if type(raw) is not RawDataElement or type(data) is not bytes else None
+    problem = problem or ("it holds items" if vr == "SQ" else value_problem(vr, data, tag))  # type: ignore[arg-type]
+    if problem:
+        raise Rejected(
+            "vr_mismatch",
+            f"element {tag_text(tag)} is labelled {getattr(raw, 'VR', '?')}, the dictionary says {vr}, and {problem}",
+        )
+    relabelled = raw._replace(VR=vr)  # type: ignore[union-attr]
+    ds._dict[tag] = relabelled
+    return relabelled
+
+
+def _check_kept(tag: int, vr: str, raw: object) -> None:
+    """A value kept as it was read must be a value of its VR, and no more (see conformance)."""
+    data = getattr(raw, "value", None)
+    if type(raw) is not RawDataElement or type(data) is not bytes or not data:
+        return  # decoded already (by pydicom, from bytes the framing walk checked) or empty
+    problem = value_problem(vr, data, None if (tag >> 16) % 2 else tag)
+    if problem:
+        raise Rejected("invalid_value", f"element {tag_text(tag)} cannot be kept: {problem}")
+
+
+def _dummy_action(tag: int, vr: str) -> str:
+    """Inside a sequence replaced by dummies: private elements go, UIDs are remapped (references
+    stay consistent), nested sequences are replaced in turn, everything else becomes a dummy."""
+    if (tag >> 16) % 2:
+        return "X"
+    if vr == "UI":
+        return "U"
+    return "D"
 
 
 def _is_class_uid(keyword: str) -> bool:
@@ -239,8 +322,9 @@ class Deidentifier:
         self.pseudo = pseudonymizer
         self.table = table or standard_table()
         self.options = rules.options
-        self._table_cache: dict[int, tuple[str, str]] = {}
-        self._static: dict[tuple[int, str], tuple[str, str]] = {}
+        self.types = standard_types()
+        self._table_cache: dict[tuple[int, str | None], tuple[str, str]] = {}
+        self._static: dict[tuple[int, str, str | None], tuple[str, str]] = {}
         # The markers depend on the options only: worked out once.
         o = self.options
         selected = [name.replace("_", " ") for name in o.selected()]
@@ -259,24 +343,31 @@ class Deidentifier:
 
     # --- decisions -----------------------------------------------------------------------------
 
-    def _table_action(self, tag: int) -> tuple[str, str] | None:
-        cached = self._table_cache.get(tag)
+    def _table_action(self, tag: int, attribute_type: str | None = None) -> tuple[str, str] | None:
+        cached = self._table_cache.get((tag, attribute_type))
         if cached is None:
             row = self.table.row_for(tag)
             if row is None:
                 return None
-            action, by = resolve_action(row, self.options)
+            action, by = resolve_action(row, self.options, attribute_type)
             cell = row.basic if by == "basic" else row.options[OPTION_COLUMNS[by][0]]
-            cached = (action, f"{row.label} [{'Basic Profile' if by == 'basic' else by}: {cell}]")
-            self._table_cache[tag] = cached
+            chosen = f"; Type {attribute_type} here: {action}" if attribute_type and action != cell else ""
+            cached = (action, f"{row.label} [{'Basic Profile' if by == 'basic' else by}: {cell}{chosen}]")
+            self._table_cache[(tag, attribute_type)] = cached
         return cached
 
     def decide(
-        self, tag: int, vr: str, path: tuple[PathStep, ...] | None, plan: InstancePlan
+        self,
+        tag: int,
+        vr: str,
+        path: tuple[PathStep, ...] | None,
+        plan: InstancePlan,
+        attribute_type: str | None = None,
     ) -> tuple[str, str, ElementRule | None]:
         """(action, decided_by, rule) for one element. Actions: K X Z D U C, or a rule kind.
 
-        `path` is only needed (and only built) when rules or safe-private patterns must match it.
+        `path` is only needed (and only built) when rules or safe-private patterns must match it;
+        `attribute_type` is the element's Type in the instance's IOD, where known.
         """
         if plan.element_rules and path is not None:
             for rule in plan.element_rules:
@@ -284,26 +375,33 @@ class Deidentifier:
                     return rule.kind, f"rule {rule.origin}", rule
         if (tag >> 16) % 2 == 1:
             return self._private_action(tag, path)
-        cached = self._static.get((tag, vr))
+        key = (tag, vr, attribute_type)
+        cached = self._static.get(key)
         if cached is None:
-            cached = self._static[(tag, vr)] = self._profile_decision(tag, vr)
+            cached = self._static[key] = self._profile_decision(tag, vr, attribute_type)
         return cached[0], cached[1], None
 
-    def _profile_decision(self, tag: int, vr: str) -> tuple[str, str]:
+    def _profile_decision(self, tag: int, vr: str, attribute_type: str | None = None) -> tuple[str, str]:
         """What the profile and deidflow's defaults say about a public element: the same for every
-        instance under one RuleSet, so it is computed once per (tag, VR)."""
+        instance under one RuleSet, so it is computed once per (tag, VR, Type)."""
         if tag & 0xFFFF == 0:
             return "X", "group length: recomputed on write or obsolete"
         if _is_overlay_group(tag):
             overlay = self._overlay_action(tag, vr)
             if overlay is not None:
                 return overlay
-        table = self._table_action(tag)
+        table = self._table_action(tag, attribute_type)
         if table is not None:
             return table
         keyword = _keyword(tag)
         if not keyword:
             return "X", "unknown public element (not in the DICOM dictionary): removed"
+        if tag in IDENTITY_CODE_SEQUENCES:
+            return "D", "not in E.1-1: its codes name a person or organisation, replaced by dummies (deidflow default)"
+        if tag in ISSUER_SEQUENCES:
+            return "X", "not in E.1-1: names the organisations issuing an order's numbers (deidflow default)"
+        if vr == "PN":
+            return "D", "not in E.1-1: a person's name, replaced by a dummy (deidflow default)"
         if vr == "UI":
             return "U", "not in E.1-1: every UID is remapped unless it names a class or syntax"
         if vr in DATE_VRS and self.options.retain_longitudinal_modified_dates:
@@ -343,8 +441,21 @@ class Deidentifier:
     # --- the pass ------------------------------------------------------------------------------
 
     def deidentify(
-        self, ds: Dataset, *, explain: bool = False, plan: InstancePlan | None = None, pixels_cleaned: bool = False
+        self,
+        ds: Dataset,
+        *,
+        explain: bool = False,
+        plan: InstancePlan | None = None,
+        pixels_cleaned: bool = False,
+        frame: DatasetFrame | None = None,
+        originals: Mapping[int, object] | None = None,
     ) -> DeidResult:
+        """De-identify `ds` in place.
+
+        `frame` (the framing walk's top level) lets every sequence item be checked against the
+        bytes it was read from; `originals` are the top-level elements as read, before the rules,
+        the pixel policy or the identity decoded any of them (values kept are checked as read).
+        """
         plan = plan or self.rules.plan_for(ds)
         identity = patient_identity(ds)
         ctx = _Context(
@@ -358,9 +469,10 @@ class Deidentifier:
             identifiers=collect_identifiers(ds) if self._needs_scrub() else [],
             record=explain,
             needs_paths=bool(plan.element_rules) or self.options.retain_safe_private or explain,
+            iod=self.types.iod_for(text_value(ds, "SOPClassUID", "UI").strip()),
         )
         original_meta = getattr(ds, "file_meta", None)
-        self._walk(ds, (), ctx, "")
+        self._walk(ds, (), ctx, "", frame, originals=originals if originals is not None else dict(ds._dict))
         self._private_creators_cleanup(ds)
         self._add_tags(ds, ctx)
         self._set_markers(ds, pixels_cleaned)
@@ -378,9 +490,29 @@ class Deidentifier:
         o = self.options
         return o.clean_descriptors or o.clean_structured_content or o.clean_graphics
 
-    def _walk(self, ds: Dataset, parents: tuple[PathStep, ...], ctx: _Context, where: str) -> None:
+    def _walk(
+        self,
+        ds: Dataset,
+        parents: tuple[PathStep, ...],
+        ctx: _Context,
+        where: str,
+        frame: DatasetFrame | None,
+        *,
+        originals: Mapping[int, object] | None = None,
+        dummy: bool = False,
+        parent: str = "",
+    ) -> None:
+        """Decide and apply every element of one data set.
+
+        `frame` is this data set as the framing walk found it (an item's tags are checked against
+        it; the top level's were, by intake); `originals` are the top level's elements as read,
+        before anything decoded them; `dummy` means the data set is an item of a sequence being
+        replaced by dummies.
+        """
         handled: set[int] = set()
         tags = list(ds.keys())
+        if frame is not None and originals is None:
+            same_tags(tags, frame, "a sequence item")
         creators: dict[int, str | None] = {}
         if ctx.needs_paths:
             # Read private creators first: a creator may be removed before the elements of its block.
@@ -394,11 +526,20 @@ class Deidentifier:
                 continue  # gone with an element handled before it
             if type(raw) is RawDataElement and raw.value is None:
                 raw = ds.get_item(tag)  # a deferred value: read it
-            vr = _vr_of(raw, tag)
+            original = originals.get(tag, raw) if originals is not None else raw
+            vr, relabelled = _element_vr(original, tag)
             path = (*parents, PathStep(tag, _keyword(tag), vr, creators.get(tag))) if ctx.needs_paths else None
-            action, by, rule = self.decide(tag, vr, path, ctx.plan)
+            ctx.parent = parent
+            ctx.attribute_type = None if (tag >> 16) % 2 else self.types.type_of(ctx.iod, parent, _keyword(tag))
+            if dummy:
+                action, by, rule = _dummy_action(tag, vr), "inside a sequence replaced by dummies", None
+            else:
+                action, by, rule = self.decide(tag, vr, path, ctx.plan, ctx.attribute_type)
+            if relabelled and action not in ("X", "remove"):
+                raw = _relabel(ds, tag, original, vr)
             label = f"{where}{tag_text(tag)}" if ctx.record else ""
-            done = self._apply(ds, tag, raw, vr, action, rule, path, ctx, label, handled)
+            items = frame.items.get(tag, ()) if frame is not None else None  # None: no framing to check
+            done = self._apply(ds, tag, raw, original, vr, action, rule, path, ctx, label, handled, items, dummy)
             if ctx.record:
                 keyword = _keyword(tag) or ("private:" + (creators.get(tag) or "?"))
                 ctx.decisions.append(Decision(label, keyword, vr, done, by))
@@ -408,6 +549,7 @@ class Deidentifier:
         ds: Dataset,
         tag: int,
         raw: object,
+        original: object,
         vr: str,
         action: str,
         rule: ElementRule | None,
@@ -415,6 +557,8 @@ class Deidentifier:
         ctx: _Context,
         label: str,
         handled: set[int],
+        items: tuple[DatasetFrame, ...] | None,
+        in_dummy: bool = False,
     ) -> str:
         if action in ("X", "remove"):
             del ds[tag]
@@ -427,11 +571,22 @@ class Deidentifier:
                     tag, "SQ", Sequence(), is_undefined_length=undefined or getattr(raw, "is_undefined_length", False)
                 )
                 return "emptied"
-            for i, item in enumerate(ds[tag].value):
-                self._walk(item, path or (), ctx, f"{label}[{i}]." if ctx.record else "")
-            return "kept, items cleaned"
-        if action in ("K", "keep"):
-            return "kept"
+            sequence = ds[tag].value
+            if items is not None and len(items) != len(sequence):
+                raise Rejected("malformed", f"sequence {tag_text(tag)} reads differently from its framing")
+            # A code sequence to replace holds codes that name someone (E.1-1's Person Identification
+            # and Institution Code Sequences): its items become dummy codes. Other sequences to
+            # replace (Content Sequence) keep their structure and have every item cleaned.
+            dummy = in_dummy or (action == "D" and _keyword(tag).endswith(("CodeSequence", "CodeSequenceTrial")))
+            for i, item in enumerate(sequence):
+                item_frame = items[i] if items is not None else None
+                where = f"{label}[{i}]." if ctx.record else ""
+                self._walk(item, path or (), ctx, where, item_frame, dummy=dummy, parent=_keyword(tag))
+            return "items replaced by dummies" if dummy else "kept, items cleaned"
+        if action in ("K", "keep") or (action == "C" and vr not in DATE_VRS and vr not in TEXT_VRS):
+            _check_kept(tag, vr, original)
+            if action in ("K", "keep"):
+                return "kept"
         value = _Value(ds, tag, vr, raw)
         if value.is_empty:
             return "kept (empty)"
@@ -449,6 +604,7 @@ class Deidentifier:
             if vr in DATE_VRS:
                 return self._shift_dates(value, ctx, handled, path)
             if vr in TEXT_VRS and vr != "PN":
+                _check_kept(tag, vr, original)  # cleaning keeps most of the text as it was
                 value.set([scrub_text(text, ctx.identifiers) for text in value.texts])
                 return "cleaned (known identifiers scrubbed)"
             if vr == "PN":
@@ -476,6 +632,7 @@ class Deidentifier:
 
     def _remap_uids(self, value: _Value) -> str:
         if _is_class_uid(_keyword(value.tag)):
+            _check_kept(value.tag, value.vr, value.raw)
             return "kept (class or syntax UID)"
         new = []
         for text in value.texts:
@@ -488,8 +645,7 @@ class Deidentifier:
         ds, tag, vr = value.ds, value.tag, value.vr
         if not self.options.retain_longitudinal_modified_dates:
             # Clean with no date option selected: nothing safe to keep.
-            del ds[tag]
-            return "removed (no date option)"
+            return self._without_value(value, ctx.attribute_type, "no date option")
         shift = ctx.shift
         text = "\\".join(value.texts)
         new: str | None
@@ -500,7 +656,10 @@ class Deidentifier:
                 time_vr = _vr_of(time_raw, time_tag)
                 # The time is paired only if it would be shifted on its own too (a rule may keep it).
                 time_path = (*path[:-1], PathStep(time_tag, _keyword(time_tag), time_vr)) if path else None
-                time_action = self.decide(time_tag, time_vr, time_path, ctx.plan)[0] if time_vr == "TM" else "K"
+                time_type = self.types.type_of(ctx.iod, ctx.parent, _keyword(time_tag))
+                time_action = "K"
+                if time_vr == "TM":
+                    time_action = self.decide(time_tag, time_vr, time_path, ctx.plan, time_type)[0]
                 time_value = _Value(ds, time_tag, time_vr, time_raw) if time_action in ("C", "D") else None
                 if time_value is not None and len(time_value.texts) == 1:
                     pair = shift_date_and_time(text, time_value.texts[0], shift)
@@ -525,10 +684,23 @@ class Deidentifier:
         else:
             new = shift_datetime(text, shift)
         if new is None:
-            del ds[tag]
-            return "removed (value could not be read as a date)"
+            return self._without_value(value, ctx.attribute_type or "2", "value could not be read as a date")
         value.set(new.split("\\"))
         return "shifted (patient offset)"
+
+    @staticmethod
+    def _without_value(value: _Value, attribute_type: str | None, why: str) -> str:
+        """A value that cannot be kept: a dummy where the IOD requires one (Type 1), empty where
+        it requires the element (Type 2; when the Type is not known, empty says nothing and
+        breaks no Type 2), removed where it is optional."""
+        if attribute_type in ("1", "1C") and value.vr in DUMMY_BY_VR:
+            value.set_dummy(DUMMY_BY_VR[value.vr])
+            return f"dummy value ({why})"
+        if attribute_type in (None, "2", "2C"):
+            value.clear()
+            return f"emptied ({why})"
+        del value.ds[value.tag]
+        return f"removed ({why})"
 
     def _rule_shift(self, value: _Value, rule: ElementRule, ctx: _Context) -> str:
         if value.vr not in DATE_VRS:
@@ -537,8 +709,7 @@ class Deidentifier:
         amount = self.pseudo.bounded_shift("shift", context, rule.shift_by)
         new = shift_by_units("\\".join(value.texts), value.vr, amount)
         if new is None:
-            del value.ds[value.tag]
-            return "removed (value could not be read as a date)"
+            return self._without_value(value, ctx.attribute_type or "2", "value could not be read as a date")
         value.set(new.split("\\"))
         return "shifted (rule)"
 

@@ -7,11 +7,12 @@ header values. Nothing rejected produces output.
 from __future__ import annotations
 
 import io
+import mmap
 import os
-import struct
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from itertools import pairwise
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom import config as pydicom_config
@@ -20,8 +21,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from .framing import Framing, PixelFraming, check_framing, read_file_meta, same_tags
 from .rawvalues import element_text, element_unsigned, text_value
-from .tagpattern import tag_text
+from .rejection import Rejected
 
 # pydicom's value validation warnings quote the offending value: they must never reach a log.
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
@@ -37,18 +39,12 @@ ENCAPSULATED_DOCUMENT_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.104.4": "Encapsulated OBJ",
     "1.2.840.10008.5.1.4.1.1.104.5": "Encapsulated MTL",
 }
+# SOP classes whose content is opaque by definition: nothing can say it holds no identity. Listed
+# in the rules' accept.sop_classes, they are accepted (and de-identified like any other instance).
+OPAQUE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66": "Raw Data"}
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 UNDEFINED_LENGTH = 0xFFFFFFFF
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-
-
-class Rejected(Exception):
-    """An input that produces no output. `reason` is a stable code, `detail` a PHI-free sentence."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -57,30 +53,71 @@ class AcceptPolicy:
     extra_sop_classes: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True)
+class Instance:
+    """A parsed input with the framing its bytes were checked against."""
+
+    dataset: Dataset
+    framing: Framing
+    pixel_excess: int  # bytes of native Pixel Data beyond the declared geometry (to cut off)
+    # The top-level elements as read: what values are checked against before they are kept, even
+    # after the rules or the pixel policy have had pydicom decode some of them.
+    originals: dict[int, Any]
+
+
 def read_dataset(source: str | os.PathLike[str] | bytes, policy: AcceptPolicy = AcceptPolicy()) -> Dataset:
     """Parse a whole DICOM file (path or bytes) or raise Rejected."""
+    return read_instance(source, policy).dataset
+
+
+def read_instance(source: str | os.PathLike[str] | bytes, policy: AcceptPolicy = AcceptPolicy()) -> Instance:
+    """Check a whole DICOM file's framing, then parse it, or raise Rejected.
+
+    A file is mapped rather than read for the framing walk: its pages belong to the page cache,
+    and pydicom then reads the values it keeps from the file itself.
+    """
     if isinstance(source, bytes):
-        size = len(source)
-        opener = lambda: io.BytesIO(source)  # noqa: E731
+        _check_size(len(source), policy)
+        framing = _framing(source, policy)
+        ds = _parse(io.BytesIO(source))
     else:
-        path = Path(source)
-        size = path.stat().st_size
-        opener = lambda: path.open("rb")  # noqa: E731
+        with open(source, "rb") as fh:
+            _check_size(os.fstat(fh.fileno()).st_size, policy)
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                framing = _framing(mapped, policy)  # type: ignore[arg-type] - mmap reads as bytes do
+            ds = _parse(fh)
+    # pydicom must have read the top level the way the walk did, element for element.
+    same_tags(list(ds.keys()), framing.dataset)
+    originals = dict(ds._dict)
+    return Instance(ds, framing, check_complete(ds, framing), originals)
+
+
+def _check_size(size: int, policy: AcceptPolicy) -> None:
     if size == 0:
         raise Rejected("empty_file", "the file is empty")
     if size > policy.max_file_bytes:
         raise Rejected("too_large", f"{size} bytes is over the {policy.max_file_bytes} byte limit")
-    with opener() as fh:
-        ds = _parse(fh)
-    check_complete(ds)
-    return ds
 
 
-def _parse(fh: io.BufferedIOBase) -> Dataset:
+def _framing(data: bytes, policy: AcceptPolicy) -> Framing:
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    try:
+        meta = read_file_meta(data)
+        if meta.sop_class == DICOMDIR_CLASS:
+            raise Rejected("dicomdir", "a DICOMDIR is a media index, not an instance")
+        return check_framing(data, max_inflated_bytes=policy.max_file_bytes, meta=meta)
+    except Rejected as rejected:
+        if has_preamble or data[:2] == b"\x02\x00" or rejected.reason in ("dicomdir", "too_large"):
+            raise
+        # No preamble and no file meta: whatever this is, it is not a data set we can read.
+        raise Rejected("not_dicom", "no DICOM preamble and not a DICOM data set") from None
+
+
+def _parse(fh: BinaryIO) -> Dataset:
     try:
         return pydicom.dcmread(fh)
     except InvalidDicomError:
-        pass  # no preamble: maybe a bare dataset, as some modalities and old archives write
+        pass  # no preamble: maybe a bare data set, as some modalities and old archives write
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
         raise Rejected("unparseable", f"pydicom could not parse it ({type(exc).__name__})") from None
     fh.seek(0)
@@ -105,74 +142,105 @@ def _has_uid(ds: Dataset, keyword: str) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def check_complete(ds: Dataset) -> None:
-    """pydicom reads truncated files quietly: a short last element, or no Pixel Data at all.
-
-    Compare each element's declared length with what was read, and an image's pixel data with
-    what Rows, Columns and friends promise.
-    """
-    tags = list(ds.keys())
-    # Reading stops at the end of the file, so only the last element read can be short.
-    for tag in tags[-1:]:
-        raw = ds.get_item(tag)
-        declared = getattr(raw, "length", None)
-        if declared is None or declared == UNDEFINED_LENGTH or raw.value is None:
-            continue
-        if isinstance(raw.value, bytes) and len(raw.value) < declared:
-            raise Rejected("truncated", f"element {tag_text(tag)} holds {len(raw.value)} of its {declared} bytes")
+def check_complete(ds: Dataset, framing: Framing) -> int:
+    """The framing walk has shown every element whole; what is left is what the header promises:
+    an image has pixel data, and its pixel data is what the geometry declares. Returns how many
+    bytes of native Pixel Data lie beyond that (trailing padding, to be cut off)."""
     if not any(k in ds for k in PIXEL_KEYWORDS):
         if "Image Storage" in UID(str(ds.get("SOPClassUID", ""))).name:
-            raise Rejected("truncated", "an image without Pixel Data: the file was cut short")
-        return
-    if "PixelData" not in ds:
-        return
-    pixel = ds.get_item(0x7FE00010)
-    value = pixel.value
-    if getattr(pixel, "length", 0) == UNDEFINED_LENGTH or getattr(pixel, "is_undefined_length", False):
-        _check_encapsulated(value)
-        return
-    try:
-        expected = _native_pixel_bytes(ds)
-    except (AttributeError, TypeError, ValueError):
-        raise Rejected("unparseable", "Pixel Data without usable Rows/Columns/Bits Allocated") from None
-    if len(value) < expected:
-        raise Rejected("truncated", f"Pixel Data has {len(value)} of the {expected} bytes the header promises")
+            raise Rejected("no_pixel_data", "an image storage instance without Pixel Data")
+        return 0
+    pixel = framing.pixel_data
+    if pixel is None:
+        for keyword, bytes_per_sample in (("FloatPixelData", 4), ("DoubleFloatPixelData", 8)):
+            if keyword in ds and _check_native_length(ds, len(ds[keyword].value), bytes_per_sample * 8, keyword):
+                raise Rejected("pixel_data_mismatch", f"{keyword} is longer than the header declares")
+        return 0
+    if pixel.encapsulated:
+        _check_fragments(ds, pixel)
+        return 0
+    return _check_native_length(ds, pixel.length, None, "Pixel Data")
 
 
-def _native_pixel_bytes(ds: Dataset) -> int:
-    frames = int(ds.get("NumberOfFrames") or 1)
-    bits = _unsigned(ds, 0x00280100, "BitsAllocated")
-    samples = element_unsigned(ds, 0x00280002, "US") or int(ds.get("SamplesPerPixel") or 1)
-    count = _unsigned(ds, 0x00280010, "Rows") * _unsigned(ds, 0x00280011, "Columns") * samples * frames
+def _geometry(ds: Dataset) -> tuple[int, int, int, int, int]:
+    """(frames, rows, columns, samples per pixel, bits allocated), or Rejected when unusable."""
+    values = []
+    for tag, keyword, default in (
+        (0x00280008, "NumberOfFrames", 1),
+        (0x00280010, "Rows", None),
+        (0x00280011, "Columns", None),
+        (0x00280002, "SamplesPerPixel", 1),
+        (0x00280100, "BitsAllocated", None),
+    ):
+        value = element_unsigned(ds, tag, "US")
+        if value is None:
+            try:
+                raw = ds.get(keyword)
+                value = default if raw in (None, "") and default is not None else int(raw)
+            except (TypeError, ValueError, OverflowError):
+                raise Rejected("incomplete_image", f"Pixel Data without a usable {keyword}") from None
+        if value < 1:
+            raise Rejected("incomplete_image", f"Pixel Data with {keyword} {value}")
+        values.append(value)
+    frames, rows, columns, samples, bits = values
+    return frames, rows, columns, samples, bits
+
+
+def decoded_pixel_bytes(ds: Dataset) -> int:
+    """How many bytes the pixels take once decoded: what a pixel scan must hold in memory."""
+    frames, rows, columns, samples, bits = _geometry(ds)
+    return frames * rows * columns * samples * max(1, (bits + 7) // 8)
+
+
+def _check_native_length(ds: Dataset, length: int, bits: int | None, what: str) -> int:
+    """The number of bytes beyond what the geometry declares (0 when it matches), or Rejected."""
+    frames, rows, columns, samples, bits_allocated = _geometry(ds)
+    bits = bits or bits_allocated
+    if bits not in (1, 8, 16, 32, 64):
+        raise Rejected("incomplete_image", f"{what} with {bits} Bits Allocated")
+    count = rows * columns * samples * frames
     if bits == 1:
-        return (count + 7) // 8
-    if text_value(ds, "PhotometricInterpretation", "CS") == "YBR_FULL_422":
-        return count * bits // 8 * 2 // 3
-    return count * bits // 8
+        expected = (count + 7) // 8
+    elif text_value(ds, "PhotometricInterpretation", "CS") == "YBR_FULL_422":
+        expected = count * bits // 8 * 2 // 3
+    else:
+        expected = count * bits // 8
+    padded = expected + expected % 2  # a value of odd length is padded to even (PS3.5 7.1.1)
+    if length < expected:
+        raise Rejected("truncated", f"{what} holds {length} bytes where the header declares {expected}")
+    if length > padded and length - padded >= padded // frames:
+        # A frame or more beyond the geometry: the geometry is wrong (a scan would read the wrong
+        # pixels), so nothing can be said about what the image shows.
+        raise Rejected("pixel_data_mismatch", f"{what} holds {length} bytes where the header declares {expected}")
+    # Less than a frame of trailing padding, which some writers add: cut off on output.
+    return length - padded if length > padded else 0
 
 
-def _unsigned(ds: Dataset, tag: int, keyword: str) -> int:
-    """`int(ds.<keyword>)` for a required US element."""
-    value = element_unsigned(ds, tag, "US")
-    return int(getattr(ds, keyword)) if value is None else value
-
-
-def _check_encapsulated(value: bytes) -> None:
-    """Walk the item headers: every fragment must be whole (PS3.5 A.4)."""
-    offset = 0
-    items = 0
-    while offset + 8 <= len(value):
-        group, element, length = struct.unpack_from("<HHL", value, offset)
-        if (group, element) == (0xFFFE, 0xE0DD):
-            break
-        if (group, element) != (0xFFFE, 0xE000):
-            raise Rejected("truncated", "encapsulated Pixel Data has a damaged item header")
-        if offset + 8 + length > len(value):
-            raise Rejected("truncated", "encapsulated Pixel Data ends inside a fragment")
-        offset += 8 + length
-        items += 1
-    if items < 2:  # the Basic Offset Table item plus at least one fragment
-        raise Rejected("truncated", "encapsulated Pixel Data has no fragments")
+def _check_fragments(ds: Dataset, pixel: PixelFraming) -> None:
+    """PS3.5 A.4: every frame starts a fragment of its own, so there are at least as many
+    fragments as frames, and a Basic Offset Table, when filled, has one entry per frame, each at
+    a fragment's start."""
+    frames = _geometry(ds)[0]
+    fragments = pixel.fragments
+    if frames > len(fragments):
+        raise Rejected(
+            "pixel_data_mismatch", f"{frames} frames declared but the Pixel Data holds {len(fragments)} fragments"
+        )
+    table = pixel.offset_table
+    if table:
+        starts = set()
+        first = fragments[0][0] - 8
+        for offset, _ in fragments:
+            starts.add(offset - 8 - first)
+        if len(table) != frames or table[0] != 0 or any(b <= a for a, b in pairwise(table)):
+            raise Rejected("pixel_data_mismatch", "the Basic Offset Table does not list one start per frame")
+        if any(entry not in starts for entry in table):
+            raise Rejected("pixel_data_mismatch", "a Basic Offset Table entry points inside a fragment")
+    elif frames > 1 and len(fragments) != frames and "ExtendedOffsetTable" not in ds:
+        # Without an offset table, frames can only be told apart one fragment each.
+        raise Rejected(
+            "pixel_data_mismatch", f"{frames} frames in {len(fragments)} fragments and no offset table to find them"
+        )
 
 
 def check_cleanable(ds: Dataset, policy: AcceptPolicy = AcceptPolicy()) -> None:
@@ -190,6 +258,12 @@ def check_cleanable(ds: Dataset, policy: AcceptPolicy = AcceptPolicy()) -> None:
         )
     if "EncapsulatedDocument" in ds:
         raise Rejected("encapsulated_document", "Encapsulated Document (0042,0011) cannot be de-identified")
+    if sop_class in OPAQUE_SOP_CLASSES and sop_class not in policy.extra_sop_classes:
+        raise Rejected(
+            "opaque_content",
+            f"{OPAQUE_SOP_CLASSES[sop_class]} content is opaque by definition "
+            "(accept it in the rules: accept.sop_classes)",
+        )
     if sop_class not in policy.extra_sop_classes and UID(sop_class).type != "SOP Class":
         raise Rejected(
             "unknown_sop_class", "SOP Class UID is not a standard SOP class (allow it in the rules: accept.sop_classes)"

@@ -14,7 +14,7 @@ import pydicom
 
 from .deidentify import Deidentifier, DeidResult
 from .fastwrite import encode_file_parts
-from .intake import AcceptPolicy, Rejected, check_cleanable, read_dataset
+from .intake import AcceptPolicy, Rejected, check_cleanable, read_instance
 from .pixels import (
     DetectionError,
     PixelDecodeError,
@@ -80,8 +80,13 @@ class Engine:
         With `scan_pixels=False`, an instance that needs its pixels scanned raises
         PixelScanRequired instead of being scanned.
         """
-        ds = read_dataset(source, self.policy)
+        instance = read_instance(source, self.policy)
+        ds = instance.dataset
         check_cleanable(ds, self.policy)
+        if instance.pixel_excess:
+            # Trailing bytes beyond the declared frames are not pixels anyone can see or check.
+            pixel_data = ds[0x7FE00010]
+            pixel_data.value = pixel_data.value[: len(pixel_data.value) - instance.pixel_excess]
         plan = self.rules.plan_for(ds)
         if not plan.forward:
             raise Rejected(
@@ -90,7 +95,12 @@ class Engine:
         pixels = self._clean_pixels(ds, plan, scan_allowed=scan_pixels)
         try:
             result = self.deidentifier.deidentify(
-                ds, explain=explain, plan=plan, pixels_cleaned=bool(pixels and pixels.redacted)
+                ds,
+                explain=explain,
+                plan=plan,
+                pixels_cleaned=bool(pixels and pixels.redacted),
+                frame=instance.framing.dataset,
+                originals=instance.originals,
             )
         except Rejected:
             raise

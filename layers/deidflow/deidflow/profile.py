@@ -154,17 +154,35 @@ def standard_table() -> ProfileTable:
     return load_table(resources.files("deidflow.data").joinpath(TABLE_FILE).read_text("utf-8"))
 
 
-def resolve_combined(action: str) -> str:
-    """Pick one action from X/Z, X/D, Z/D, X/Z/D, X/Z/U*.
+def resolve_combined(action: str, attribute_type: str | None = None) -> str:
+    """Pick one action from X/Z, X/D, Z/D, X/Z/D, X/Z/U* by the attribute's Type (PS3.15 E.1.1):
+    remove what is optional, empty what is Type 2, replace with a dummy (or remapped UIDs) what is
+    Type 1. A plain X on a Type 1 or 2 attribute (E.1-1 lists some that are Type 2C, Responsible
+    Person for one) becomes a dummy or an empty value too: that carries nothing more, and keeps
+    the instance valid.
 
-    We do not carry every IOD's module tables, so we cannot tell whether an attribute is Type 1, 2
-    or 3 in this instance. The rightmost choice is valid for every Type (a dummy or an empty value
-    never breaks a Type 1 or 2 requirement) and carries no more information than removal.
+    X/Z/U* always keeps the sequence with its UIDs remapped: references between instances survive
+    (an SR's evidence, a segmentation's source images), and a remapped UID carries nothing.
+    With no Type (an IOD the module tables do not know) the rightmost choice is taken: it is valid
+    for every Type, and carries no more information than removal.
     """
-    return action.split("/")[-1].rstrip("*")
+    choices = [choice.rstrip("*") for choice in action.split("/")]
+    if attribute_type is None or "U" in choices or (len(choices) == 1 and choices != ["X"]):
+        return choices[-1]
+    if attribute_type in ("1", "1C"):
+        for choice in ("D", "U", "Z"):
+            if choice in choices:
+                return choice
+        return "D"
+    if attribute_type in ("2", "2C"):
+        for choice in ("Z", "D", "U"):
+            if choice in choices:
+                return choice
+        return "Z"
+    return "X" if "X" in choices else choices[0]
 
 
-def resolve_action(row: ProfileRow, options: ProfileOptions) -> tuple[str, str]:
+def resolve_action(row: ProfileRow, options: ProfileOptions, attribute_type: str | None = None) -> tuple[str, str]:
     """(single action, what decided it: "basic" or the option name)."""
     chosen: tuple[str, str] | None = None
     for option in options.selected():
@@ -172,10 +190,10 @@ def resolve_action(row: ProfileRow, options: ProfileOptions) -> tuple[str, str]:
         cell = row.options.get(column)
         if not cell:
             continue
-        action = resolve_combined(cell)
+        action = resolve_combined(cell, attribute_type)
         if chosen is None or PROTECTION_ORDER.index(action) < PROTECTION_ORDER.index(chosen[0]):
             chosen = (action, option)
-    return chosen or (resolve_combined(row.basic), "basic")
+    return chosen or (resolve_combined(row.basic, attribute_type), "basic")
 
 
 def method_codes(options: ProfileOptions, *, pixels_cleaned: bool = False) -> list[tuple[str, str]]:
