@@ -20,7 +20,10 @@ from .pixels import (
     PixelDecodeError,
     PixelEncodeError,
     PixelResult,
+    PixelsTooLarge,
+    PixelsUntrusted,
     TextDetector,
+    clear_embedded_overlays,
     make_detector,
     needs_pixel_scan,
     policy_from_mapping,
@@ -65,7 +68,9 @@ class Engine:
         self.detector_override = detector
         self.policy = AcceptPolicy(rules.max_file_bytes, rules.accept_sop_classes)
         self.pixel_policy = replace(
-            policy_from_mapping(dict(rules.pixels)), remove_overlays=not rules.options.clean_graphics
+            policy_from_mapping(dict(rules.pixels)),
+            remove_overlays=not rules.options.clean_graphics,
+            max_decoded_bytes=rules.max_decoded_bytes,
         )
         self._detectors: dict[str, TextDetector] = {}
         self.deidentifier = Deidentifier(
@@ -92,6 +97,11 @@ class Engine:
             raise Rejected(
                 "out_of_scope", "not in the rules' scope_to_forward (labels: " + ", ".join(sorted(plan.labels)) + ")"
             )
+        if self.pixel_policy.remove_overlays:
+            try:
+                clear_embedded_overlays(ds)
+            except PixelDecodeError as exc:
+                raise Rejected("pixels_failed", f"an embedded overlay could not be removed: {exc}") from None
         pixels = self._clean_pixels(ds, plan, scan_allowed=scan_pixels)
         try:
             result = self.deidentifier.deidentify(
@@ -140,6 +150,10 @@ class Engine:
             raise PixelScanRequired
         try:
             return redact_burned_in_text(ds, policy, self._detector(policy.detector))
+        except PixelsTooLarge as exc:
+            raise Rejected("too_large", str(exc)) from None
+        except PixelsUntrusted as exc:
+            raise Rejected("pixels_untrusted", f"the decoded pixels cannot be trusted: {exc}") from None
         except (PixelDecodeError, DetectionError, PixelEncodeError) as exc:
             raise Rejected("pixels_failed", f"burned-in text could not be cleaned ({type(exc).__name__})") from None
 

@@ -124,6 +124,7 @@ SCHEMA: dict[str, Any] = {
             "properties": {
                 "sop_classes": {"type": "array", "items": {"type": "string"}},
                 "max_file_mb": {"type": "number", "exclusiveMinimum": 0},
+                "max_decoded_mb": {"type": "number", "exclusiveMinimum": 0},
             },
         },
         "pixels": {
@@ -314,6 +315,7 @@ class RuleSet:
     safe_private: tuple[TagPattern, ...] = ()
     accept_sop_classes: frozenset[str] = frozenset()
     max_file_bytes: int = 2 * 1024**3
+    max_decoded_bytes: int = 1024**3  # what a pixel scan may decode, checked before decoding
     labels: tuple[tuple[str, Query], ...] = ()
     categories: tuple[tuple[str, frozenset[str]], ...] = ()
     scope_to_forward: Scope = Scope()
@@ -585,6 +587,7 @@ def compile_rules(data: dict[str, Any], index: dict[tuple[Any, ...], int], where
         safe_private=safe_private,
         accept_sop_classes=frozenset(accept.get("sop_classes", [])),
         max_file_bytes=int(accept.get("max_file_mb", 2048) * 1024 * 1024),
+        max_decoded_bytes=int(accept.get("max_decoded_mb", 1024) * 1024 * 1024),
         labels=tuple(labels),
         categories=tuple(categories),
         scope_to_forward=forward,

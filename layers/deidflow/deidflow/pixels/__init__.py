@@ -28,9 +28,9 @@ from .policy import (
     policy_from_mapping,
     policy_from_rules,
 )
-from .redact import PixelResult, redact_burned_in_text, remove_overlays_and_icons
+from .redact import PixelResult, clear_embedded_overlays, redact_burned_in_text, remove_overlays_and_icons
 from .rekognition import RekognitionDetector, make_rekognition_client
-from .render import PixelDecodeError, decode_frame, render_for_detection
+from .render import PixelDecodeError, PixelsTooLarge, PixelsUntrusted, decode_frame, render_for_detection
 
 __all__ = [
     "DetectionError",
@@ -42,11 +42,14 @@ __all__ = [
     "PixelEncodeError",
     "PixelPolicy",
     "PixelResult",
+    "PixelsTooLarge",
+    "PixelsUntrusted",
     "RapidOcrDetector",
     "RedactionBox",
     "RekognitionDetector",
     "TesseractDetector",
     "TextDetector",
+    "clear_embedded_overlays",
     "decode_frame",
     "fixed_boxes",
     "frames_to_detect",

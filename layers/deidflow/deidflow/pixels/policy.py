@@ -149,6 +149,7 @@ class PixelPolicy:
     remove_overlays: bool = True
     remove_icons: bool = True
     detector_options: Mapping[str, Any] = field(default_factory=dict)
+    max_decoded_bytes: int | None = None  # what decoding for a scan may take (rules: accept.max_decoded_mb)
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "always", "never"):

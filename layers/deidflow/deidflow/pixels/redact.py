@@ -10,12 +10,14 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.pixels import apply_color_lut
 from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRBigEndian
 
 from .boxes import RedactionBox, merge_boxes
 from .detect import NoDetector, TextDetector
 from .encode import plan_encoding, record_lossy_history, write_frames
 from .policy import PixelPolicy, fixed_boxes, frames_to_detect, needs_pixel_scan
 from .render import (
+    PixelDecodeError,
     check_redactable,
     iter_decoded_frames,
     number_of_frames,
@@ -96,6 +98,47 @@ def remove_overlays_and_icons(ds: Dataset, *, overlays: bool = True, icons: bool
     return len(overlay_groups), icons_removed
 
 
+def clear_embedded_overlays(ds: Dataset) -> int:
+    """Clear overlays stored in the unused bits of native Pixel Data; return how many were.
+
+    An overlay group with an Overlay Bit Position (60xx,0102) and no Overlay Data (60xx,3000) is
+    the retired embedded form (PS3.3 C.9.2, PS3.5 8.1.2): its bitmap (often a name) sits in bits of
+    each pixel above or below Bits Stored. Removing the group removes the description, not the
+    bits, so they are cleared here. Compressed pixel data cannot hold one (PS3.5 8.1.2) and is
+    rejected if it claims to.
+    """
+    positions: set[int] = set()
+    for group in range(0x6000, 0x6020, 2):
+        base = group << 16
+        if base | 0x3000 in ds or base | 0x0102 not in ds:
+            continue
+        try:
+            positions.add(int(ds[base | 0x0102].value))
+        except (TypeError, ValueError):
+            raise PixelDecodeError("an overlay's bit position cannot be read") from None
+    if not positions or "PixelData" not in ds:
+        return 0
+    bits_allocated = int(ds.get("BitsAllocated") or 0)
+    bits_stored = int(ds.get("BitsStored") or bits_allocated)
+    high_bit = int(ds.get("HighBit") if ds.get("HighBit") is not None else bits_stored - 1)
+    pixel_bits = range(high_bit - bits_stored + 1, high_bit + 1)
+    embedded = {p for p in positions if p not in pixel_bits and 0 <= p < bits_allocated}
+    if not embedded:
+        return 0  # a bit position inside the pixel bits holds no overlay: nothing to clear
+    if transfer_syntax_of(ds).is_compressed:
+        raise PixelDecodeError("an overlay embedded in compressed Pixel Data cannot be removed")
+    if bits_allocated not in (16, 32):
+        raise PixelDecodeError(f"an embedded overlay in {bits_allocated}-bit pixels")
+    order = ">" if transfer_syntax_of(ds) == ExplicitVRBigEndian else "<"
+    words = np.frombuffer(ds.PixelData, dtype=f"{order}u{bits_allocated // 8}").copy()
+    mask = (1 << bits_allocated) - 1
+    for position in embedded:
+        mask &= ~(1 << position)
+    words &= np.array(mask, dtype=words.dtype)
+    ds.PixelData = words.tobytes()
+    return len(embedded)
+
+
 def _fill_value(ds: Dataset, frames: np.ndarray, photometric: str) -> Any:
     """The stored value that displays as black: what a solid redaction box is filled with."""
     if photometric == "MONOCHROME2":
@@ -145,7 +188,7 @@ def redact_burned_in_text(ds: Dataset, policy: PixelPolicy, detector: TextDetect
     if not scan:
         return result
 
-    check_redactable(ds)
+    check_redactable(ds, policy.max_decoded_bytes)
     rows, columns = int(ds.Rows), int(ds.Columns)
     frame_count = number_of_frames(ds)
     detect_on = [] if isinstance(detector, NoDetector) else frames_to_detect(frame_count, policy)
