@@ -269,3 +269,31 @@ def test_local_run_command_shows_each_objects_path_and_exits_3_on_quarantine(tmp
     assert "incoming/notes.txt\n    ExpandBatch -> DeidentifyHeader -> Quarantine  [quarantined: not_dicom]" in out
     assert out.count("-> IndexHeader -> Publish  [published: studies/") == 3
     assert len(list((tmp_path / "research" / "studies").rglob("*.dcm"))) == 3
+
+
+def test_one_sop_instance_uid_from_several_objects_keeps_the_first(workflow, corpus):
+    """The rule `deidflow deid` applies in input order, here in arrival order: a byte-identical
+    copy is a duplicate of the first, other content under the same UID is a conflict."""
+    instance = corpus.instances[0]
+    first = workflow.drop("site a/first.dcm", dicom_bytes(instance.dataset))
+    workflow.run_pipe()
+    [published] = workflow.research_objects().values()
+
+    copy = workflow.drop("site b/copy.dcm", dicom_bytes(instance.dataset))
+    changed = instance.dataset.copy()
+    changed.SliceThickness = "5.0"  # a kept value: other research bytes, same SOP Instance UID
+    changed_key = workflow.drop("site b/changed.dcm", dicom_bytes(changed))
+    reports = workflow.run_pipe()
+
+    assert all(r.status == "SUCCEEDED" for r in reports)
+    assert list(workflow.research_objects().values()) == [published], "the first stays, unchanged"
+    status = statuses(workflow)
+    holder = f"{workflow.names.ingest_bucket}/{first}"
+    assert status[copy]["status"] == "duplicate"
+    assert status[copy]["same_as"] == holder
+    conflict = status[changed_key]
+    assert (conflict["status"], conflict["reason"]) == ("quarantined", "sop_instance_uid_conflict")
+    claim = status[f"sop:{pydicom.dcmread(io.BytesIO(published)).SOPInstanceUID}"]
+    assert claim["holder"] == holder and conflict["research_key"] == next(iter(workflow.research_objects()))
+    [mapping] = workflow.table_items(workflow.names.mapping_table)
+    assert mapping["source_key"] == first

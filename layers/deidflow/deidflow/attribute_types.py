@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
+from pydicom.datadict import tag_for_keyword
+
 TYPES_FILE = "attribute_types.json"
 STRICTNESS = ("1", "1C", "2", "2C", "3")
 
@@ -44,6 +46,12 @@ class AttributeTypes:
         if top is None:
             top = self._top[iod] = self._top_level(iod)
         return top.get(keyword, "3")
+
+    def tags(self) -> frozenset[int]:
+        """Every public tag the tables give a Type anywhere: any other is Type 3 in every IOD."""
+        keywords = {k for attributes in self.modules.values() for k in attributes}
+        keywords |= {path.rsplit(">", 1)[-1] for path in self.nested}
+        return frozenset(tag for tag in map(tag_for_keyword, keywords) if tag is not None)
 
     def _top_level(self, iod: str) -> dict[str, str]:
         """The strictest Type of each attribute over the IOD's modules (whichever of them this

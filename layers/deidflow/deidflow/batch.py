@@ -1,32 +1,58 @@
 """De-identify a folder tree (or a list of files) into a research folder, with a JSON-lines report.
 
-Each input ends as one report line: `deidentified` with its output path, or `rejected` with a
-reason code and a PHI-free detail. Inputs are never modified or moved.
+Each input ends as exactly one report line, in input order, whatever happens to it:
+
+- `deidentified`, with its output path;
+- `duplicate`: its output is byte for byte the output of an earlier input with the same SOP
+  Instance UID (a re-export, a copy), which `same_as` names; nothing more is written;
+- `rejected`, with a reason code and a PHI-free detail. `sop_instance_uid_conflict` is one: an
+  earlier input (`same_as`) has the same SOP Instance UID and different content. The first in
+  input order is kept, and the later ones are reported, never silently written over it (the cloud
+  workflow applies the same rule in arrival order).
+
+Inputs are never modified or moved. Each one is processed in a worker process with a time and a
+memory limit, so an input that crashes a decoder, hangs, or asks for all the memory becomes a
+rejected line (`crashed`, `timeout`, `too_large`) and the run goes on. Workers write outputs into a
+staging folder inside the research folder; the parent alone moves them into place, in input order,
+which is what makes "first in input order" hold however many workers there are. Workers' stderr
+goes nowhere: a library that prints what it was decoding cannot print it to the terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
+import filecmp
 import json
+import multiprocessing
 import os
+import resource
+import shutil
+import threading
+import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Any
 
 from .intake import Rejected
 from .process import Engine
 from .rules import RuleSet
 from .storage import LocalStore
 
+STAGING = ".deidflow-staging"  # inside the research folder: the same file system, so moves are atomic
+
 
 @dataclass(frozen=True)
 class ReportLine:
     input: str
-    status: str  # "deidentified" | "rejected"
+    status: str  # "deidentified" | "duplicate" | "rejected"
     output: str | None = None
     reason: str | None = None
     detail: str | None = None
+    same_as: str | None = None  # duplicate or conflict: the earlier input with this SOP Instance UID
 
 
 @dataclass
@@ -38,12 +64,25 @@ class BatchSummary:
         return sum(1 for line in self.lines if line.status == "deidentified")
 
     @property
+    def duplicates(self) -> int:
+        return sum(1 for line in self.lines if line.status == "duplicate")
+
+    @property
     def rejected(self) -> int:
         return sum(1 for line in self.lines if line.status == "rejected")
 
     @property
     def reasons(self) -> Counter[str]:
         return Counter(line.reason for line in self.lines if line.reason)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one input may take. `memory_bytes` is the address space a worker may add to what it
+    holds after start-up (models loaded on first use count against it)."""
+
+    timeout_s: float = 600.0
+    memory_bytes: int | None = 6 * 1024**3
 
 
 def iter_inputs(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
@@ -61,27 +100,6 @@ def iter_inputs(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             raise FileNotFoundError(f"input not found: {path}")
 
 
-_worker: tuple[Engine, LocalStore] | None = None
-
-
-def _init_worker(rules: RuleSet, key: bytes, destination: str) -> None:
-    global _worker
-    _worker = (Engine(rules, key), LocalStore(destination))
-
-
-def _process_one(path: str) -> ReportLine:
-    assert _worker is not None, "worker not initialised"
-    engine, store = _worker
-    try:
-        processed = engine.process(path)
-    except Rejected as rejected:
-        return ReportLine(path, "rejected", reason=rejected.reason, detail=rejected.detail)
-    except OSError as exc:
-        return ReportLine(path, "rejected", reason="unreadable", detail=f"could not read the file ({exc.strerror})")
-    output = store.put(processed.key, processed.parts)
-    return ReportLine(path, "deidentified", output=output)
-
-
 def run_batch(
     inputs: Iterable[str | os.PathLike[str]],
     destination: str | os.PathLike[str],
@@ -91,33 +109,252 @@ def run_batch(
     jobs: int = 1,
     report_path: str | os.PathLike[str] | None = None,
     on_result: Callable[[ReportLine], None] | None = None,
+    limits: Limits = Limits(),
+    engine: Callable[[RuleSet, bytes], Engine] = Engine,
 ) -> BatchSummary:
+    """De-identify `inputs` into `destination`; one report line per input, in input order.
+
+    `engine` builds each worker's engine from the rules and the key (a module-level callable: it
+    travels to the worker by reference).
+    """
     files = [str(p) for p in iter_inputs(inputs)]
-    Path(destination).mkdir(parents=True, exist_ok=True)
+    store = LocalStore(destination)
+    staging = Path(destination) / STAGING
+    staging.mkdir(parents=True, exist_ok=True)
     summary = BatchSummary()
+    first: FirstSeen = {}
     report = open(report_path, "w", encoding="utf-8") if report_path else None  # noqa: SIM115
     try:
-        for line in _results(files, destination, rules, key, jobs):
-            summary.lines.append(line)
-            if report:
-                report.write(json.dumps({k: v for k, v in asdict(line).items() if v is not None}) + "\n")
-            if on_result:
-                on_result(line)
+        with _Workers(max(1, jobs), engine, rules, key, staging, limits) as workers:
+            for path, outcome in zip(files, workers.results(files), strict=True):
+                line = _settle(path, outcome, store, first)
+                summary.lines.append(line)
+                if report:
+                    report.write(json.dumps({k: v for k, v in asdict(line).items() if v is not None}) + "\n")
+                    report.flush()
+                if on_result:
+                    on_result(line)
     finally:
         if report:
             report.close()
+        shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
-def _results(
-    files: list[str], destination: str | os.PathLike[str], rules: RuleSet, key: bytes, jobs: int
-) -> Iterator[ReportLine]:
-    if jobs <= 1 or len(files) < 2:
-        _init_worker(rules, key, str(destination))
-        yield from map(_process_one, files)
-        return
-    chunk = max(1, min(32, len(files) // (jobs * 4)))
-    with ProcessPoolExecutor(
-        max_workers=jobs, initializer=_init_worker, initargs=(rules, key, str(destination))
-    ) as pool:
-        yield from pool.map(_process_one, files, chunksize=chunk)
+FirstSeen = dict[str, tuple[str, str]]  # SOP Instance UID -> (input, output path)
+
+
+def _settle(path: str, outcome: dict[str, Any], store: LocalStore, first: FirstSeen) -> ReportLine:
+    """One input's report line; its staged output goes into place, or away (a duplicate, a conflict)."""
+    if outcome["status"] == "rejected":
+        return ReportLine(path, "rejected", reason=outcome["reason"], detail=outcome["detail"])
+    staged, sop_uid = outcome["staged"], outcome["sop_uid"]
+    earlier = first.get(sop_uid)
+    if earlier is None:
+        output = store.commit(staged, outcome["key"])
+        first[sop_uid] = (path, output)
+        return ReportLine(path, "deidentified", output=output)
+    earlier_input, earlier_output = earlier
+    identical = filecmp.cmp(staged, earlier_output, shallow=False)  # only on a collision: no digest per file
+    os.unlink(staged)
+    if identical:
+        return ReportLine(path, "duplicate", output=earlier_output, same_as=earlier_input)
+    return ReportLine(
+        path,
+        "rejected",
+        reason="sop_instance_uid_conflict",
+        detail="an earlier input has the same SOP Instance UID and other content; the first is kept",
+        same_as=earlier_input,
+    )
+
+
+# --- the workers ---------------------------------------------------------------------------------
+
+
+class _Workers:
+    """Worker processes, each given one input at a time and watched for its limits."""
+
+    def __init__(
+        self,
+        count: int,
+        engine: Callable[[RuleSet, bytes], Engine],
+        rules: RuleSet,
+        key: bytes,
+        staging: Path,
+        limits: Limits,
+    ):
+        # fork is quick and shares what the parent has loaded, but is only safe while the parent
+        # runs a single thread (a test process may have an ONNX runtime's threads going).
+        method = "fork" if threading.active_count() == 1 else "forkserver"
+        self.context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            self.context.set_forkserver_preload(["deidflow.batch"])
+        self.args = (engine, rules, key, str(staging), limits.memory_bytes)
+        self.limits = limits
+        self.count = count
+        self.workers: list[_Worker] = []
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    def _start(self) -> _Worker:
+        parent, child = self.context.Pipe()
+        process = self.context.Process(target=_serve, args=(child, *self.args), daemon=True)
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def results(self, files: list[str]) -> Iterator[dict[str, Any]]:
+        """Each file's outcome, in input order, however the workers finish."""
+        if files and not self.workers:
+            self.workers = [self._start() for _ in range(min(self.count, len(files)))]
+        queue = iter(enumerate(files))
+        done: dict[int, dict[str, Any]] = {}
+        next_index = 0
+        exhausted = False
+        while next_index < len(files):
+            for i, worker in enumerate(self.workers):
+                if worker.task is None and not exhausted:
+                    task = next(queue, None)
+                    if task is None:
+                        exhausted = True
+                    elif not worker.give(*task):
+                        done[task[0]] = _crashed(worker)
+                        self.workers[i] = self._start()
+            busy = [w for w in self.workers if w.task is not None]
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=0.5)
+            now = time.monotonic()
+            for i, worker in enumerate(self.workers):
+                if worker.task is None:
+                    continue
+                index = worker.task[0]
+                if worker.conn in ready:
+                    try:
+                        done[index] = worker.conn.recv()
+                        worker.task = None
+                        continue
+                    except (EOFError, OSError):
+                        pass  # it died while answering: a crash
+                if worker.conn in ready or worker.process.sentinel in ready:
+                    done[index] = _crashed(worker)
+                elif now - worker.started > self.limits.timeout_s:
+                    worker.kill()
+                    done[index] = _rejected("timeout", f"processing took longer than {self.limits.timeout_s:g} s")
+                else:
+                    continue
+                worker.stop()
+                self.workers[i] = self._start()
+            while next_index in done:
+                yield done.pop(next_index)
+                next_index += 1
+
+
+class _Worker:
+    def __init__(self, process: Any, conn: Connection):
+        self.process = process
+        self.conn = conn
+        self.task: tuple[int, str] | None = None
+        self.started = 0.0
+
+    def give(self, index: int, path: str) -> bool:
+        self.task, self.started = (index, path), time.monotonic()
+        try:
+            self.conn.send(path)
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def stop(self) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.conn.send(None)
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def _crashed(worker: _Worker) -> dict[str, Any]:
+    worker.process.join(timeout=5)
+    code = worker.process.exitcode
+    how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+    return _rejected("crashed", f"the worker process ended while processing this input ({how})")
+
+
+def _rejected(reason: str, detail: str) -> dict[str, Any]:
+    return {"status": "rejected", "reason": reason, "detail": detail}
+
+
+def _serve(
+    conn: Connection,
+    make_engine: Callable[[RuleSet, bytes], Engine],
+    rules: RuleSet,
+    key: bytes,
+    staging: str,
+    memory_bytes: int | None,
+) -> None:
+    """A worker: one input in, one outcome out, until told to stop."""
+    _quiet()
+    engine = make_engine(rules, key)
+    if memory_bytes is not None:
+        _limit_memory(memory_bytes)
+    folder = Path(staging) / str(os.getpid())
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    while True:
+        path = conn.recv()
+        if path is None:
+            return
+        count += 1
+        conn.send(_process_one(engine, path, folder / f"{count}.dcm"))
+
+
+def _process_one(engine: Engine, path: str, staged: Path) -> dict[str, Any]:
+    try:
+        processed = engine.process(path)
+        with open(staged, "wb") as fh:
+            fh.writelines(processed.parts)  # large parts go straight to the file, unbuffered
+    except Rejected as rejected:
+        return _rejected(rejected.reason, rejected.detail)
+    except OSError as exc:
+        return _rejected("unreadable", f"could not read the file ({exc.strerror or type(exc).__name__})")
+    except MemoryError:
+        return _rejected("too_large", "it does not fit in the worker's memory limit")
+    except Exception as exc:  # noqa: BLE001 - one input's failure is its line, never the run's
+        return _rejected("internal_error", f"processing failed ({type(exc).__name__})")
+    return {
+        "status": "ok",
+        "staged": str(staged),
+        "key": processed.key,
+        "sop_uid": processed.sop_uid,
+    }
+
+
+def _quiet() -> None:
+    """Nothing a worker's libraries print reaches the terminal (decoders describe what they read)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    warnings.simplefilter("ignore")
+
+
+def _limit_memory(extra_bytes: int) -> None:
+    """Cap the address space at what the worker holds now plus `extra_bytes`: an allocation past
+    it fails (MemoryError in Python) instead of taking the machine's memory."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            size_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:"))
+    except (OSError, StopIteration):
+        return  # not Linux: no address-space figure to start from, so no cap
+    limit = size_kb * 1024 + extra_bytes
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))

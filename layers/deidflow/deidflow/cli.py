@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .batch import BatchSummary, ReportLine, iter_inputs, run_batch
+from .batch import BatchSummary, Limits, ReportLine, iter_inputs, run_batch
 from .intake import Rejected
 from .keys import load_key
 from .process import Engine
@@ -74,8 +73,13 @@ def cmd_deid(args: argparse.Namespace) -> int:
     def advance(line: ReportLine) -> None:
         bar.update(1)
 
+    limits = Limits(
+        timeout_s=args.timeout, memory_bytes=None if args.memory_limit_mb <= 0 else args.memory_limit_mb * 1024 * 1024
+    )
     try:
-        summary = run_batch(args.src, destination, rules, key, jobs=args.jobs, report_path=report, on_result=advance)
+        summary = run_batch(
+            args.src, destination, rules, key, jobs=args.jobs, report_path=report, on_result=advance, limits=limits
+        )
     except OSError as exc:
         bar.close()
         print(f"deidflow: the run failed: {exc}", file=sys.stderr)
@@ -86,7 +90,8 @@ def cmd_deid(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: BatchSummary, destination: Path, report: Path) -> None:
-    print(f"{len(summary.lines)} inputs: {summary.deidentified} de-identified, {summary.rejected} rejected")
+    duplicates = f", {summary.duplicates} duplicates of others" if summary.duplicates else ""
+    print(f"{len(summary.lines)} inputs: {summary.deidentified} de-identified, {summary.rejected} rejected{duplicates}")
     for reason, count in sorted(summary.reasons.items()):
         print(f"  rejected {reason}: {count}")
     print(f"research folder: {destination}")
@@ -258,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     deid.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
     deid.add_argument("--report", help="JSON-lines report (default: DST.report.jsonl beside DST)")
     deid.add_argument("--quiet", action="store_true", help="no progress bar")
+    deid.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds one input may take before it is rejected (default: 600)"
+    )
+    deid.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        default=6144,
+        help="memory one worker may add while processing an input (default: 6144; 0: no limit)",
+    )
     deid.set_defaults(func=cmd_deid)
 
     rules = sub.add_parser("rules", help="work with rules files")
@@ -301,7 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings can quote header values
     args = build_parser().parse_args(argv)
     if getattr(args, "jobs", 1) < 1:
         print("deidflow: --jobs must be at least 1", file=sys.stderr)
@@ -310,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except SystemExit as stop:  # raised by the *_or_exit helpers with our exit codes
         return int(stop.code or 0)
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - a traceback could quote a header value or a path
+        print(f"deidflow: failed ({type(exc).__name__}); details are not shown, they may hold PHI", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import re
 from functools import cache
 
 from pydicom.datadict import dictionary_VM
-from pydicom.valuerep import BYTE_VR_REGEXES, MAX_VALUE_LEN
+from pydicom.valuerep import BYTE_VR_REGEXES, MAX_VALUE_LEN, VR_REGEXES
 
 # Bytes a value may never hold, by how much of the control range its VR allows (PS3.5 6.1.2-6.1.3):
 # short texts may switch character sets (ESC), long texts may also break lines and tab.
@@ -33,6 +33,16 @@ WORD_SIZES = {
     "FD": 8, "SV": 8, "UV": 8, "OD": 8, "OV": 8,
 }  # fmt: skip
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV"})
+
+
+def _whole_value_regex(vr: str) -> re.Pattern[bytes]:
+    """pydicom's one-value regex, for any number of backslash-separated values at once."""
+    one = VR_REGEXES[vr].removeprefix("^").removesuffix("$").encode()
+    return re.compile(rb"(?:%s)(?:\\(?:%s))*" % (one, one))
+
+
+# VRs whose pydicom regex is a single alternative (DA, DT and TM allow ranges: checked per value).
+_WHOLE_VALUE = {vr: _whole_value_regex(vr) for vr in ("AE", "AS", "CS", "DS", "IS", "UI")}
 
 
 def value_problem(vr: str, data: bytes, tag: int | None = None) -> str | None:
@@ -55,12 +65,15 @@ def value_problem(vr: str, data: bytes, tag: int | None = None) -> str | None:
         return None
     if vr in FORMATTED_VRS:
         text = data.rstrip(b"\0 ")
+        limit = MAX_VALUE_LEN.get(vr)
+        whole = _WHOLE_VALUE.get(vr)
+        if whole is not None and whole.fullmatch(text) is not None and (limit is None or len(text) <= limit):
+            return None  # the common case: one short valid value (or several), checked at once
         if _NOT_ASCII_GRAPHIC.search(text.replace(b"\\", b"")) is not None:
             return f"characters outside the {vr} repertoire"
-        limit = MAX_VALUE_LEN.get(vr)
         regex = BYTE_VR_REGEXES[vr]
-        for value in text.split(b"\\") if vr not in ("UR",) else [text]:
-            value = value.strip(b" ") if vr not in ("UI",) else value.rstrip(b"\0")
+        for value in text.split(b"\\") if vr != "UR" else [text]:
+            value = value.strip(b" ") if vr != "UI" else value.rstrip(b"\0")
             if not value:
                 continue
             if limit is not None and len(value) > limit:

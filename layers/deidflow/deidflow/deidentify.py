@@ -202,6 +202,7 @@ class _Context:
     record: bool
     needs_paths: bool
     iod: str | None = None  # the instance's IOD, for attribute Types (None: not in the module tables)
+    untyped: str | None = None  # the Type of an attribute the tables never list: "3", or None without an IOD
     # Where the walk is: the keyword of the sequence holding the current data set ("" at the top),
     # and the current element's Type there.
     parent: str = ""
@@ -251,12 +252,18 @@ def _element_vr(raw: object, tag: int) -> tuple[str, bool]:
     value of that VR (see `_relabel`).
     """
     label = getattr(raw, "VR", None)
-    if not label or label == "UN":
-        return _vr_of(raw, tag), False
-    allowed = _dictionary_vrs(tag)
-    if not allowed or label in allowed:
-        return str(label), False
-    return allowed[0], True
+    known = _ELEMENT_VRS.get((tag, label))
+    if known is None:
+        if not label or label == "UN":
+            known = (_vr_of(raw, tag), False)
+        else:
+            allowed = _dictionary_vrs(tag)
+            known = (str(label), False) if not allowed or label in allowed else (allowed[0], True)
+        _ELEMENT_VRS[(tag, label)] = known
+    return known
+
+
+_ELEMENT_VRS: dict[tuple[int, str | None], tuple[str, bool]] = {}
 
 
 def _relabel(ds: Dataset, tag: int, raw: object, vr: str) -> RawDataElement:
@@ -323,6 +330,7 @@ class Deidentifier:
         self.table = table or standard_table()
         self.options = rules.options
         self.types = standard_types()
+        self.typed_tags = self.types.tags()
         self._table_cache: dict[tuple[int, str | None], tuple[str, str]] = {}
         self._static: dict[tuple[int, str, str | None], tuple[str, str]] = {}
         # The markers depend on the options only: worked out once.
@@ -458,6 +466,7 @@ class Deidentifier:
         """
         plan = plan or self.rules.plan_for(ds)
         identity = patient_identity(ds)
+        iod = self.types.iod_for(text_value(ds, "SOPClassUID", "UI").strip())
         ctx = _Context(
             plan=plan,
             patient_identity=identity,
@@ -469,7 +478,8 @@ class Deidentifier:
             identifiers=collect_identifiers(ds) if self._needs_scrub() else [],
             record=explain,
             needs_paths=bool(plan.element_rules) or self.options.retain_safe_private or explain,
-            iod=self.types.iod_for(text_value(ds, "SOPClassUID", "UI").strip()),
+            iod=iod,
+            untyped=None if iod is None else "3",
         )
         original_meta = getattr(ds, "file_meta", None)
         self._walk(ds, (), ctx, "", frame, originals=originals if originals is not None else dict(ds._dict))
@@ -527,10 +537,12 @@ class Deidentifier:
             if type(raw) is RawDataElement and raw.value is None:
                 raw = ds.get_item(tag)  # a deferred value: read it
             original = originals.get(tag, raw) if originals is not None else raw
-            vr, relabelled = _element_vr(original, tag)
+            vr, relabelled = _ELEMENT_VRS.get((tag, getattr(original, "VR", None))) or _element_vr(original, tag)
             path = (*parents, PathStep(tag, _keyword(tag), vr, creators.get(tag))) if ctx.needs_paths else None
             ctx.parent = parent
-            ctx.attribute_type = None if (tag >> 16) % 2 else self.types.type_of(ctx.iod, parent, _keyword(tag))
+            ctx.attribute_type = (
+                self.types.type_of(ctx.iod, parent, _keyword(tag)) if tag in self.typed_tags else ctx.untyped
+            )
             if dummy:
                 action, by, rule = _dummy_action(tag, vr), "inside a sequence replaced by dummies", None
             else:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -51,6 +52,7 @@ MAX_DEPTH = 64  # sequences within sequences; SR content trees are the deepest r
 
 _VALID_VRS = frozenset(str(vr).encode() for vr in VR)
 _LONG_VRS = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)
+_SHORT_VRS = _VALID_VRS - _LONG_VRS
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -61,7 +63,7 @@ _NATIVE = frozenset({_IMPLICIT_LE, "1.2.840.10008.1.2.1", _EXPLICIT_BE, _DEFLATE
 class DatasetFrame:
     """The tags of one data set as they appear in the file, and the items of its sequences."""
 
-    tags: tuple[int, ...]
+    tags: array[int]  # unsigned: compared with pydicom's tags in one C-level step (see same_tags)
     items: Mapping[int, tuple[DatasetFrame, ...]] = field(default_factory=dict)
 
 
@@ -128,8 +130,11 @@ def check_framing(data: bytes, *, max_inflated_bytes: int, meta: FileMeta | None
 
 
 def same_tags(found: list[int], frame: DatasetFrame, where: str = "the data set") -> None:
-    """pydicom's reading of one data set must have the tags the walk found, in order."""
-    if len(found) != len(frame.tags) or any(a != b for a, b in zip(found, frame.tags, strict=True)):
+    """pydicom's reading of one data set must have the tags the walk found, in order.
+
+    (As arrays: comparing pydicom's tags one by one costs a Python-level Tag.__eq__ each.)
+    """
+    if array("L", found) != frame.tags:
         raise malformed(f"{where} reads differently from its framing")
 
 
@@ -227,38 +232,39 @@ class _Walker:
         if top and pos + 8 <= end and self.implicit_header(stream, pos)[0] == 0x0000:
             # A command set (group 0000) at the start: pydicom reads it as implicit VR little endian.
             pos, previous = self._command_set(pos, end, tags)
+        short_header, implicit_header, long_length = self.short_header, self.implicit_header, self.long_length
+        append = tags.append
         while pos < end:
             if pos + 8 > end:
                 raise truncated(f"the data ends inside an element header at offset {pos}")
             if explicit:
-                group, element, vr, length = self.short_header(stream, pos)
-                tag = group << 16 | element
-                if group == 0xFFFE:
-                    (length,) = self.long_length(stream, pos + 4)
-                    vr = b""
+                group, element, vr, length = short_header(stream, pos)
+                if vr in _SHORT_VRS:
                     header = 8
                 elif vr in _LONG_VRS:
                     if pos + 12 > end:
-                        raise truncated(f"the data ends inside the header of {tag_text(tag)}")
-                    (length,) = self.long_length(stream, pos + 8)
+                        raise truncated(f"the data ends inside the header of {tag_text(group << 16 | element)}")
+                    (length,) = long_length(stream, pos + 8)
                     header = 12
-                elif vr in _VALID_VRS:
+                elif group == 0xFFFE:  # an item or delimiter tag: no VR, a 32-bit length
+                    (length,) = long_length(stream, pos + 4)
+                    vr = b""
                     header = 8
                 else:
-                    raise malformed(f"element {tag_text(tag)} has no valid VR")
+                    raise malformed(f"element {tag_text(group << 16 | element)} has no valid VR")
             else:
-                group, element, length = self.implicit_header(stream, pos)
-                tag = group << 16 | element
+                group, element, length = implicit_header(stream, pos)
                 vr = b""
                 header = 8
-            if tag == ITEM_DELIMITER:
+            tag = group << 16 | element
+            if group == 0xFFFE:
+                if tag != ITEM_DELIMITER:
+                    raise malformed(f"{tag_text(tag)} (an item tag) inside a data set")
                 if not in_item:
                     raise malformed(f"an item delimiter where none belongs, at offset {pos}")
                 if length != 0:
                     raise malformed(f"an item delimiter with length {length}")
-                return DatasetFrame(tuple(tags), items), pos + 8
-            if group == 0xFFFE:
-                raise malformed(f"{tag_text(tag)} (an item tag) inside a data set")
+                return DatasetFrame(array("L", tags), items), pos + 8
             if tag <= previous:
                 problem = "repeated" if tag == previous else "out of order"
                 raise malformed(f"element {tag_text(tag)} is {problem}")
@@ -271,19 +277,21 @@ class _Walker:
                 if items_or_none is not None:
                     items[tag] = items_or_none
             else:
-                if value + length > end:
+                pos = value + length
+                if pos > end:
                     raise truncated(f"element {tag_text(tag)} declares {length} bytes; {max(end - value, 0)} remain")
-                if self._is_sequence(tag, vr, explicit):
-                    items[tag], _ = self._items(value, value + length, explicit and vr != b"UN", depth + 1)
+                # A defined-length value to walk as items: SQ, or (implicit VR, or explicit UN, which
+                # pydicom reads with the dictionary's VR) a tag the dictionary calls SQ.
+                if vr == b"SQ" or ((not explicit or vr == b"UN") and _dictionary_vr(tag) == "SQ"):
+                    items[tag], _ = self._items(value, pos, explicit and vr != b"UN", depth + 1)
                 elif tag == PIXEL_DATA and top:
                     if self.encapsulated_syntax:
                         raise malformed("native Pixel Data under an encapsulated transfer syntax")
                     self.pixel_data = PixelFraming(value, length, encapsulated=False)
-                pos = value + length
-            tags.append(tag)
+            append(tag)
         if in_item:
             raise truncated("an item of undefined length has no item delimiter")
-        return DatasetFrame(tuple(tags), items), pos
+        return DatasetFrame(array("L", tags), items), pos
 
     def _command_set(self, pos: int, end: int, tags: list[int]) -> tuple[int, int]:
         previous = -1
@@ -298,16 +306,6 @@ class _Walker:
             tags.append(tag)
             pos += 8 + length
         return pos, previous
-
-    @staticmethod
-    def _is_sequence(tag: int, vr: bytes, explicit: bool) -> bool:
-        """A defined-length value to walk as items: SQ, or (implicit VR, or explicit UN, which
-        pydicom reads with the dictionary's VR) a tag the dictionary calls SQ."""
-        if vr == b"SQ":
-            return True
-        if explicit and vr != b"UN":
-            return False
-        return _dictionary_vr(tag) == "SQ"
 
     def _undefined(
         self, tag: int, vr: bytes, pos: int, end: int, explicit: bool, depth: int, top: bool

@@ -7,6 +7,7 @@ header values. Nothing rejected produces output.
 from __future__ import annotations
 
 import io
+import logging
 import mmap
 import os
 import warnings
@@ -30,6 +31,9 @@ pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 # Some of pydicom's other warnings quote values too; none of them may reach a terminal or a log.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")
+# pydicom logs what it reads, and its decoders log their failures with tracebacks (to stderr, by
+# logging's last resort, when nothing is configured): none of it may reach a terminal or a log.
+logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 ENCAPSULATED_DOCUMENT_CLASSES = {

@@ -1,7 +1,4 @@
-"""Where de-identified instances go: one key layout, and a local folder behind a tiny interface.
-
-The S3 store (issue 4) implements the same `put` so the pipeline does not care where it writes.
-"""
+"""Where de-identified instances go: one key layout, and a local folder behind a tiny interface."""
 
 from __future__ import annotations
 
@@ -52,4 +49,13 @@ class LocalStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        return str(target)
+
+    def commit(self, staged: str | os.PathLike[str], key: str) -> str:
+        """Move a file written elsewhere on the same file system to `key`, atomically."""
+        target = self.root / key
+        if target.parent not in self._made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(target.parent)
+        os.replace(staged, target)
         return str(target)

@@ -50,12 +50,17 @@ MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
 
 
 class RejectedObject(Exception):
-    """Not retried; quarantined. The message is JSON: {"reason": code, "detail": PHI-free sentence}."""
+    """Not retried; quarantined. The message is JSON: {"reason": code, "detail": PHI-free sentence},
+    with the research key the object would have had when that says something (a conflict)."""
 
-    def __init__(self, reason: str, detail: str):
-        super().__init__(json.dumps({"reason": reason, "detail": detail}, sort_keys=True))
+    def __init__(self, reason: str, detail: str, *, research_key: str | None = None):
+        payload = {"reason": reason, "detail": detail}
+        if research_key:
+            payload["research_key"] = research_key
+        super().__init__(json.dumps(payload, sort_keys=True))
         self.reason = reason
         self.detail = detail
+        self.research_key = research_key
 
 
 class TransientError(Exception):
@@ -110,6 +115,12 @@ def workflow_errors(func: F) -> F:
 
 def reason_from_error(error: dict[str, Any]) -> tuple[str, str]:
     """(reason, detail) from a Catch's {"Error", "Cause"}; Cause is the Lambda's error payload."""
+    reason, detail, _ = rejection_from_error(error)
+    return reason, detail
+
+
+def rejection_from_error(error: dict[str, Any]) -> tuple[str, str, str | None]:
+    """(reason, detail, research key or None) from a Catch's {"Error", "Cause"}."""
     name = str(error.get("Error", "")) or "unknown"
     cause = error.get("Cause") or ""
     message = ""
@@ -121,14 +132,15 @@ def reason_from_error(error: dict[str, Any]) -> tuple[str, str]:
     if name == "RejectedObject":
         try:
             parsed = json.loads(message)
-            return str(parsed["reason"]), str(parsed["detail"])
-        except (ValueError, KeyError, TypeError):
-            return "rejected", "the step rejected the object"
+            research_key = parsed.get("research_key")
+            return str(parsed["reason"]), str(parsed["detail"]), str(research_key) if research_key else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return "rejected", "the step rejected the object", None
     if name == "ProcessingError":
-        return "internal_error", message[:200] or "unexpected failure"
+        return "internal_error", message[:200] or "unexpected failure", None
     if name == "TransientError":
-        return "retries_exhausted", message[:200] or "transient failures outlasted the retries"
+        return "retries_exhausted", message[:200] or "transient failures outlasted the retries", None
     if name.startswith("States.") or name.startswith("Lambda."):
         # Timeouts, out-of-memory kills and service errors: the name is the useful part.
-        return "step_failed", name
-    return "internal_error", name
+        return "step_failed", name, None
+    return "internal_error", name, None

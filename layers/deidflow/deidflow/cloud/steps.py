@@ -12,10 +12,17 @@ bytes only ever travel between S3 and a function, never through the state machin
 
 Every step is idempotent: outputs are keyed by the new UIDs and their bytes are deterministic, so
 a redelivered event or a retried state overwrites with the same content.
+
+One SOP Instance UID, one source: the first object to reach staging with a (pseudonymous) SOP
+Instance UID claims it, in a `sop:<UID>` item of the status table. Another object with the same
+UID and the same output bytes is a duplicate (published again, identically, and recorded as
+such); with other bytes it is quarantined as `sop_instance_uid_conflict`, and the claim item
+names the object kept. `deidflow deid` applies the same rule in input order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -27,7 +34,7 @@ import pydicom
 from botocore.exceptions import ClientError
 
 from ..process import PixelScanRequired, ProcessedInstance
-from .errors import MISSING_CODES, RejectedObject, reason_from_error
+from .errors import MISSING_CODES, RejectedObject, rejection_from_error
 from .objects import ObjectRef, parse_batch
 from .services import Services
 
@@ -107,6 +114,7 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Staging -> research bucket (server-side copy), then the staging copy goes."""
     ref = ObjectRef.from_event(event)
     staged = event["staged"]
+    status = "duplicate" if staged.get("duplicate_of") else "published"
     bucket = services.settings.research_bucket
     services.s3.copy(
         {"Bucket": bucket, "Key": staged["staging_key"]},
@@ -115,20 +123,23 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
         ExtraArgs={"ContentType": "application/dicom", "MetadataDirective": "REPLACE"},
     )
     services.s3.delete_object(Bucket=bucket, Key=staged["staging_key"])
-    record_status(services, ref, "published", research_key=staged["research_key"])
-    return {"source": ref.as_dict(), "status": "published", "research_key": staged["research_key"]}
+    record_status(services, ref, status, research_key=staged["research_key"], same_as=staged.get("duplicate_of"))
+    return {"source": ref.as_dict(), "status": status, "research_key": staged["research_key"]}
 
 
 def quarantine(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Record why the object failed and mark the original; the original itself stays where it is."""
     ref = ObjectRef.from_event(event)
-    reason, detail = reason_from_error(event.get("error") or {})
+    reason, detail, research_key = rejection_from_error(event.get("error") or {})
+    staged = event.get("staged") or {}
+    if staged.get("sop_instance_uid"):
+        _release_claim(services, ref, staged["sop_instance_uid"])  # it will not be published: let others try
     if reason == "missing":
         # Deleted before we read it (Orthanc drops duplicates, users fix mistakes): nothing to
         # clean and nothing to keep, so a skip, not a quarantine.
         record_status(services, ref, "skipped", reason=reason, detail=detail)
         return {"source": ref.as_dict(), "status": "skipped", "reason": reason}
-    record_status(services, ref, "quarantined", reason=reason, detail=detail)
+    record_status(services, ref, "quarantined", reason=reason, detail=detail, research_key=research_key)
     _tag_original(services, ref, reason)
     return {"source": ref.as_dict(), "status": "quarantined", "reason": reason}
 
@@ -140,7 +151,7 @@ def record_status(services: Services, ref: ObjectRef, status: str, **fields: Any
     values: dict[str, Any] = {":status": status, ":now": now}
     sets = ["#status = :status", "#updated = :now", "#first = if_not_exists(#first, :now)"]
     removes = []
-    for i, name in enumerate(("reason", "detail", "research_key")):
+    for i, name in enumerate(("reason", "detail", "research_key", "same_as")):
         names[f"#f{i}"] = name
         if fields.get(name) is not None:
             values[f":f{i}"] = str(fields[name])
@@ -165,6 +176,7 @@ def _stage(
     needs_pixel_scan: bool,
 ) -> dict[str, Any]:
     settings = services.settings
+    duplicate_of = _claim(services, ref, processed)
     staging_key = settings.staging_prefix + processed.key
     services.s3.put_object(
         Bucket=settings.research_bucket, Key=staging_key, Body=processed.data, ContentType="application/dicom"
@@ -179,19 +191,82 @@ def _stage(
         "source_version_id": ref.version_id or "null",
         **originals,
     }
-    services.table(settings.mapping_table).put_item(Item={k: v for k, v in mapping.items() if v != ""})
-    record_status(services, ref, "deidentified", research_key=processed.key)
+    if duplicate_of is None:  # the mapping names the first source, which a duplicate is not
+        services.table(settings.mapping_table).put_item(Item={k: v for k, v in mapping.items() if v != ""})
+    record_status(services, ref, "deidentified", research_key=processed.key, same_as=duplicate_of)
+    staged: dict[str, Any] = {
+        "staging_key": staging_key,
+        "research_key": processed.key,
+        "study_instance_uid": processed.study_uid,
+        "series_instance_uid": processed.series_uid,
+        "sop_instance_uid": processed.sop_uid,
+    }
+    if duplicate_of is not None:
+        staged["duplicate_of"] = duplicate_of
     return {
         "source": ref.as_dict(),
         "needs_pixel_scan": needs_pixel_scan,
-        "staged": {
-            "staging_key": staging_key,
-            "research_key": processed.key,
-            "study_instance_uid": processed.study_uid,
-            "series_instance_uid": processed.series_uid,
-            "sop_instance_uid": processed.sop_uid,
-        },
+        "staged": staged,
     }
+
+
+def _claim_key(sop_uid: str) -> dict[str, str]:
+    return {"object_key": f"sop:{sop_uid}", "version_id": "claim"}
+
+
+def _claim(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> str | None:
+    """Claim the research SOP Instance UID for this object (any version of it), first come first
+    served. Returns None when it is ours, the holder's status key when this object is a
+    byte-identical duplicate of it; raises RejectedObject when the holder has other bytes."""
+    table = services.table(services.settings.status_table)
+    digest = hashlib.sha256(processed.data).hexdigest()
+    names = {"#holder": "holder", "#sha": "sha256", "#at": "claimed_at"}
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    try:
+        table.update_item(
+            Key=_claim_key(processed.sop_uid),
+            UpdateExpression="SET #holder = :me, #sha = :sha, #at = if_not_exists(#at, :now)",
+            ConditionExpression="attribute_not_exists(#holder) OR #holder = :me",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={":me": ref.status_key, ":sha": digest, ":now": now},
+        )
+        return None
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+    try:
+        held = table.update_item(
+            Key=_claim_key(processed.sop_uid),
+            UpdateExpression="ADD #dups :one",
+            ConditionExpression="#sha = :sha",
+            ExpressionAttributeNames={"#sha": "sha256", "#dups": "duplicates"},
+            ExpressionAttributeValues={":sha": digest, ":one": 1},
+            ReturnValues="ALL_OLD",
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        raise RejectedObject(
+            "sop_instance_uid_conflict",
+            "another object holds this SOP Instance UID with other content; the first one is kept",
+            research_key=processed.key,
+        ) from None
+    return str(held.get("Attributes", {}).get("holder", "")) or None
+
+
+def _release_claim(services: Services, ref: ObjectRef, sop_uid: str) -> None:
+    """Give up this object's claim (it is being quarantined), if it holds one."""
+    try:
+        services.table(services.settings.status_table).update_item(
+            Key=_claim_key(sop_uid),
+            UpdateExpression="REMOVE #holder, #sha",
+            ConditionExpression="#holder = :me",
+            ExpressionAttributeNames={"#holder": "holder", "#sha": "sha256"},
+            ExpressionAttributeValues={":me": ref.status_key},
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
 
 
 def _process_original(

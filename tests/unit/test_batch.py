@@ -1,0 +1,128 @@
+"""`deidflow deid` runs: every input gets one line whatever it does to its worker, and inputs that
+share a SOP Instance UID never overwrite each other."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pydicom.data
+import pytest
+from deidflow.batch import Limits, run_batch
+from deidflow.process import Engine
+from deidflow.rules import RuleSet, load_rules
+
+from ..conftest import TEST_KEY
+
+PLANTED_NAME = "Quixfeldt"
+
+
+class _Faulty(Engine):
+    """An engine that misbehaves on inputs whose name says how: the faults a real decoder has."""
+
+    def process(self, source, **kwargs):  # type: ignore[no-untyped-def, override]
+        name = Path(source).name
+        if name.startswith("crash"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if name.startswith("hang"):
+            time.sleep(120)
+        if name.startswith("hog"):
+            hog = bytearray(8 * 1024**3)  # far past the limit: MemoryError, not a swapping machine
+            del hog
+        if name.startswith("boom"):
+            raise ValueError(f"could not convert {PLANTED_NAME}^Zebulon")  # a message quoting a value
+        return super().process(source, **kwargs)
+
+
+def faulty_engine(rules: RuleSet, key: bytes) -> Engine:
+    return _Faulty(rules, key)
+
+
+def _copy_with_faults(corpus_dir, tmp_path: Path) -> tuple[Path, list[str]]:
+    _, source = corpus_dir
+    folder = tmp_path / "drop"
+    shutil.copytree(source, folder)
+    some = sorted(folder.rglob("*.dcm"))[0]
+    for name in ("crash.dcm", "hang.dcm", "hog.dcm", "boom.dcm"):
+        shutil.copy(some, folder / name)
+    files = sorted(str(p) for p in folder.rglob("*") if p.is_file())
+    return folder, files
+
+
+def _report(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_crash_a_hang_a_memory_hog_and_an_exception_each_end_as_one_line(corpus_dir, tmp_path, capfd, jobs):
+    folder, files = _copy_with_faults(corpus_dir, tmp_path)
+    out = tmp_path / "research"
+    report = tmp_path / "report.jsonl"
+    summary = run_batch(
+        [folder],
+        out,
+        load_rules(),
+        TEST_KEY,
+        jobs=jobs,
+        report_path=report,
+        limits=Limits(timeout_s=3, memory_bytes=1024**3),
+        engine=faulty_engine,
+    )
+    lines = _report(report)
+    assert [line["input"] for line in lines] == files, "one line per input, in input order"
+    by_name = {Path(line["input"]).name: line for line in lines}
+    assert by_name["crash.dcm"]["reason"] == "crashed" and "signal 11" in by_name["crash.dcm"]["detail"]
+    assert by_name["hang.dcm"]["reason"] == "timeout"
+    assert by_name["hog.dcm"]["reason"] == "too_large"
+    assert by_name["boom.dcm"] == {
+        "input": by_name["boom.dcm"]["input"],
+        "status": "rejected",
+        "reason": "internal_error",
+        "detail": "processing failed (ValueError)",
+    }
+    assert summary.deidentified == len(files) - 4
+    assert not (out / ".deidflow-staging").exists()
+    captured = capfd.readouterr()
+    assert PLANTED_NAME not in captured.out + captured.err
+
+
+def _mr_small_family() -> list[Path]:
+    """pydicom's MR_small in several encodings: one SOP Instance UID, different bytes."""
+    folder = Path(pydicom.data.__file__).parent / "test_files"
+    names = ["MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm"]
+    return [folder / name for name in names]
+
+
+def test_inputs_sharing_a_sop_instance_uid_never_overwrite_each_other(tmp_path):
+    family = _mr_small_family()
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for i, path in enumerate(family):
+        shutil.copy(path, drop / f"{i}_{path.name}")
+    shutil.copy(family[0], drop / "9_copy_of_MR_small.dcm")  # a byte-identical re-export
+    runs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"research{jobs}"
+        report = tmp_path / f"report{jobs}.jsonl"
+        run_batch([drop], out, load_rules(), TEST_KEY, jobs=jobs, report_path=report)
+        outputs = {
+            str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*.dcm"))
+        }
+        lines = [{k: v.replace(str(out), "OUT") for k, v in line.items()} for line in _report(report)]
+        runs[jobs] = (lines, outputs)
+    lines, outputs = runs[1]
+    assert runs[2] == runs[1], "the same outcome whatever the number of workers"
+    assert len(outputs) == 1, "one SOP Instance UID, one research file"
+    first, *others, copy = lines
+    assert first["status"] == "deidentified" and Path(first["input"]).name == "0_MR_small.dcm"
+    assert copy["status"] == "duplicate" and copy["same_as"] == first["input"] and copy["output"] == first["output"]
+    for line in others:
+        assert line["status"] == "rejected" and line["reason"] == "sop_instance_uid_conflict"
+        assert line["same_as"] == first["input"]
+    written = Path(first["output"].replace("OUT", str(tmp_path / "research1")))
+    assert hashlib.sha256(written.read_bytes()).hexdigest() == next(iter(outputs.values()))
