@@ -27,7 +27,8 @@ previous 1,000, 0.9-1.1 s a second or more later). Without the pause, a run star
 another deleted its outputs got part of that discount, depending on how long it ran and on timing;
 with it, every method writes into the same kind of memory.
 
-`--profile N` skips the benchmark and prints a cProfile of run_batch over the first N files instead.
+`--profile N` skips the benchmark and prints a cProfile of what a worker does per file (the engine
+and the write) over the first N files instead.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ import deidflow
 import numpy as np
 import pydicom
 from deidflow.batch import run_batch
+from deidflow.process import Engine
 from deidflow.rules import load_rules
+from deidflow.storage import LocalStore
 from deidflow.synthetic import make_patient, make_series, make_study
 from pydicom import config as pydicom_config
 
@@ -180,16 +183,22 @@ def time_once(runner: Runner, files: list[Path], scratch: Path, settle: float = 
 
 
 def profile_deidflow(files: list[Path], scratch: Path, top: int = 30) -> None:
-    rules = load_rules()
+    """run_batch works in a worker process, out of the profiler's sight: profile what each worker
+    does per file, the engine and the write, in this process."""
+    engine = Engine(load_rules(), KEY)
+    store = LocalStore(scratch / "research")
     subset = [str(f) for f in files]
-    run_batch(subset[:WARMUP_FILES], scratch / "warm", rules, KEY, jobs=1)
+    for path in subset[:WARMUP_FILES]:
+        engine.process(path)
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()
-    run_batch(subset, scratch / "research", rules, KEY, jobs=1, report_path=scratch / "research.report.jsonl")
+    for path in subset:
+        processed = engine.process(path)
+        store.put(processed.key, processed.parts)
     profiler.disable()
     wall = time.perf_counter() - started
-    print(f"cProfile of run_batch(jobs=1) over {len(subset)} files: {wall:.2f} s under the profiler\n")
+    print(f"cProfile of Engine.process + write over {len(subset)} files: {wall:.2f} s under the profiler\n")
     for order in ("cumulative", "tottime"):
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(order).print_stats(top)

@@ -28,6 +28,29 @@ def engine_with(yaml_text: str, key: bytes = TEST_KEY) -> Engine:
 
 
 @pytest.fixture(scope="session")
+def real_outcome(default_engine, tmp_path_factory):
+    """`real_outcome(path)`: a real file de-identified once per session: (output path, the engine's
+    result) or the Rejected it raised. Tests of the same files share the work."""
+    from functools import cache
+
+    from deidflow.intake import Rejected
+
+    folder = tmp_path_factory.mktemp("real-outputs")
+
+    @cache
+    def outcome(path: Path):
+        try:
+            processed = default_engine.process(path)
+        except Rejected as rejected:
+            return rejected
+        output = folder / f"{len(list(folder.iterdir()))}.dcm"
+        output.write_bytes(processed.data)
+        return output, processed
+
+    return outcome
+
+
+@pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Corpus, Path]:
     """3 patients x 2 studies x (3 CT images referencing each other + 1 SR citing them)."""
     folder = tmp_path_factory.mktemp("corpus")

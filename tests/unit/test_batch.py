@@ -126,3 +126,32 @@ def test_inputs_sharing_a_sop_instance_uid_never_overwrite_each_other(tmp_path):
         assert line["same_as"] == first["input"]
     written = Path(first["output"].replace("OUT", str(tmp_path / "research1")))
     assert hashlib.sha256(written.read_bytes()).hexdigest() == next(iter(outputs.values()))
+
+
+def test_the_command_prints_no_header_value_whatever_the_inputs_do(tmp_path):
+    """`deidflow deid` as a user runs it, over damaged files whose errors quote their bytes (pydicom's
+    messages do: a wrong VR length error prints the value): nothing planted reaches the terminal."""
+    import subprocess
+    import sys
+
+    from deidflow.testing.mutations import cases, default_seeds
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    fuzz = [case for case in cases(default_seeds(), 150, seed=7) if case.family in {"vr", "swallow", "charset"}]
+    planted = {token for case in fuzz for token in case.planted}
+    for n, case in enumerate(fuzz):
+        (drop / f"{n:03d}.dcm").write_bytes(case.data)
+    key = tmp_path / "key"
+    key.write_text("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n")
+    deidflow = Path(sys.executable).parent / "deidflow"
+    run = subprocess.run(
+        [str(deidflow), "deid", str(drop), str(tmp_path / "out"), "--key-file", str(key), "--jobs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 3, run.stderr[-2000:]
+    printed = run.stdout + run.stderr
+    assert not [token for token in planted if token in printed or token.lower() in printed.lower()]
+    assert len((tmp_path / "out.report.jsonl").read_text().splitlines()) == len(fuzz)

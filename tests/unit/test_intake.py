@@ -43,12 +43,12 @@ def test_empty_text_and_random_bytes_are_not_dicom():
 @pytest.mark.parametrize("cut", [200, 1000, 5000, 20000, -9, -1])
 def test_truncated_files_are_rejected_wherever_they_are_cut(cut):
     data = _ct_bytes()
-    assert _reason(data[:cut]) in {"truncated", "not_dicom", "missing_uids", "unparseable"}
+    assert _reason(data[:cut]) == "truncated"  # the reason says what happened, wherever the cut
 
 
 def test_truncated_encapsulated_pixel_data_is_rejected():
     data = Path(get_testdata_file("JPEG2000.dcm")).read_bytes()
-    assert _reason(data[:-100]) in {"truncated", "missing_uids"}
+    assert _reason(data[:-100]) == "truncated"  # not "missing UIDs": it was cut short
 
 
 def test_encapsulated_pdf_is_rejected():

@@ -1,4 +1,5 @@
-"""Files nobody here wrote: pydicom's bundled test files and the MIT-licensed deid-data set.
+"""Files nobody here wrote: pydicom's test files, deid-data, and the real DICOM other PyPI and Debian
+packages ship (tests/realfiles.py).
 
 Each one is de-identified or rejected with a reason, never a crash; what comes out is readable DICOM
 with new UIDs and none of the original patient's name or ID.
@@ -6,7 +7,6 @@ with new UIDs and none of the original patient's name or ID.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import deid_data
@@ -15,10 +15,11 @@ import pydicom.data
 import pytest
 from deidflow.intake import Rejected
 
+from ..realfiles import missing_sources, real_files
+
 PYDICOM_DATA = Path(pydicom.data.__file__).parent
 REAL_FILES = sorted(
-    [p for folder in ("test_files", "charset_files") for p in (PYDICOM_DATA / folder).rglob("*") if p.is_file()]
-    + [p for p in (Path(deid_data.__file__).parent / "data").rglob("*") if p.is_file() and p.suffix in (".dcm", ".zip")]
+    [*real_files(), *(p for p in (Path(deid_data.__file__).parent / "data").rglob("*.zip") if p.is_file())]
 )
 
 
@@ -30,17 +31,17 @@ def _original(path: Path) -> pydicom.Dataset | None:
 
 
 def test_there_are_enough_real_files():
-    assert len(REAL_FILES) > 80
+    assert len(REAL_FILES) > 280, f"missing: {missing_sources()}"
 
 
 @pytest.mark.parametrize("path", REAL_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_real_file_is_deidentified_or_rejected_with_a_reason(path, default_engine):
-    try:
-        processed = default_engine.process(path)
-    except Rejected as rejected:
-        assert rejected.reason and rejected.detail
+def test_real_file_is_deidentified_or_rejected_with_a_reason(path, real_outcome):
+    outcome = real_outcome(path)
+    if isinstance(outcome, Rejected):
+        assert outcome.reason and outcome.detail
         return
-    out = pydicom.dcmread(io.BytesIO(processed.data))
+    output, processed = outcome
+    out = pydicom.dcmread(output)
     original = _original(path)
     assert out.PatientIdentityRemoved == "YES"
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID

@@ -24,6 +24,10 @@ _CONTROL_SHORT_TEXT = re.compile(rb"[\x00-\x1a\x1c-\x1f\x7f]")
 _CONTROL_LONG_TEXT = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
 _NOT_ASCII_GRAPHIC = re.compile(rb"[^\x20-\x7e]")
 SHORT_TEXT_VRS = frozenset({"SH", "LO", "PN", "UC"})
+# The most characters a value (a PN component group) may hold (PS3.5 6.2), and so the most bytes:
+# four per character in any DICOM character set, and room for ISO 2022 escape sequences.
+_TEXT_CHARACTERS = {"SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240}
+_TEXT_BYTE_LIMITS = {vr: 4 * characters + 32 for vr, characters in _TEXT_CHARACTERS.items()}
 LONG_TEXT_VRS = frozenset({"ST", "LT", "UT"})
 # Strings of the default repertoire with a format (a regex in pydicom.valuerep), checked per value.
 FORMATTED_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"})
@@ -62,6 +66,14 @@ def value_problem(vr: str, data: bytes, tag: int | None = None) -> str | None:
         pattern = _CONTROL_SHORT_TEXT if vr in SHORT_TEXT_VRS else _CONTROL_LONG_TEXT
         if pattern.search(text) is not None:
             return f"control characters in a {vr} value"
+        limit = _TEXT_BYTE_LIMITS.get(vr)
+        if limit is not None and len(text) > limit:
+            parts = text.split(b"\\") if vr in SHORT_TEXT_VRS else [text]
+            if vr == "PN":
+                parts = [group for value in parts for group in value.split(b"=")]
+            longest = max(len(part) for part in parts)
+            if longest > limit:
+                return f"a {vr} value of {longest} bytes (a {vr} holds at most {_TEXT_CHARACTERS[vr]} characters)"
         return None
     if vr in FORMATTED_VRS:
         text = data.rstrip(b"\0 ")

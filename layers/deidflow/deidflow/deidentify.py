@@ -84,6 +84,19 @@ IDENTITY_CODE_SEQUENCES = {
     0x0040A068: "DocumentAuthorIdentifierCodeSequenceTrial",
     0x0040A076: "DocumentingObserverIdentifierCodeSequenceTrial",
 }
+# What the pass sets on every output (PS3.15 E.1.1): any value the input had is replaced.
+MARKER_TAGS = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303})
+# Binary values outside E.1-1 whose content no one can vouch for (a document, encrypted or signed
+# content, identifiers of unknown form): removed.
+OPAQUE_BINARY = {
+    0x00686300: "HPGLDocument",
+    0x04000520: "EncryptedContent",
+    0x04000120: "Signature",
+    0x0008041B: "RecordKey",
+    0x0008041C: "PriorRecordKey",
+    0x0040A074: "ObjectBinaryIdentifierTrial",
+    0x0040A089: "ObjectDirectoryBinaryIdentifierTrial",
+}
 # Sequences outside E.1-1 that name the organisations issuing an order's numbers.
 ISSUER_SEQUENCES = {0x00400026: "OrderPlacerIdentifierSequence", 0x00400027: "OrderFillerIdentifierSequence"}
 
@@ -254,7 +267,7 @@ def _element_vr(raw: object, tag: int) -> tuple[str, bool]:
     label = getattr(raw, "VR", None)
     known = _ELEMENT_VRS.get((tag, label))
     if known is None:
-        if not label or label == "UN":
+        if not label or label == "UN" or " or " in label:  # no VR in the file (implicit VR, or UN)
             known = (_vr_of(raw, tag), False)
         else:
             allowed = _dictionary_vrs(tag)
@@ -282,7 +295,16 @@ def _relabel(ds: Dataset, tag: int, raw: object, vr: str) -> RawDataElement:
 
 
 def _check_kept(tag: int, vr: str, raw: object) -> None:
-    """A value kept as it was read must be a value of its VR, and no more (see conformance)."""
+    """A value kept as it was read must be a value of its VR, and no more (see conformance); and it
+    must have been labelled as what it is: a value written under another VR and a tag it does not
+    belong to (a name under Manufacturer Model Name, a sequence under a binary identifier) is
+    exactly what a retagged or relabelled element looks like."""
+    label = getattr(raw, "VR", None)
+    explicit = label not in (None, "UN", vr) and " or " not in label  # pydicom's "OB or OW": implicit VR
+    if explicit and (tag >> 16) % 2 == 0 and label not in _dictionary_vrs(tag):
+        raise Rejected(
+            "vr_mismatch", f"element {tag_text(tag)} is labelled {label} where the dictionary says {vr}, and is kept"
+        )
     data = getattr(raw, "value", None)
     if type(raw) is not RawDataElement or type(data) is not bytes or not data:
         return  # decoded already (by pydicom, from bytes the framing walk checked) or empty
@@ -406,6 +428,10 @@ class Deidentifier:
             return "X", "unknown public element (not in the DICOM dictionary): removed"
         if tag in IDENTITY_CODE_SEQUENCES:
             return "D", "not in E.1-1: its codes name a person or organisation, replaced by dummies (deidflow default)"
+        if tag in MARKER_TAGS:
+            return "X", "set anew after the pass: what de-identification this instance had says nothing of this one"
+        if tag in OPAQUE_BINARY:
+            return "X", "not in E.1-1: an opaque binary value (a document, encrypted or signed content): removed"
         if tag in ISSUER_SEQUENCES:
             return "X", "not in E.1-1: names the organisations issuing an order's numbers (deidflow default)"
         if vr == "PN":
@@ -482,11 +508,15 @@ class Deidentifier:
             untyped=None if iod is None else "3",
         )
         original_meta = getattr(ds, "file_meta", None)
-        self._walk(ds, (), ctx, "", frame, originals=originals if originals is not None else dict(ds._dict))
+        walked = originals if originals is not None else dict(ds._dict)
+        self._walk(ds, (), ctx, "", frame, originals=walked)
         self._private_creators_cleanup(ds)
         self._add_tags(ds, ctx)
         self._set_markers(ds, pixels_cleaned)
-        self._rebuild_meta(ds, original_meta, ctx)
+        # pydicom reads a data set declared explicit but written implicit (it happens) as implicit VR,
+        # and says otherwise in original_encoding: the elements as read tell.
+        implicit_read = any(getattr(raw, "VR", "") is None for raw in walked.values())
+        self._rebuild_meta(ds, original_meta, ctx, implicit_read=implicit_read)
         return DeidResult(
             dataset=ds,
             plan=plan,
@@ -782,7 +812,9 @@ class Deidentifier:
         _set_element(ds, 0x00120064, "SQ", codes)  # De-identification Method Code Sequence
         _set_element(ds, *temporal)
 
-    def _rebuild_meta(self, ds: Dataset, original: FileMetaDataset | None, ctx: _Context) -> None:
+    def _rebuild_meta(
+        self, ds: Dataset, original: FileMetaDataset | None, ctx: _Context, *, implicit_read: bool
+    ) -> None:
         """Keep only what identifies the format; the rest (source AE titles, private info) goes."""
         meta = FileMetaDataset()
         if original is not None:
@@ -808,11 +840,7 @@ class Deidentifier:
         if 0x00020010 not in meta._dict:
             syntax = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
             _set_element(meta, 0x00020010, "UI", syntax)  # Transfer Syntax UID
-        if (
-            (ds.original_encoding[0] is not False)
-            and not meta.TransferSyntaxUID.is_implicit_VR
-            and any(getattr(ds.get_item(t), "VR", "") is None for t in ds.keys())
-        ):
+        if not meta.TransferSyntaxUID.is_implicit_VR and implicit_read:
             # Read as implicit VR but declared explicit (it happens): decode every element so each
             # gets its dictionary VR and the file can be written as the syntax it declares.
             for _ in ds.iterall():

@@ -23,6 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from .framing import Framing, PixelFraming, check_framing, read_file_meta, same_tags
+from .pixels.codestream import codestream_problem
 from .rawvalues import element_text, element_unsigned, text_value
 from .rejection import Rejected
 
@@ -83,17 +84,25 @@ def read_instance(source: str | os.PathLike[str] | bytes, policy: AcceptPolicy =
     if isinstance(source, bytes):
         _check_size(len(source), policy)
         framing = _framing(source, policy)
-        ds = _parse(io.BytesIO(source))
-    else:
-        with open(source, "rb") as fh:
-            _check_size(os.fstat(fh.fileno()).st_size, policy)
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                framing = _framing(mapped, policy)  # type: ignore[arg-type] - mmap reads as bytes do
-            ds = _parse(fh)
+        return _checked(_parse(io.BytesIO(source)), framing, source)
+    with open(source, "rb") as fh:
+        _check_size(os.fstat(fh.fileno()).st_size, policy)
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            framing = _framing(mapped, policy)  # type: ignore[arg-type] - mmap reads as bytes do
+            return _checked(_parse(fh), framing, mapped)  # type: ignore[arg-type]
+
+
+def _checked(ds: Dataset, framing: Framing, data: bytes) -> Instance:
     # pydicom must have read the top level the way the walk did, element for element.
     same_tags(list(ds.keys()), framing.dataset)
     originals = dict(ds._dict)
-    return Instance(ds, framing, check_complete(ds, framing), originals)
+    try:
+        excess = check_complete(ds, framing, data)
+    except Rejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged value fails when pydicom decodes it
+        raise Rejected("unparseable", f"an element could not be read ({type(exc).__name__})") from None
+    return Instance(ds, framing, excess, originals)
 
 
 def _check_size(size: int, policy: AcceptPolicy) -> None:
@@ -103,15 +112,22 @@ def _check_size(size: int, policy: AcceptPolicy) -> None:
         raise Rejected("too_large", f"{size} bytes is over the {policy.max_file_bytes} byte limit")
 
 
+# Reasons the file meta alone gives: they hold even for a file without a preamble.
+_FROM_THE_FILE_META = frozenset({"dicomdir", "too_large", "unsupported_syntax"})
+
+
 def _framing(data: bytes, policy: AcceptPolicy) -> Framing:
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     try:
         meta = read_file_meta(data)
         if meta.sop_class == DICOMDIR_CLASS:
             raise Rejected("dicomdir", "a DICOMDIR is a media index, not an instance")
+        if meta.transfer_syntax and not UID(meta.transfer_syntax).is_transfer_syntax:
+            # Whatever its pixels are encoded as, nothing here (or at a researcher's) can read them.
+            raise Rejected("unsupported_syntax", "the transfer syntax is not one the standard defines")
         return check_framing(data, max_inflated_bytes=policy.max_file_bytes, meta=meta)
     except Rejected as rejected:
-        if has_preamble or data[:2] == b"\x02\x00" or rejected.reason in ("dicomdir", "too_large"):
+        if has_preamble or data[:2] == b"\x02\x00" or rejected.reason in _FROM_THE_FILE_META:
             raise
         # No preamble and no file meta: whatever this is, it is not a data set we can read.
         raise Rejected("not_dicom", "no DICOM preamble and not a DICOM data set") from None
@@ -146,7 +162,7 @@ def _has_uid(ds: Dataset, keyword: str) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def check_complete(ds: Dataset, framing: Framing) -> int:
+def check_complete(ds: Dataset, framing: Framing, data: bytes) -> int:
     """The framing walk has shown every element whole; what is left is what the header promises:
     an image has pixel data, and its pixel data is what the geometry declares. Returns how many
     bytes of native Pixel Data lie beyond that (trailing padding, to be cut off)."""
@@ -155,15 +171,77 @@ def check_complete(ds: Dataset, framing: Framing) -> int:
             raise Rejected("no_pixel_data", "an image storage instance without Pixel Data")
         return 0
     pixel = framing.pixel_data
+    if "PixelData" in ds:
+        check_pixel_module(ds)
     if pixel is None:
         for keyword, bytes_per_sample in (("FloatPixelData", 4), ("DoubleFloatPixelData", 8)):
             if keyword in ds and _check_native_length(ds, len(ds[keyword].value), bytes_per_sample * 8, keyword):
                 raise Rejected("pixel_data_mismatch", f"{keyword} is longer than the header declares")
         return 0
     if pixel.encapsulated:
-        _check_fragments(ds, pixel)
+        _check_fragments(ds, pixel, data)
         return 0
     return _check_native_length(ds, pixel.length, None, "Pixel Data")
+
+
+_SAMPLES_FOR_PHOTOMETRIC = {
+    "MONOCHROME1": 1,
+    "MONOCHROME2": 1,
+    "PALETTE COLOR": 1,
+    "RGB": 3,
+    "YBR_FULL": 3,
+    "YBR_FULL_422": 3,
+    "YBR_PARTIAL_422": 3,
+    "YBR_PARTIAL_420": 3,
+    "YBR_ICT": 3,
+    "YBR_RCT": 3,
+}
+
+
+def check_pixel_module(ds: Dataset) -> None:
+    """The Image Pixel module describes pixels a reader can decode (PS3.3 C.7.6.3): what a lying
+    attribute breaks is the researcher's copy, and a scan that looks at other pixels than a viewer."""
+    *_, samples, bits = _geometry(ds)
+    for tag, keyword in (
+        (0x00280002, "Samples per Pixel"),
+        (0x00280004, "Photometric Interpretation"),
+        (0x00280101, "Bits Stored"),
+        (0x00280102, "High Bit"),
+        (0x00280103, "Pixel Representation"),
+    ):
+        if tag not in ds:  # Type 1 in the Image Pixel module: without it, readers guess
+            raise Rejected("incomplete_image", f"Pixel Data without {keyword}")
+    photometric = text_value(ds, "PhotometricInterpretation", "CS").strip()
+    expected = _SAMPLES_FOR_PHOTOMETRIC.get(photometric)
+    if expected is None:
+        raise Rejected("invalid_image", "Photometric Interpretation is missing or not one this reads")
+    if samples != expected:
+        raise Rejected("invalid_image", f"{samples} samples per pixel for {photometric}")
+    if bits not in (1, 8, 16, 32):
+        raise Rejected("invalid_image", f"Pixel Data with {bits} Bits Allocated")
+    stored = _optional_unsigned(ds, 0x00280101, "BitsStored")
+    high = _optional_unsigned(ds, 0x00280102, "HighBit")
+    representation = _optional_unsigned(ds, 0x00280103, "PixelRepresentation")
+    planar = _optional_unsigned(ds, 0x00280006, "PlanarConfiguration")
+    if stored is not None and not 1 <= stored <= bits:
+        raise Rejected("invalid_image", f"{stored} Bits Stored in {bits} Bits Allocated")
+    if high is not None and not (stored or 1) - 1 <= high < bits:
+        raise Rejected("invalid_image", f"High Bit {high} outside {bits} Bits Allocated")
+    if representation not in (None, 0, 1):
+        raise Rejected("invalid_image", f"Pixel Representation {representation}")
+    if samples == 3 and planar not in (None, 0, 1):
+        raise Rejected("invalid_image", f"Planar Configuration {planar}")
+
+
+def _optional_unsigned(ds: Dataset, tag: int, keyword: str) -> int | None:
+    value = element_unsigned(ds, tag, "US")
+    if value is not None:
+        return value
+    try:
+        raw = ds.get(keyword)
+        return None if raw in (None, "") else int(raw)
+    except (TypeError, ValueError, OverflowError):
+        raise Rejected("invalid_image", f"{keyword} cannot be read") from None
 
 
 def _geometry(ds: Dataset) -> tuple[int, int, int, int, int]:
@@ -220,31 +298,38 @@ def _check_native_length(ds: Dataset, length: int, bits: int | None, what: str) 
     return length - padded if length > padded else 0
 
 
-def _check_fragments(ds: Dataset, pixel: PixelFraming) -> None:
+def _check_fragments(ds: Dataset, pixel: PixelFraming, data: bytes) -> None:
     """PS3.5 A.4: every frame starts a fragment of its own, so there are at least as many
     fragments as frames, and a Basic Offset Table, when filled, has one entry per frame, each at
-    a fragment's start."""
-    frames = _geometry(ds)[0]
+    a fragment's start. Each frame's codestream then declares the size the header does."""
+    frames, rows, columns, samples, bits = _geometry(ds)
     fragments = pixel.fragments
     if frames > len(fragments):
         raise Rejected(
             "pixel_data_mismatch", f"{frames} frames declared but the Pixel Data holds {len(fragments)} fragments"
         )
     table = pixel.offset_table
+    first_fragments = [fragments[0]]
     if table:
-        starts = set()
         first = fragments[0][0] - 8
-        for offset, _ in fragments:
-            starts.add(offset - 8 - first)
+        by_start = {offset - 8 - first: (offset, length) for offset, length in fragments}
         if len(table) != frames or table[0] != 0 or any(b <= a for a, b in pairwise(table)):
             raise Rejected("pixel_data_mismatch", "the Basic Offset Table does not list one start per frame")
-        if any(entry not in starts for entry in table):
+        if any(entry not in by_start for entry in table):
             raise Rejected("pixel_data_mismatch", "a Basic Offset Table entry points inside a fragment")
-    elif frames > 1 and len(fragments) != frames and "ExtendedOffsetTable" not in ds:
+        first_fragments = [by_start[entry] for entry in table]
+    elif len(fragments) == frames:
+        first_fragments = list(fragments)
+    elif frames > 1 and "ExtendedOffsetTable" not in ds:
         # Without an offset table, frames can only be told apart one fragment each.
         raise Rejected(
             "pixel_data_mismatch", f"{frames} frames in {len(fragments)} fragments and no offset table to find them"
         )
+    syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
+    for index, (offset, length) in enumerate(first_fragments):
+        problem = codestream_problem(data[offset : offset + min(length, 4096)], syntax, rows, columns, samples, bits)
+        if problem:
+            raise Rejected("pixel_data_mismatch", f"frame {index}: {problem}")
 
 
 def check_cleanable(ds: Dataset, policy: AcceptPolicy = AcceptPolicy()) -> None:

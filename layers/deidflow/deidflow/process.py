@@ -14,7 +14,7 @@ import pydicom
 
 from .deidentify import Deidentifier, DeidResult
 from .fastwrite import encode_file_parts
-from .intake import AcceptPolicy, Rejected, check_cleanable, read_instance
+from .intake import AcceptPolicy, Instance, Rejected, check_cleanable, read_instance
 from .pixels import (
     DetectionError,
     PixelDecodeError,
@@ -87,35 +87,12 @@ class Engine:
         """
         instance = read_instance(source, self.policy)
         ds = instance.dataset
-        check_cleanable(ds, self.policy)
-        if instance.pixel_excess:
-            # Trailing bytes beyond the declared frames are not pixels anyone can see or check.
-            pixel_data = ds[0x7FE00010]
-            pixel_data.value = pixel_data.value[: len(pixel_data.value) - instance.pixel_excess]
-        plan = self.rules.plan_for(ds)
-        if not plan.forward:
-            raise Rejected(
-                "out_of_scope", "not in the rules' scope_to_forward (labels: " + ", ".join(sorted(plan.labels)) + ")"
-            )
-        if self.pixel_policy.remove_overlays:
-            try:
-                clear_embedded_overlays(ds)
-            except PixelDecodeError as exc:
-                raise Rejected("pixels_failed", f"an embedded overlay could not be removed: {exc}") from None
-        pixels = self._clean_pixels(ds, plan, scan_allowed=scan_pixels)
         try:
-            result = self.deidentifier.deidentify(
-                ds,
-                explain=explain,
-                plan=plan,
-                pixels_cleaned=bool(pixels and pixels.redacted),
-                frame=instance.framing.dataset,
-                originals=instance.originals,
-            )
-        except Rejected:
+            plan, pixels, result = self._clean(instance, explain=explain, scan_pixels=scan_pixels)
+        except (Rejected, PixelScanRequired):
             raise
         except Exception as exc:  # noqa: BLE001 - damage surfaces when values are decoded
-            raise Rejected("unparseable", f"an element could not be de-identified ({type(exc).__name__})") from None
+            raise Rejected("unparseable", f"an element could not be read ({type(exc).__name__})") from None
         if plan.transcode and plan.transcode != str(ds.file_meta.TransferSyntaxUID):
             _transcode(result.dataset, plan.transcode)
         # The 128-byte preamble is free for applications (DICOM/TIFF dual files put a TIFF header
@@ -137,6 +114,37 @@ class Engine:
             result=result,
             pixels=pixels,
         )
+
+    def _clean(
+        self, instance: Instance, *, explain: bool, scan_pixels: bool
+    ) -> tuple[InstancePlan, PixelResult | None, DeidResult]:
+        """Everything between reading and writing: checks, scope, pixels, the header pass."""
+        ds = instance.dataset
+        check_cleanable(ds, self.policy)
+        if instance.pixel_excess:
+            # Trailing bytes beyond the declared frames are not pixels anyone can see or check.
+            pixel_data = ds[0x7FE00010]
+            pixel_data.value = pixel_data.value[: len(pixel_data.value) - instance.pixel_excess]
+        plan = self.rules.plan_for(ds)
+        if not plan.forward:
+            raise Rejected(
+                "out_of_scope", "not in the rules' scope_to_forward (labels: " + ", ".join(sorted(plan.labels)) + ")"
+            )
+        if self.pixel_policy.remove_overlays:
+            try:
+                clear_embedded_overlays(ds)
+            except PixelDecodeError as exc:
+                raise Rejected("pixels_failed", f"an embedded overlay could not be removed: {exc}") from None
+        pixels = self._clean_pixels(ds, plan, scan_allowed=scan_pixels)
+        result = self.deidentifier.deidentify(
+            ds,
+            explain=explain,
+            plan=plan,
+            pixels_cleaned=bool(pixels and pixels.redacted),
+            frame=instance.framing.dataset,
+            originals=instance.originals,
+        )
+        return plan, pixels, result
 
     def _clean_pixels(self, ds: pydicom.Dataset, plan: InstancePlan, *, scan_allowed: bool) -> PixelResult | None:
         """Burned-in text first, on the original header (it reads Manufacturer, BurnedInAnnotation)."""

@@ -76,8 +76,8 @@ def test_rows_set_to_one_on_a_jpeg_is_rejected():
     jpeg = to_jpeg_baseline(ds)
     jpeg.Rows = 1  # the frame still holds 320 x 240: a scan would look at one line
     rejected = _rejected(_bytes(jpeg))
-    assert rejected.reason == "pixels_untrusted"
-    assert "320x240x3 in its codestream" in rejected.detail
+    assert rejected.reason == "pixel_data_mismatch"
+    assert "320x240x3 in its codestream, 320x1x3 in the header" in rejected.detail
 
 
 def test_rows_set_to_one_on_rle_is_rejected():
@@ -86,6 +86,16 @@ def test_rows_set_to_one_on_rle_is_rejected():
     ds = roundtrip(ds)
     ds.Rows = 1  # RLE frames declare no size; pydicom's decoder returns the first line quietly
     assert _rejected(_bytes(ds)).reason == "pixels_untrusted"
+
+
+def test_rle_segments_that_do_not_fit_the_samples_are_rejected():
+    ds, _, _ = make_burned_in_ultrasound(seed=5)
+    ds.compress(RLELossless, generate_instance_uid=False)
+    ds = roundtrip(ds)
+    ds.BitsAllocated = ds.BitsStored = 16  # three segments, where 16-bit RGB needs six
+    ds.HighBit = 15
+    rejected = _rejected(_bytes(ds))
+    assert rejected.reason == "pixel_data_mismatch" and "RLE segments" in rejected.detail
 
 
 def test_decoding_past_the_limit_is_refused_before_anything_is_decoded():

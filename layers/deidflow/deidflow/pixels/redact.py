@@ -82,16 +82,17 @@ def remove_overlays_and_icons(ds: Dataset, *, overlays: bool = True, icons: bool
 
     def walk(dataset: Dataset, depth: int) -> None:
         nonlocal icons_removed
-        for element in list(dataset):
-            tag = element.tag
-            if overlays and _is_overlay_group(tag):
-                overlay_groups.add((id(dataset), tag.group))
+        # Tags and VRs only: decoding every value here would read (and fail on) values the header
+        # pass is about to remove anyway.
+        for tag in list(dataset.keys()):
+            if overlays and _is_overlay_group(BaseTag(tag)):
+                overlay_groups.add((id(dataset), tag >> 16))
                 del dataset[tag]
             elif icons and tag == ICON_IMAGE_SEQUENCE:
                 icons_removed += 1
                 del dataset[tag]
-            elif element.VR == "SQ" and element.value:
-                for item in element.value:
+            elif getattr(dataset.get_item(tag), "VR", None) == "SQ" and (tag >> 16) % 2 == 0:
+                for item in dataset[tag].value:
                     walk(item, depth + 1)
 
     walk(ds, 0)

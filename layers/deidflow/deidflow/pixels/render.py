@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.encaps import generate_fragmented_frames
 from pydicom.pixels import (
     apply_color_lut,
     apply_modality_lut,
@@ -36,8 +35,6 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-
-from .codestream import j2k_frame_size, jpeg_frame_size
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +74,9 @@ def number_of_frames(ds: Dataset) -> int:
 
 
 def check_redactable(ds: Dataset, max_decoded_bytes: int | None = None) -> None:
-    """Raise PixelDecodeError for pixel data this package cannot redact safely (PixelsUntrusted
-    for compressed frames of another size than the header declares), and before anything is
-    decoded, when decoding would take more than `max_decoded_bytes`."""
+    """Raise PixelDecodeError for pixel data this package cannot redact safely, and, before
+    anything is decoded, when decoding would take more than `max_decoded_bytes`. (That compressed
+    frames are the size the header declares, intake has checked.)"""
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         raise PixelDecodeError("float pixel data is not supported for redaction")
     if "PixelData" not in ds:
@@ -99,27 +96,6 @@ def check_redactable(ds: Dataset, max_decoded_bytes: int | None = None) -> None:
     decoder = _decoder_for(ds)
     if not decoder.is_available:
         raise PixelDecodeError(f"no decoder available for transfer syntax {transfer_syntax_of(ds).name}")
-    tsyntax = transfer_syntax_of(ds)
-    if tsyntax.is_compressed:
-        _check_frame_sizes(ds, tsyntax, frames, rows, columns, samples)
-
-
-def _check_frame_sizes(ds: Dataset, tsyntax: UID, frames: int, rows: int, columns: int, samples: int) -> None:
-    read_size = j2k_frame_size if "2000" in tsyntax.name or "HTJ2K" in tsyntax.name else jpeg_frame_size
-    if tsyntax == RLELossless:
-        return  # RLE frames declare no size: every decoder checks each segment's length instead
-    try:
-        for index, fragments in enumerate(generate_fragmented_frames(ds.PixelData, number_of_frames=frames)):
-            size = read_size(fragments[0] if fragments else b"")
-            if size is None:
-                raise PixelsUntrusted(f"frame {index} has no {tsyntax.name} image header")
-            if (size.rows, size.columns) != (rows, columns) or size.components != samples:
-                raise PixelsUntrusted(
-                    f"frame {index} is {size.columns}x{size.rows}x{size.components} in its codestream, "
-                    f"{columns}x{rows}x{samples} in the header"
-                )
-    except (ValueError, StopIteration) as exc:
-        raise PixelsUntrusted(f"the frames cannot be told apart ({type(exc).__name__})") from None
 
 
 def _decoder_for(ds: Dataset) -> Any:  # pydicom's Decoder class is not public API
