@@ -186,7 +186,7 @@ class _Workers:
         # fork is quick and shares what the parent has loaded, but is only safe while the parent
         # runs a single thread (a test process may have an ONNX runtime's threads going).
         method = "fork" if threading.active_count() == 1 else "forkserver"
-        self.context = multiprocessing.get_context(method)
+        self.context: Any = multiprocessing.get_context(method)
         if method == "forkserver":
             self.context.set_forkserver_preload(["deidflow.batch"])
         self.args = (engine, rules, key, str(staging), limits.memory_bytes)

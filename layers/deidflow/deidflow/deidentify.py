@@ -281,16 +281,17 @@ _ELEMENT_VRS: dict[tuple[int, str | None], tuple[str, bool]] = {}
 
 def _relabel(ds: Dataset, tag: int, raw: object, vr: str) -> RawDataElement:
     """`raw` as an element of its dictionary VR, or Rejected when its bytes are no such value."""
-    data = getattr(raw, "value", None)
-    problem = "it is not a value" if type(raw) is not RawDataElement or type(data) is not bytes else None
-    problem = problem or ("it holds items" if vr == "SQ" else value_problem(vr, data, tag))  # type: ignore[arg-type]
-    if problem:
+    if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
+        problem: str | None = "it is not a value"
+    else:
+        problem = "it holds items" if vr == "SQ" else value_problem(vr, raw.value, tag)
+    if problem or not isinstance(raw, RawDataElement):
         raise Rejected(
             "vr_mismatch",
             f"element {tag_text(tag)} is labelled {getattr(raw, 'VR', '?')}, the dictionary says {vr}, and {problem}",
         )
-    relabelled = raw._replace(VR=vr)  # type: ignore[union-attr]
-    ds._dict[tag] = relabelled
+    relabelled = raw._replace(VR=vr)
+    ds._dict[BaseTag(tag)] = relabelled
     return relabelled
 
 
@@ -482,7 +483,7 @@ class Deidentifier:
         plan: InstancePlan | None = None,
         pixels_cleaned: bool = False,
         frame: DatasetFrame | None = None,
-        originals: Mapping[int, object] | None = None,
+        originals: Mapping[BaseTag, object] | None = None,
     ) -> DeidResult:
         """De-identify `ds` in place.
 
@@ -538,7 +539,7 @@ class Deidentifier:
         where: str,
         frame: DatasetFrame | None,
         *,
-        originals: Mapping[int, object] | None = None,
+        originals: Mapping[BaseTag, object] | None = None,
         dummy: bool = False,
         parent: str = "",
     ) -> None:

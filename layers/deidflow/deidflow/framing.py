@@ -30,10 +30,11 @@ Nothing here decodes a value, and no message names one: only tags, offsets and l
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydicom.datadict import dictionary_VR
@@ -108,13 +109,17 @@ class FileMeta:
     sop_class: str  # Media Storage SOP Class UID, "" when absent
 
 
-def read_file_meta(data: bytes) -> FileMeta:
+# A whole file in memory, or mapped: both slice and unpack alike.
+FileBytes = bytes | mmap.mmap
+
+
+def read_file_meta(data: FileBytes) -> FileMeta:
     """Walk the preamble (if any) and the File Meta group, or raise Rejected."""
     # Without a preamble: a bare data set, as some modalities and old archives write.
     return _file_meta(data, 132 if len(data) >= 132 and data[128:132] == b"DICM" else 0)
 
 
-def check_framing(data: bytes, *, max_inflated_bytes: int, meta: FileMeta | None = None) -> Framing:
+def check_framing(data: FileBytes, *, max_inflated_bytes: int, meta: FileMeta | None = None) -> Framing:
     """Walk `data` (a whole file) and return its framing, or raise Rejected."""
     meta = meta or read_file_meta(data)
     syntax = meta.transfer_syntax
@@ -129,7 +134,7 @@ def check_framing(data: bytes, *, max_inflated_bytes: int, meta: FileMeta | None
     return Framing(syntax, frame, walker.pixel_data, start)
 
 
-def same_tags(found: list[int], frame: DatasetFrame, where: str = "the data set") -> None:
+def same_tags(found: Sequence[int], frame: DatasetFrame, where: str = "the data set") -> None:
     """pydicom's reading of one data set must have the tags the walk found, in order.
 
     (As arrays: comparing pydicom's tags one by one costs a Python-level Tag.__eq__ each.)
@@ -138,7 +143,7 @@ def same_tags(found: list[int], frame: DatasetFrame, where: str = "the data set"
         raise malformed(f"{where} reads differently from its framing")
 
 
-def _file_meta(data: bytes, pos: int) -> FileMeta:
+def _file_meta(data: FileBytes, pos: int) -> FileMeta:
     syntax = sop_class = ""
     previous = -1
     while pos + 8 <= len(data):
@@ -184,13 +189,13 @@ def _inflate(data: bytes, limit: int) -> bytes:
     return out
 
 
-def _looks_explicit(stream: bytes, pos: int) -> bool:
+def _looks_explicit(stream: FileBytes, pos: int) -> bool:
     """pydicom's test: two upper-case letters where an explicit VR would be."""
     vr = stream[pos + 4 : pos + 6]
     return len(vr) == 2 and 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B
 
 
-def _encoding(stream: bytes, start: int, syntax: str) -> tuple[bool, bool]:
+def _encoding(stream: FileBytes, start: int, syntax: str) -> tuple[bool, bool]:
     """(explicit VR, little endian) for the top-level data set, as pydicom decides it."""
     if start >= len(stream):
         return True, True
@@ -208,7 +213,7 @@ def _encoding(stream: bytes, start: int, syntax: str) -> tuple[bool, bool]:
 
 
 class _Walker:
-    def __init__(self, stream: bytes, little: bool, *, encapsulated: bool):
+    def __init__(self, stream: FileBytes, little: bool, *, encapsulated: bool):
         self.stream = stream
         self.little = little
         self.encapsulated_syntax = encapsulated

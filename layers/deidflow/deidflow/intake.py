@@ -11,6 +11,7 @@ import logging
 import mmap
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, BinaryIO
@@ -20,9 +21,10 @@ from pydicom import config as pydicom_config
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from .framing import Framing, PixelFraming, check_framing, read_file_meta, same_tags
+from .framing import FileBytes, Framing, PixelFraming, check_framing, read_file_meta, same_tags
 from .pixels.codestream import codestream_problem
 from .rawvalues import element_text, element_unsigned, text_value
 from .rejection import Rejected
@@ -67,7 +69,7 @@ class Instance:
     pixel_excess: int  # bytes of native Pixel Data beyond the declared geometry (to cut off)
     # The top-level elements as read: what values are checked against before they are kept, even
     # after the rules or the pixel policy have had pydicom decode some of them.
-    originals: dict[int, Any]
+    originals: Mapping[BaseTag, Any]
 
 
 def read_dataset(source: str | os.PathLike[str] | bytes, policy: AcceptPolicy = AcceptPolicy()) -> Dataset:
@@ -88,11 +90,11 @@ def read_instance(source: str | os.PathLike[str] | bytes, policy: AcceptPolicy =
     with open(source, "rb") as fh:
         _check_size(os.fstat(fh.fileno()).st_size, policy)
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            framing = _framing(mapped, policy)  # type: ignore[arg-type] - mmap reads as bytes do
-            return _checked(_parse(fh), framing, mapped)  # type: ignore[arg-type]
+            framing = _framing(mapped, policy)
+            return _checked(_parse(fh), framing, mapped)
 
 
-def _checked(ds: Dataset, framing: Framing, data: bytes) -> Instance:
+def _checked(ds: Dataset, framing: Framing, data: FileBytes) -> Instance:
     # pydicom must have read the top level the way the walk did, element for element.
     same_tags(list(ds.keys()), framing.dataset)
     originals = dict(ds._dict)
@@ -116,7 +118,7 @@ def _check_size(size: int, policy: AcceptPolicy) -> None:
 _FROM_THE_FILE_META = frozenset({"dicomdir", "too_large", "unsupported_syntax"})
 
 
-def _framing(data: bytes, policy: AcceptPolicy) -> Framing:
+def _framing(data: FileBytes, policy: AcceptPolicy) -> Framing:
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     try:
         meta = read_file_meta(data)
@@ -162,7 +164,7 @@ def _has_uid(ds: Dataset, keyword: str) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def check_complete(ds: Dataset, framing: Framing, data: bytes) -> int:
+def check_complete(ds: Dataset, framing: Framing, data: FileBytes) -> int:
     """The framing walk has shown every element whole; what is left is what the header promises:
     an image has pixel data, and its pixel data is what the geometry declares. Returns how many
     bytes of native Pixel Data lie beyond that (trailing padding, to be cut off)."""
@@ -298,7 +300,7 @@ def _check_native_length(ds: Dataset, length: int, bits: int | None, what: str) 
     return length - padded if length > padded else 0
 
 
-def _check_fragments(ds: Dataset, pixel: PixelFraming, data: bytes) -> None:
+def _check_fragments(ds: Dataset, pixel: PixelFraming, data: FileBytes) -> None:
     """PS3.5 A.4: every frame starts a fragment of its own, so there are at least as many
     fragments as frames, and a Basic Offset Table, when filled, has one entry per frame, each at
     a fragment's start. Each frame's codestream then declares the size the header does."""

@@ -123,7 +123,7 @@ def encode(ds: Dataset) -> bytes:
 def with_new_sop_instance_uid(ds: Dataset, n: int) -> Dataset:
     """A copy with a SOP Instance UID of its own: cases never share one (no duplicates, no conflicts)."""
     out = copy.deepcopy(ds)
-    uid = f"1.2.826.0.1.3680043.10.1379.6.{n}"
+    uid = UID(f"1.2.826.0.1.3680043.10.1379.6.{n}")
     out.SOPInstanceUID = uid
     if hasattr(out, "file_meta"):
         out.file_meta.MediaStorageSOPInstanceUID = uid
@@ -147,7 +147,7 @@ def _elements(data: bytes) -> tuple[list[_Element], bool, bool]:
         if explicit and data[tell - 12 + 4 : tell - 12 + 6] in _LONG_VRS:
             header = 12
         vr = data[tell - header + 4 : tell - header + 6] if explicit else b""
-        found.append(_Element(int(tag), tell - header, header, vr, int(raw.length)))
+        found.append(_Element(int(tag), tell - header, header, vr, int(getattr(raw, "length", 0))))
     return found, explicit, little
 
 
@@ -615,10 +615,10 @@ def run_fuzz(
         raise AssertionError("the run did not write exactly one report line per input, in input order")
     report = FuzzReport(lines=lines)
     for line in lines:
-        case = by_name.get(Path(line["input"]).name)
-        if case is None:
+        fuzz_case = by_name.get(Path(line["input"]).name)
+        if fuzz_case is None:
             continue  # a real file: it only had to have its line
-        report.verdicts.append((case, judge(line, case.planted)))
+        report.verdicts.append((fuzz_case, judge(line, fuzz_case.planted)))
     return report
 
 
