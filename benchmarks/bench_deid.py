@@ -5,10 +5,11 @@
 
 Generates `--count` synthetic CT instances (512x512, 16-bit, full PHI-laden header with sequences,
 private blocks and an overlay: deidflow.synthetic) once, untimed, then times on the same files, in
-this one process, single-threaded:
+this one process (deidflow's one worker process apart), one input at a time:
 
   (a) floor      pydicom dcmread + dcmwrite, no change: what any pydicom-based tool must pay
-  (b) deidflow   run_batch(jobs=1) with the default rules and a fixed key: the `deidflow deid` path
+  (b) deidflow   run_batch(jobs=1) with the default rules and a fixed key: the `deidflow deid` path,
+                 one worker process doing the work while this one moves its outputs into place
   (c) dicognito  Anonymizer().anonymize(ds) + save_as, as its own command line does (if installed)
 
 Each method is warmed up once on a few files, then run `--repeat` times over all files (methods

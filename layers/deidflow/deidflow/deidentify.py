@@ -227,6 +227,7 @@ _KEYWORDS: dict[int, str] = {}
 
 
 def _keyword(tag: int) -> str:
+    tag = int(tag)  # a pydicom tag would compare in Python on every hit
     keyword = _KEYWORDS.get(tag)
     if keyword is None:
         keyword = _KEYWORDS[tag] = keyword_for_tag(tag) or ""
@@ -567,24 +568,27 @@ class Deidentifier:
                 continue  # gone with an element handled before it
             if type(raw) is RawDataElement and raw.value is None:
                 raw = ds.get_item(tag)  # a deferred value: read it
+            # The caches below are keyed by plain ints: pydicom's tags compare in Python (Tag.__eq__),
+            # so a lookup with one costs a Python call on every hit.
+            key = int(tag)
             original = originals.get(tag, raw) if originals is not None else raw
-            vr, relabelled = _ELEMENT_VRS.get((tag, getattr(original, "VR", None))) or _element_vr(original, tag)
-            path = (*parents, PathStep(tag, _keyword(tag), vr, creators.get(tag))) if ctx.needs_paths else None
+            vr, relabelled = _ELEMENT_VRS.get((key, getattr(original, "VR", None))) or _element_vr(original, key)
+            path = (*parents, PathStep(key, _keyword(key), vr, creators.get(tag))) if ctx.needs_paths else None
             ctx.parent = parent
             ctx.attribute_type = (
-                self.types.type_of(ctx.iod, parent, _keyword(tag)) if tag in self.typed_tags else ctx.untyped
+                self.types.type_of(ctx.iod, parent, _keyword(key)) if key in self.typed_tags else ctx.untyped
             )
             if dummy:
-                action, by, rule = _dummy_action(tag, vr), "inside a sequence replaced by dummies", None
+                action, by, rule = _dummy_action(key, vr), "inside a sequence replaced by dummies", None
             else:
-                action, by, rule = self.decide(tag, vr, path, ctx.plan, ctx.attribute_type)
+                action, by, rule = self.decide(key, vr, path, ctx.plan, ctx.attribute_type)
             if relabelled and action not in ("X", "remove"):
-                raw = _relabel(ds, tag, original, vr)
-            label = f"{where}{tag_text(tag)}" if ctx.record else ""
-            items = frame.items.get(tag, ()) if frame is not None else None  # None: no framing to check
+                raw = _relabel(ds, key, original, vr)
+            label = f"{where}{tag_text(key)}" if ctx.record else ""
+            items = frame.items.get(key, ()) if frame is not None else None  # None: no framing to check
             done = self._apply(ds, tag, raw, original, vr, action, rule, path, ctx, label, handled, items, dummy)
             if ctx.record:
-                keyword = _keyword(tag) or ("private:" + (creators.get(tag) or "?"))
+                keyword = _keyword(key) or ("private:" + (creators.get(tag) or "?"))
                 ctx.decisions.append(Decision(label, keyword, vr, done, by))
 
     def _apply(
