@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from deidflow.process import Engine
+from deidflow.engine import Engine
 from deidflow.rules import load_rules, load_rules_text
-from deidflow.synthetic import Corpus, make_corpus, write_corpus
+from deidflow.testing.synthetic import Corpus, make_corpus, write_corpus
 
 TEST_KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -66,7 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def workflow():
     """A fresh local stack (buckets, queue, tables, secret, state machine) with the real handlers."""
-    from deidflow.cloud.local import LocalWorkflow
+    from deidflow.local.workflow import LocalWorkflow
 
     with LocalWorkflow(TEST_KEY, project=REPO, text_detector="local") as wf:
         yield wf

@@ -9,8 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 from deidflow.cloud.errors import ProcessingError, RejectedObject, TransientError, classify
-from deidflow.cloud.local import LambdaContext
-from deidflow.synthetic import make_burned_in_ultrasound, make_corpus
+from deidflow.local.workflow import LambdaContext
+from deidflow.testing.synthetic import make_burned_in_ultrasound, make_corpus
 
 from tests.conftest import dicom_bytes
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from deidflow.local_orthanc import (
+from deidflow.local.orthanc import (
     DROP_SUBFOLDER,
     LocalOrthanc,
     OrthancInstallation,
@@ -28,7 +28,7 @@ from deidflow.local_orthanc import (
 )
 from deidflow.pseudonym import Pseudonymizer
 from deidflow.storage import research_key
-from deidflow.synthetic import Corpus, make_corpus, write_corpus
+from deidflow.testing.synthetic import Corpus, make_corpus, write_corpus
 
 from ..conftest import TEST_KEY
 
@@ -45,7 +45,7 @@ def run_pipeline(drop_dir: Path, research_dir: Path, key: bytes) -> None:
     """What `deidflow local up` does: hand the drop over to the local ingest bucket under orthanc/,
     run the real state machine on moto, fetch the research bucket into research_dir.
     """
-    from deidflow.cloud.local import LocalWorkflow
+    from deidflow.local.workflow import LocalWorkflow
 
     with LocalWorkflow(key, project=Path(__file__).resolve().parents[2]) as workflow:
         keys = workflow.take_over(drop_dir)

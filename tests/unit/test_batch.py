@@ -14,7 +14,7 @@ from pathlib import Path
 import pydicom.data
 import pytest
 from deidflow.batch import Limits, run_batch
-from deidflow.process import Engine
+from deidflow.engine import Engine
 from deidflow.rules import RuleSet, load_rules
 
 from ..conftest import TEST_KEY

@@ -179,7 +179,7 @@ def test_a_different_key_gives_different_pseudonyms(run, tmp_path):
 
 def test_the_preamble_is_never_carried_over(default_engine):
     """The 128 bytes before DICM may hold anything (a TIFF header, a name): the output has zeros."""
-    from deidflow.synthetic import make_corpus
+    from deidflow.testing.synthetic import make_corpus
 
     from ..conftest import dicom_bytes
 

@@ -11,8 +11,11 @@ from collections import Counter
 
 import pydicom
 import pytest
-from deidflow import __version__, deidentify, rawvalues
-from deidflow.deidentify import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Deidentifier, _Value
+from deidflow import __version__
+from deidflow.deidentify import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from deidflow.deidentify.finish import Markers
+from deidflow.dicomraw import edit
+from deidflow.dicomraw import read as rawvalues
 from deidflow.profile import method_codes
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -24,7 +27,7 @@ from ..conftest import dicom_bytes, engine_with
 from .test_options_and_rules import BASE, _ct, options
 
 
-def _slow_set_markers(self: Deidentifier, ds: Dataset, pixels_cleaned: bool) -> None:
+def _slow_set_markers(self: Markers, ds: Dataset, pixels_cleaned: bool) -> None:
     o = self.options
     ds.PatientIdentityRemoved = "YES"
     selected = [name.replace("_", " ") for name in o.selected()]
@@ -43,14 +46,6 @@ def _slow_set_markers(self: Deidentifier, ds: Dataset, pixels_cleaned: bool) -> 
         ds.LongitudinalTemporalInformationModified = "MODIFIED"
     else:
         ds.LongitudinalTemporalInformationModified = "REMOVED"
-
-
-def _slow_set_element(ds: Dataset, tag: int, vr: str, value: object) -> None:
-    setattr(ds, pydicom.datadict.keyword_for_tag(tag), value)
-
-
-def _slow_put_raw(self: _Value, raw: RawDataElement) -> None:
-    self.ds[self.tag] = raw
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
@@ -74,10 +69,8 @@ def _state(ds: Dataset) -> str:
 
 def _both(data: bytes, rules: str, monkeypatch: pytest.MonkeyPatch) -> None:
     fast = engine_with(BASE + rules).process(data)
-    with monkeypatch.context() as patched:
-        patched.setattr(Deidentifier, "_set_markers", _slow_set_markers)
-        patched.setattr(deidentify, "_set_element", _slow_set_element)
-        patched.setattr(_Value, "_put_raw", _slow_put_raw)
+    with monkeypatch.context() as patched, edit.public_setters():
+        patched.setattr(Markers, "set_on", _slow_set_markers)
         slow = engine_with(BASE + rules).process(data)
     assert fast.data == slow.data
     assert _state(fast.result.dataset) == _state(slow.result.dataset)
@@ -138,7 +131,7 @@ def test_the_fast_paths_set_what_the_dictionary_says() -> None:
         (0x00020012, "UI", UID(IMPLEMENTATION_CLASS_UID)),
         (0x00020013, "SH", IMPLEMENTATION_VERSION_NAME),
     ):
-        deidentify._set_element(meta, tag, vr, value)
+        edit.set_element(meta, tag, vr, value)
         assert pydicom.datadict.dictionary_VR(tag) == meta[tag].VR
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from deidflow import fastwrite
-from deidflow.fastwrite import encode_file
+from deidflow.dicomraw import write as fastwrite
+from deidflow.dicomraw.write import encode_file
 from deidflow.intake import Rejected, check_cleanable, read_dataset
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -57,17 +57,17 @@ def _outcome(write: Callable[[Dataset], bytes], ds: Dataset) -> tuple[object, ..
 
 def assert_same(make: Callable[[], Dataset], *, fast_path: bool | None = None) -> None:
     fallbacks: list[int] = []
-    original = fastwrite._dcmwrite
+    original = fastwrite.dcmwrite_bytes
 
     def counting(ds: Dataset) -> bytes:
         fallbacks.append(1)
         return original(ds)
 
-    fastwrite._dcmwrite = counting
+    fastwrite.dcmwrite_bytes = counting
     try:
         fast = _outcome(encode_file, make())
     finally:
-        fastwrite._dcmwrite = original
+        fastwrite.dcmwrite_bytes = original
     slow = _outcome(_dcmwrite, make())
     assert fast[0] == slow[0], "encoded bytes differ"
     assert fast[1:] == slow[1:], "the data set is left in a different state"

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from deidflow.framing import read_file_meta
 from deidflow.intake import Rejected
-from deidflow.synthetic import STAFF, SyntheticStudy, make_instance, make_patient
+from deidflow.testing.synthetic import STAFF, SyntheticStudy, make_instance, make_patient
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence

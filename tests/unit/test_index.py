@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from deidflow.engine import Engine
 from deidflow.index import (
     DEFAULT_MAX_ITEM_BYTES,
     IndexEntry,
@@ -23,8 +24,7 @@ from deidflow.index import (
     item_size,
     query_attributes,
 )
-from deidflow.process import Engine
-from deidflow.synthetic import (
+from deidflow.testing.synthetic import (
     SyntheticInstance,
     _content_item,
     make_patient,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from deidflow.intake import Rejected
-from deidflow.synthetic import make_encapsulated_pdf
+from deidflow.testing.synthetic import make_encapsulated_pdf
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 

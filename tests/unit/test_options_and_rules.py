@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pydicom
 import pytest
-from deidflow.synthetic import SyntheticStudy, make_instance, make_patient, make_sr
+from deidflow.testing.synthetic import SyntheticStudy, make_instance, make_patient, make_sr
 
 from ..conftest import engine_with
 

@@ -87,8 +87,8 @@ def test_research_pacs_config_is_converted_and_honoured():
 
 
 def test_research_pacs_config_applies_to_data(default_engine):
-    from deidflow.process import Engine
-    from deidflow.synthetic import make_corpus
+    from deidflow.engine import Engine
+    from deidflow.testing.synthetic import make_corpus
 
     from ..conftest import TEST_KEY
 

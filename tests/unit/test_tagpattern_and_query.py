@@ -1,6 +1,6 @@
 import pytest
-from deidflow.query import QueryError, parse_query
-from deidflow.tagpattern import PathStep, parse_tag_pattern
+from deidflow.rules.query import QueryError, parse_query
+from deidflow.rules.tagpattern import PathStep, parse_tag_pattern
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 

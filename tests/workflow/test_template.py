@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from deidflow.cloud.template import load_template
+from deidflow.local.template import load_template
 
 from tests.conftest import REPO
 

@@ -12,9 +12,9 @@ import re
 
 import pydicom
 import pytest
-from deidflow.cloud.local import FUNCTIONS, LambdaContext
-from deidflow.cloud.template import load_template
-from deidflow.synthetic import make_burned_in_ultrasound, make_corpus
+from deidflow.local.template import load_template
+from deidflow.local.workflow import FUNCTIONS, LambdaContext
+from deidflow.testing.synthetic import make_burned_in_ultrasound, make_corpus
 
 from tests.conftest import REPO, dicom_bytes
 

@@ -37,8 +37,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from .engine import Engine
 from .intake import Rejected
-from .process import Engine
 from .rules import RuleSet
 from .storage import LocalStore
 

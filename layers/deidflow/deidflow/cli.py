@@ -12,15 +12,22 @@ import yaml
 
 from . import __version__
 from .batch import BatchSummary, Limits, ReportLine, iter_inputs, run_batch
+from .cloud.services import edge_detector
+from .engine import Engine
 from .intake import Rejected
 from .keys import load_key
-from .process import Engine
 from .rules import RulesError, RuleSet, load_rules, parse_yaml
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SOME_REJECTED = 3
+
+
+def laptop_engine(rules: RuleSet, key: bytes) -> Engine:
+    """The engine of `deid` and `explain`: a Rekognition detector, when the rules name one, gets its
+    client from this machine's AWS configuration (made at the edge, as in the Lambdas)."""
+    return Engine(rules, key, detectors=edge_detector)
 
 
 def _load_rules_or_exit(path: str | None) -> RuleSet:
@@ -78,7 +85,15 @@ def cmd_deid(args: argparse.Namespace) -> int:
     )
     try:
         summary = run_batch(
-            args.src, destination, rules, key, jobs=args.jobs, report_path=report, on_result=advance, limits=limits
+            args.src,
+            destination,
+            rules,
+            key,
+            jobs=args.jobs,
+            report_path=report,
+            on_result=advance,
+            limits=limits,
+            engine=laptop_engine,
         )
     except OSError as exc:
         bar.close()
@@ -118,7 +133,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_convert(args: argparse.Namespace) -> int:
-    from .research_pacs import convert_research_pacs, looks_like_research_pacs
+    from .rules.research_pacs import convert_research_pacs, looks_like_research_pacs
 
     try:
         data, index = parse_yaml(Path(args.file).read_text("utf-8"), args.file)
@@ -138,7 +153,7 @@ def cmd_rules_convert(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     rules = _load_rules_or_exit(args.rules)
     key = _load_key_or_exit(args.key_file)
-    engine = Engine(rules, key)
+    engine = laptop_engine(rules, key)
     try:
         processed = engine.process(args.file, explain=True)
     except Rejected as rejected:
@@ -167,7 +182,7 @@ def cmd_local_run(args: argparse.Namespace) -> int:
         print(f"deidflow: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        from .cloud.local import run_local
+        from .local.workflow import run_local
     except ImportError as exc:
         print(f"deidflow: the local workflow needs the 'local' extra ({exc.name} is missing)", file=sys.stderr)
         return EXIT_USAGE
@@ -203,8 +218,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     _load_rules_or_exit(args.rules)
     key = _load_key_or_exit(args.key_file)
     try:
-        from .cloud.local import LocalWorkflow
-        from .local_orthanc import LocalOrthanc, OrthancFailed, OrthancNotInstalled
+        from .local.orthanc import LocalOrthanc, OrthancFailed, OrthancNotInstalled
+        from .local.workflow import LocalWorkflow
     except ImportError as exc:
         print(f"deidflow: the local front door needs the 'local' extra ({exc.name} is missing)", file=sys.stderr)
         return EXIT_USAGE

@@ -39,25 +39,22 @@ from dataclasses import dataclass, field
 
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+from pydicom.valuerep import VR
 
 from .rejection import Rejected
-from .tagpattern import tag_text
+from .tags import LONG_LENGTH_VRS, NATIVE_SYNTAXES, PIXEL_DATA, UNDEFINED_LENGTH, tag_text
 
-UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM = 0xFFFEE000
 ITEM_DELIMITER = 0xFFFEE00D
 SEQUENCE_DELIMITER = 0xFFFEE0DD
-PIXEL_DATA = 0x7FE00010
 MAX_DEPTH = 64  # sequences within sequences; SR content trees are the deepest real ones (~12)
 
 _VALID_VRS = frozenset(str(vr).encode() for vr in VR)
-_LONG_VRS = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)
+_LONG_VRS = frozenset(vr.encode() for vr in LONG_LENGTH_VRS)
 _SHORT_VRS = _VALID_VRS - _LONG_VRS
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
-_NATIVE = frozenset({_IMPLICIT_LE, "1.2.840.10008.1.2.1", _EXPLICIT_BE, _DEFLATED})
 
 
 @dataclass(frozen=True)
@@ -127,7 +124,7 @@ def check_framing(data: FileBytes, *, max_inflated_bytes: int, meta: FileMeta | 
     if syntax == _DEFLATED:
         stream, start = _inflate(data[meta.end :], max_inflated_bytes), 0
     explicit, little = _encoding(stream, start, syntax)
-    walker = _Walker(stream, little, encapsulated=bool(syntax) and syntax not in _NATIVE)
+    walker = _Walker(stream, little, encapsulated=bool(syntax) and syntax not in NATIVE_SYNTAXES)
     frame, end = walker.dataset(start, len(stream), explicit, depth=0, top=True)
     if end != len(stream):
         raise malformed(f"{len(stream) - end} bytes after the last element")

@@ -24,10 +24,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from .dicomraw.read import element_text, element_unsigned, elements_as_read, text_value
 from .framing import FileBytes, Framing, PixelFraming, check_framing, read_file_meta, same_tags
 from .pixels.codestream import codestream_problem
-from .rawvalues import element_text, element_unsigned, text_value
 from .rejection import Rejected
+from .tags import PIXEL_DATA_KEYWORDS
 
 # pydicom's value validation warnings quote the offending value: they must never reach a log.
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
@@ -49,8 +50,6 @@ ENCAPSULATED_DOCUMENT_CLASSES = {
 # SOP classes whose content is opaque by definition: nothing can say it holds no identity. Listed
 # in the rules' accept.sop_classes, they are accepted (and de-identified like any other instance).
 OPAQUE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66": "Raw Data"}
-PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-UNDEFINED_LENGTH = 0xFFFFFFFF
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
@@ -97,7 +96,7 @@ def read_instance(source: str | os.PathLike[str] | bytes, policy: AcceptPolicy =
 def _checked(ds: Dataset, framing: Framing, data: FileBytes) -> Instance:
     # pydicom must have read the top level the way the walk did, element for element.
     same_tags(list(ds.keys()), framing.dataset)
-    originals = dict(ds._dict)
+    originals = elements_as_read(ds)
     try:
         excess = check_complete(ds, framing, data)
     except Rejected:
@@ -168,7 +167,7 @@ def check_complete(ds: Dataset, framing: Framing, data: FileBytes) -> int:
     """The framing walk has shown every element whole; what is left is what the header promises:
     an image has pixel data, and its pixel data is what the geometry declares. Returns how many
     bytes of native Pixel Data lie beyond that (trailing padding, to be cut off)."""
-    if not any(k in ds for k in PIXEL_KEYWORDS):
+    if not any(k in ds for k in PIXEL_DATA_KEYWORDS):
         if "Image Storage" in UID(str(ds.get("SOPClassUID", ""))).name:
             raise Rejected("no_pixel_data", "an image storage instance without Pixel Data")
         return 0

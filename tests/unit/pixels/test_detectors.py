@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 from deidflow.pixels import DetectorUnavailable, NoDetector, RedactionBox, make_detector
-from deidflow.pixels.detect import TesseractDetector, iter_tiles
+from deidflow.pixels.detectors import TesseractDetector, iter_tiles
 from pixel_testdata import TextSpec, text_frames
 
 MANY_FONTS = (

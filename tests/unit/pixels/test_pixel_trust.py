@@ -12,10 +12,10 @@ import io
 import numpy as np
 import pydicom
 import pytest
+from deidflow.engine import Engine
 from deidflow.intake import Rejected
-from deidflow.process import Engine
 from deidflow.rules import load_rules_text
-from deidflow.synthetic import STAFF, make_burned_in_ultrasound, make_corpus
+from deidflow.testing.synthetic import STAFF, make_burned_in_ultrasound, make_corpus
 from pixel_testdata import roundtrip, to_jpeg_baseline
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import JPEGLSLossless, RLELossless

@@ -13,12 +13,9 @@ pytest.importorskip("botocore")
 import botocore.session
 from botocore.awsrequest import AWSResponse
 from botocore.stub import ANY, Stubber
+from deidflow.cloud.services import make_rekognition_client
 from deidflow.pixels import DetectionError, RedactionBox, make_detector
-from deidflow.pixels.rekognition import (
-    MAX_IMAGE_BYTES,
-    RekognitionDetector,
-    make_rekognition_client,
-)
+from deidflow.pixels.detectors.rekognition import MAX_IMAGE_BYTES, RekognitionDetector
 
 
 def client(max_attempts: int = 3):

@@ -1,4 +1,5 @@
-"""Settings and AWS clients of a workflow Lambda, made once per container.
+"""Settings and AWS clients of a workflow Lambda, made once per container: every AWS client the
+code uses is built here (the engine's Rekognition client included).
 
 Everything the steps need from the outside comes through `Services`, so tests and the local
 workflow hand in moto-backed clients and the steps stay plain functions.
@@ -12,9 +13,41 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from ..engine import Engine
 from ..keys import parse_key
-from ..process import Engine
+from ..pixels import TextDetector, make_detector
 from ..rules import RuleSet, load_rules
+
+
+def make_rekognition_client(
+    region_name: str | None = None,
+    *,
+    max_attempts: int = 10,
+    session: Any = None,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 30.0,
+) -> Any:
+    """A boto3 Rekognition client with adaptive retries (client-side rate limiting on throttling)."""
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "adaptive", "max_attempts": max_attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    )
+    if session is None:
+        import boto3
+
+        session = boto3.session.Session()
+    return session.client("rekognition", region_name=region_name, config=config)
+
+
+def edge_detector(name: str) -> TextDetector:
+    """The engine's detector factory at the edge: Rekognition gets a client made here."""
+    if name.strip().lower() == "rekognition":
+        return make_detector(name, client=make_rekognition_client())
+    return make_detector(name)
+
 
 # Never complete instances: Orthanc's S3 plugin may write DICOM-as-JSON (.json), header-only
 # (.dcm.head) and unknown (.unk) attachments beside <uuid>.dcm.
@@ -104,4 +137,10 @@ class Services:
     @cached_property
     def engine(self) -> Engine:
         """For the header step: scanning is routed elsewhere, so no detector is ever made here."""
-        return Engine(self.rules, self.key, detector=self.settings.text_detector)
+        return Engine(self.rules, self.key, detector=self.settings.text_detector, detectors=self.detector)
+
+    def detector(self, name: str) -> TextDetector:
+        """The engine's detectors; Rekognition's client comes from this container's session."""
+        if name.strip().lower() == "rekognition":
+            return make_detector(name, client=make_rekognition_client(session=self.session))
+        return make_detector(name)

@@ -33,7 +33,7 @@ from typing import Any
 import pydicom
 from botocore.exceptions import ClientError
 
-from ..process import PixelScanRequired, ProcessedInstance
+from ..engine import PixelScanRequired, ProcessedInstance
 from .errors import MISSING_CODES, RejectedObject, rejection_from_error
 from .objects import ObjectRef, parse_batch
 from .services import Services

@@ -2,7 +2,7 @@
 
 This file runs inside Orthanc's embedded interpreter (Debian's orthanc-python links the system
 Python), not in deidflow's virtualenv: it must use the standard library only and never import
-deidflow. It ships inside the package (deidflow/data/) so `deidflow.local_orthanc` can point Orthanc
+deidflow. It ships inside the package (deidflow/data/) so `deidflow.local.orthanc` can point Orthanc
 at it from an installed wheel as well as from a checkout.
 
 What it does, and why:
@@ -24,7 +24,7 @@ What it does, and why:
   deleted: the drop folder is idempotent downstream, so re-forwarding is always safe.
 - Logs carry instance ids, counts and error classes, never header values (PHI).
 
-Configuration (a section of the Orthanc configuration file, written by deidflow.local_orthanc):
+Configuration (a section of the Orthanc configuration file, written by deidflow.local.orthanc):
 
     "DeidflowForwardToDrop": {"TargetFolder": "/path/to/drop/orthanc", "DeleteAfterForward": true}
 

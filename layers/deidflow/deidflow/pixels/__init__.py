@@ -3,17 +3,18 @@
 Public API (what the de-identification engine, the CLI and the redaction Lambda call):
 
     policy = PixelPolicy(mode="auto", detector="local", margin=4)
-    detector = make_detector(policy.detector)            # or RekognitionDetector(client)
+    detector = make_detector(policy.detector)            # "rekognition": make_detector(name, client=...)
     scan, reason = needs_pixel_scan(ds, policy)          # cheap, header only
     result = redact_burned_in_text(ds, policy, detector) # mutates ds; PixelResult
 """
 
 from .boxes import RedactionBox, merge_boxes
-from .detect import (
+from .detectors import (
     DetectionError,
     DetectorUnavailable,
     NoDetector,
     RapidOcrDetector,
+    RekognitionDetector,
     TesseractDetector,
     TextDetector,
     make_detector,
@@ -29,7 +30,6 @@ from .policy import (
     policy_from_rules,
 )
 from .redact import PixelResult, clear_embedded_overlays, redact_burned_in_text, remove_overlays_and_icons
-from .rekognition import RekognitionDetector, make_rekognition_client
 from .render import PixelDecodeError, PixelsTooLarge, PixelsUntrusted, decode_frame, render_for_detection
 
 __all__ = [
@@ -54,7 +54,6 @@ __all__ = [
     "fixed_boxes",
     "frames_to_detect",
     "make_detector",
-    "make_rekognition_client",
     "merge_boxes",
     "needs_pixel_scan",
     "plan_encoding",

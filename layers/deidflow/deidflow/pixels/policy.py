@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydicom import Dataset
 
-from ..rawvalues import text_value
+from ..dicomraw.read import text_value
+from ..tags import PIXEL_DATA_KEYWORDS
 from .boxes import RedactionBox
 
 ScanMode = Literal["auto", "always", "never"]
@@ -187,7 +188,7 @@ def fixed_boxes(ds: Dataset, policy: PixelPolicy) -> list[RedactionBox]:
 
 
 def has_pixels(ds: Dataset) -> bool:
-    return "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+    return any(keyword in ds for keyword in PIXEL_DATA_KEYWORDS)
 
 
 def needs_pixel_scan(ds: Dataset, policy: PixelPolicy) -> tuple[bool, str]:

@@ -12,8 +12,9 @@ from pydicom.pixels import apply_color_lut
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian
 
+from ..tags import is_overlay_group
 from .boxes import RedactionBox, merge_boxes
-from .detect import NoDetector, TextDetector
+from .detectors import NoDetector, TextDetector
 from .encode import plan_encoding, record_lossy_history, write_frames
 from .policy import PixelPolicy, fixed_boxes, frames_to_detect, needs_pixel_scan
 from .render import (
@@ -66,10 +67,6 @@ class PixelResult:
         }
 
 
-def _is_overlay_group(tag: BaseTag) -> bool:
-    return 0x6000 <= tag.group <= 0x601E and tag.group % 2 == 0
-
-
 def remove_overlays_and_icons(ds: Dataset, *, overlays: bool = True, icons: bool = True) -> tuple[int, int]:
     """Delete overlay planes (60xx groups) and Icon Image Sequences at any depth, in place.
 
@@ -85,7 +82,7 @@ def remove_overlays_and_icons(ds: Dataset, *, overlays: bool = True, icons: bool
         # Tags and VRs only: decoding every value here would read (and fail on) values the header
         # pass is about to remove anyway.
         for tag in list(dataset.keys()):
-            if overlays and _is_overlay_group(BaseTag(tag)):
+            if overlays and is_overlay_group(tag):
                 overlay_groups.add((id(dataset), tag >> 16))
                 del dataset[tag]
             elif icons and tag == ICON_IMAGE_SEQUENCE:

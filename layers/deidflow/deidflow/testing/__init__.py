@@ -1,1 +1,2 @@
-"""What the tests and benchmarks share to attack the engine; nothing here is used by a deployment."""
+"""What the tests, benchmarks and samples share, never deployed (the Lambda layer leaves it out):
+synthetic PHI-laden DICOM (`synthetic`), and the mutation fuzzer and its judge (`mutations`)."""

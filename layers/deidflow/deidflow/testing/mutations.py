@@ -642,7 +642,7 @@ def default_seeds() -> list[Seed]:
     and pydicom's test files with tokens planted in them."""
     from pydicom.data import get_testdata_file
 
-    from ..synthetic import STAFF, make_burned_in_ultrasound, make_corpus
+    from .synthetic import STAFF, make_burned_in_ultrasound, make_corpus
 
     corpus = make_corpus(n_patients=1, studies_per_patient=1, images_per_series=1, with_sr=True, seed=77)
     planted = tuple(value for value in corpus.planted_values() if len(value) >= 6)

@@ -496,4 +496,4 @@ def c_store(
     return len(datasets)
 
 
-# -- `python -m deidflow.local_orthanc`: run it in the foreground for a demo or a manual test ---------
+# -- `python -m deidflow.local.orthanc`: run it in the foreground for a demo or a manual test ---------

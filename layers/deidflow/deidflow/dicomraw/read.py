@@ -15,6 +15,7 @@ import re
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 # Text VRs whose single value pydicom decodes (with the character set, or as ASCII) and strips of
 # trailing spaces and NULs.
@@ -59,3 +60,9 @@ def element_unsigned(ds: Dataset, tag: int, vr: str) -> int | None:
     if raw is None or len(raw.value) != _UNSIGNED_SIZES.get(vr):
         return None
     return int.from_bytes(raw.value, "little" if raw.is_little_endian else "big")
+
+
+def elements_as_read(ds: Dataset) -> dict[BaseTag, object]:
+    """A copy of the top-level elements as read, before anything decodes them (decoding replaces
+    a raw element in the data set by its decoded one)."""
+    return dict(ds._dict)

@@ -7,13 +7,14 @@ same checks, rules and output layout.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 
 import pydicom
 
 from .deidentify import Deidentifier, DeidResult
-from .fastwrite import encode_file_parts
+from .dicomraw.write import encode_file_parts
 from .intake import AcceptPolicy, Instance, Rejected, check_cleanable, read_instance
 from .pixels import (
     DetectionError,
@@ -33,6 +34,7 @@ from .pixels import (
 from .pseudonym import Pseudonymizer
 from .rules import InstancePlan, RuleSet
 from .storage import research_key
+from .tags import WRITABLE_NATIVE_SYNTAXES
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,17 @@ class PixelScanRequired(Exception):
 class Engine:
     """Rules + key + profile table, built once per process (or Lambda container)."""
 
-    def __init__(self, rules: RuleSet, key: bytes, *, detector: str | None = None):
-        """`detector` replaces the rules' text detector (the Lambdas use "rekognition")."""
+    def __init__(
+        self,
+        rules: RuleSet,
+        key: bytes,
+        *,
+        detector: str | None = None,
+        detectors: Callable[[str], TextDetector] = make_detector,
+    ):
+        """`detector` replaces the rules' text detector (the Lambdas use "rekognition");
+        `detectors` builds one by name (the edge's, where a detector needs a client)."""
+        self.make_detector = detectors
         self.rules = rules
         self.detector_override = detector
         self.policy = AcceptPolicy(rules.max_file_bytes, rules.accept_sop_classes)
@@ -170,15 +181,13 @@ class Engine:
         if self.detector_override and name != "none":
             name = self.detector_override
         if name not in self._detectors:
-            self._detectors[name] = make_detector(name)
+            self._detectors[name] = self.make_detector(name)
         return self._detectors[name]
 
 
 def _transcode(ds: pydicom.Dataset, transfer_syntax: str) -> None:
-    from .rules import NATIVE_TRANSFER_SYNTAXES
-
     try:
-        if transfer_syntax in NATIVE_TRANSFER_SYNTAXES:
+        if transfer_syntax in WRITABLE_NATIVE_SYNTAXES:
             if ds.file_meta.TransferSyntaxUID.is_compressed:
                 ds.decompress()
             ds.file_meta.TransferSyntaxUID = transfer_syntax

@@ -25,8 +25,8 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
 
-from . import handler
-from .handler import reset_services
+from ..cloud import handler
+from ..cloud.handler import reset_services
 from .template import load_template, table_definition
 
 REGION = "us-east-1"

@@ -28,10 +28,9 @@ from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-UNDEFINED_LENGTH = 0xFFFFFFFF
-_LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
+from ..tags import LONG_LENGTH_VRS, UNDEFINED_LENGTH
+
 _PACK_SHORT = struct.Struct("<HH2sH").pack  # tag, VR, 16-bit length
 _PACK_LONG = struct.Struct("<HH2sxxL").pack  # tag, VR, 2 reserved bytes, 32-bit length
 _PACK_ITEM = struct.Struct("<HHL").pack  # item / delimiter tags with their 32-bit length
@@ -54,7 +53,7 @@ def encode_file_parts(ds: Dataset) -> list[bytes]:
     meta = getattr(ds, "file_meta", None)
     preamble = getattr(ds, "preamble", None)
     if not _covered(ds, meta, preamble):
-        return [_dcmwrite(ds)]
+        return [dcmwrite_bytes(ds)]
     assert meta is not None  # _covered checked it
     # dcmwrite works on a deep copy of the file meta, so that the data set's own is left as it
     # was; a shallow one will do, as no element of it is changed in place (see _file_meta_bytes).
@@ -62,9 +61,9 @@ def encode_file_parts(ds: Dataset) -> list[bytes]:
     file_meta._dict = dict(meta._dict)
     syntax = file_meta.get("TransferSyntaxUID", None)
     if not isinstance(syntax, UID) or syntax.is_private or not syntax.is_transfer_syntax:
-        return [_dcmwrite(ds)]
+        return [dcmwrite_bytes(ds)]
     if syntax.is_implicit_VR or not syntax.is_little_endian or syntax.is_deflated:
-        return [_dcmwrite(ds)]
+        return [dcmwrite_bytes(ds)]
     if "PixelData" in ds:
         ds["PixelData"].is_undefined_length = syntax.is_compressed
     try:
@@ -72,11 +71,11 @@ def encode_file_parts(ds: Dataset) -> list[bytes]:
         writer = _Writer()
         writer.dataset(ds, default_encoding)
     except _NotCovered:
-        return [_dcmwrite(ds)]
+        return [dcmwrite_bytes(ds)]
     return [preamble or b"\x00" * 128, b"DICM", meta_bytes, *writer.parts]
 
 
-def _dcmwrite(ds: Dataset) -> bytes:
+def dcmwrite_bytes(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()
@@ -221,7 +220,7 @@ class _Writer:
                 value = elem.value
                 if vr is not None and type(value) is bytes:
                     length = len(value)
-                    if vr in _LONG_VRS:
+                    if vr in LONG_LENGTH_VRS:
                         undefined = elem.length == UNDEFINED_LENGTH
                         declared = UNDEFINED_LENGTH if undefined else length
                         parts.append(_PACK_LONG(tag >> 16, tag & 0xFFFF, vr.encode(), declared))

@@ -37,11 +37,6 @@ class PathStep:
         return f"{self.tag:08X}"
 
 
-def tag_text(tag: int) -> str:
-    """(gggg,eeee), as the standard writes tags: what logs and reports may name instead of values."""
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-
-
 def _hex_matches(pattern: str, digits: str) -> bool:
     return all(p == "X" or p == d or (p == "@" and d in _ODD) for p, d in zip(pattern, digits, strict=True))
 

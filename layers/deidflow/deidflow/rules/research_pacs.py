@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .rules import RulesError, line_for
+from .source import RulesError, line_for
 
 _SCOPE_KEYS = {
     "Labels": "labels",

@@ -1,8 +1,8 @@
 """Amazon Rekognition DetectText back-end.
 
 The only module of the pixels package that talks to AWS, and only through a client handed in:
-the handler owns credentials, region and retry policy (``make_rekognition_client`` builds one
-with adaptive retries for those who do not want to).
+the edge owns credentials, region and retry policy (`deidflow.cloud.services.make_rekognition_client`
+builds the one the Lambdas and the CLI use).
 
 Limits this works around (Rekognition "Guidelines and quotas", DetectText reference):
 * image bytes at most 5 MB, PNG or JPEG, at least 80 x 80 pixels;
@@ -18,38 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from .boxes import RedactionBox, merge_boxes
-from .detect import DetectionError, check_frame, iter_tiles
-from .png import encode_png
+from ..boxes import RedactionBox, merge_boxes
+from ..png import encode_png
+from .base import DetectionError, check_frame, iter_tiles
 
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MIN_IMAGE_SIDE = 80
 WORD_LIMIT = 100
-
-
-def make_rekognition_client(
-    region_name: str | None = None,
-    *,
-    max_attempts: int = 10,
-    session: Any = None,
-    connect_timeout: float = 5.0,
-    read_timeout: float = 30.0,
-) -> Any:
-    """A boto3 Rekognition client with adaptive retries (client-side rate limiting on throttling)."""
-    from botocore.config import Config
-
-    config = Config(
-        retries={"mode": "adaptive", "max_attempts": max_attempts},
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-    )
-    if session is None:
-        import boto3
-
-        session = boto3.session.Session()
-    return session.client("rekognition", region_name=region_name, config=config)
 
 
 class RekognitionDetector:

@@ -1,0 +1,69 @@
+"""What every text detector is: one rendered frame (rows, columns, 3) uint8 RGB in, pixel boxes
+around text out; and the tiling the back-ends share.
+
+Back-ends must fail loudly (raise DetectionError) rather than return "no text" when they could
+not look: an empty list means "looked and found nothing", and that decides whether pixels are
+published untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..boxes import RedactionBox
+
+
+class DetectionError(Exception):
+    """A detector could not examine a frame; the instance must not be published as clean."""
+
+
+class DetectorUnavailable(DetectionError):
+    """The back-end's package, binary or model is not installed here."""
+
+
+@runtime_checkable
+class TextDetector(Protocol):
+    """One frame in, pixel boxes around text out."""
+
+    name: str
+
+    def detect(self, frame_rgb8: np.ndarray) -> list[RedactionBox]: ...
+
+
+def check_frame(frame_rgb8: np.ndarray) -> None:
+    if frame_rgb8.dtype != np.uint8 or frame_rgb8.ndim != 3 or frame_rgb8.shape[2] != 3:
+        raise ValueError(f"detectors take (rows, columns, 3) uint8 RGB, got {frame_rgb8.shape} {frame_rgb8.dtype}")
+
+
+class NoDetector:
+    """Finds nothing: headers-only runs, or manual/device-signature boxes alone."""
+
+    name = "none"
+
+    def detect(self, frame_rgb8: np.ndarray) -> list[RedactionBox]:
+        check_frame(frame_rgb8)
+        return []
+
+
+def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of the fewest ``tile``-long tiles covering [0, length), each pair
+    overlapping by at least ``overlap``, spread evenly.
+
+    Overlap lets a word cut by one tile edge be seen whole in the neighbouring tile.
+    """
+    if length <= tile:
+        return [0]
+    step = max(tile - overlap, 1)
+    count = -(-(length - overlap) // step)  # ceil
+    count = max(count, 2)
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def iter_tiles(rows: int, columns: int, tile: int, overlap: int) -> Iterator[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) tiles covering a rows x columns frame."""
+    for y0 in tile_origins(rows, tile, overlap):
+        for x0 in tile_origins(columns, tile, overlap):
+            yield x0, y0, min(x0 + tile, columns), min(y0 + tile, rows)
