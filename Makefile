@@ -58,12 +58,18 @@ $(CHECKOV)/.installed: requirements-checkov.txt
 check-templates: $(SAM)/.installed $(CHECKOV)/.installed
 	$(SAM)/bin/sam validate --lint
 	$(SAM)/bin/sam build --no-cached --build-dir .aws-sam/build
+	@# What deploys: the engine and its edge, never the laptop-only rooms.
+	@test -f .aws-sam/build/DeidflowLayer/python/deidflow/engine.py
+	@for room in local testing; do \
+		if [ -e .aws-sam/build/DeidflowLayer/python/deidflow/$$room ]; then \
+			echo "the Lambda layer ships deidflow/$$room"; exit 1; fi; done
 	$(SAM)/bin/cfn-lint template.yaml orthanc/template.yaml
 	$(CHECKOV)/bin/checkov --quiet --compact --skip-download --framework cloudformation \
 		-f template.yaml -f orthanc/template.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_deid.py

@@ -4,7 +4,7 @@
     python benchmarks/bench_deid.py [--count 1000] [--repeat 3] [--data-dir DIR] [--profile N]
 
 Generates `--count` synthetic CT instances (512x512, 16-bit, full PHI-laden header with sequences,
-private blocks and an overlay: deidflow.synthetic) once, untimed, then times on the same files, in
+private blocks and an overlay: deidflow.testing.synthetic) once, untimed, then times on the same files, in
 this one process (deidflow's one worker process apart), one input at a time:
 
   (a) floor      pydicom dcmread + dcmwrite, no change: what any pydicom-based tool must pay
@@ -54,10 +54,10 @@ import deidflow
 import numpy as np
 import pydicom
 from deidflow.batch import run_batch
-from deidflow.process import Engine
+from deidflow.engine import Engine
 from deidflow.rules import load_rules
 from deidflow.storage import LocalStore
-from deidflow.synthetic import make_patient, make_series, make_study
+from deidflow.testing.synthetic import make_patient, make_series, make_study
 from pydicom import config as pydicom_config
 
 KEY = bytes(range(32))  # fixed, so every run and every method sees the same pseudonyms

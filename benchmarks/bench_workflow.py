@@ -7,7 +7,7 @@ Uses the same synthetic CT instances as bench_deid.py (512x512, 16-bit, full hea
 this one process:
 
   (a) floor     Engine.process on every file: the de-identification work alone
-  (b) workflow  the whole local workflow (deidflow.cloud.local): S3 put -> SQS -> Pipe stand-in ->
+  (b) workflow  the whole local workflow (deidflow.local.workflow): S3 put -> SQS -> Pipe stand-in ->
                 the real state machine on moto's interpreter -> the real handlers
 
 and prints the ratio, the mean duration of each Lambda step, the state transitions per instance
@@ -30,9 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_deid import KEY, prepare_data
-from deidflow.cloud.local import FUNCTIONS, LocalWorkflow
-from deidflow.cloud.template import load_template
-from deidflow.process import Engine
+from deidflow.engine import Engine
+from deidflow.local.template import load_template
+from deidflow.local.workflow import FUNCTIONS, LocalWorkflow
 from deidflow.rules import load_rules
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pydicom
-from deidflow.synthetic import make_burned_in_ultrasound, make_corpus, write_corpus
+from deidflow.testing.synthetic import make_burned_in_ultrasound, make_corpus, write_corpus
 
 DROP = Path(__file__).parent / "drop"
 

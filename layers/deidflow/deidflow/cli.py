@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import yaml
+from tqdm import tqdm
 
 from . import __version__
 from .batch import BatchSummary, Limits, ReportLine, iter_inputs, run_batch
@@ -17,6 +18,7 @@ from .engine import Engine
 from .intake import Rejected
 from .keys import load_key
 from .rules import RulesError, RuleSet, load_rules, parse_yaml
+from .rules.research_pacs import convert_research_pacs, looks_like_research_pacs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -73,7 +75,6 @@ def cmd_deid(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"deidflow: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from tqdm import tqdm
 
     bar = tqdm(total=total, unit="file", desc="de-identifying", disable=args.quiet or None, file=sys.stderr)
 
@@ -133,8 +134,6 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_convert(args: argparse.Namespace) -> int:
-    from .rules.research_pacs import convert_research_pacs, looks_like_research_pacs
-
     try:
         data, index = parse_yaml(Path(args.file).read_text("utf-8"), args.file)
         if not isinstance(data, dict) or not looks_like_research_pacs(data):

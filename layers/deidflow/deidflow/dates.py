@@ -61,7 +61,8 @@ def _shift_date_value(text: str, days: int) -> str | None:
     if not match:
         return None
     try:
-        moved = datetime(*map(int, match.groups())) + timedelta(days=days)
+        year, month, day = (int(part) for part in match.groups())
+        moved = datetime(year, month, day) + timedelta(days=days)
     except (ValueError, OverflowError):
         return None
     return moved.strftime("%Y%m%d") if moved.year >= _MIN_YEAR else None
@@ -105,7 +106,8 @@ def shift_date_and_time(date_value: str, time_value: str, shift: DateShift) -> t
         return None
     hour, minute, second, micro, precision = parsed
     try:
-        moment = datetime(*map(int, date_match.groups()), hour, minute, second, micro)
+        year, month, day = (int(part) for part in date_match.groups())
+        moment = datetime(year, month, day, hour, minute, second, micro)
         moment += timedelta(seconds=shift.total_seconds)
     except (ValueError, OverflowError):
         return None

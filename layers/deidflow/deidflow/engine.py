@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 import pydicom
+from pydicom.uid import UID
 
 from .deidentify import Deidentifier, DeidResult
 from .dicomraw.write import encode_file_parts
@@ -40,7 +41,7 @@ from .tags import WRITABLE_NATIVE_SYNTAXES
 @dataclass(frozen=True)
 class ProcessedInstance:
     key: str  # research_key(...) of the output
-    parts: list[bytes]  # the output file in pieces, as a file writer takes them (Store.put)
+    parts: list[bytes]  # the output file in pieces, as a file writer takes them (LocalStore.put)
     study_uid: str
     series_uid: str
     sop_uid: str
@@ -190,7 +191,7 @@ def _transcode(ds: pydicom.Dataset, transfer_syntax: str) -> None:
         if transfer_syntax in WRITABLE_NATIVE_SYNTAXES:
             if ds.file_meta.TransferSyntaxUID.is_compressed:
                 ds.decompress()
-            ds.file_meta.TransferSyntaxUID = transfer_syntax
+            ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
         else:
             ds.compress(transfer_syntax)
     except Exception as exc:  # noqa: BLE001

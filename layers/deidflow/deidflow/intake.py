@@ -28,6 +28,7 @@ from .dicomraw.read import element_text, element_unsigned, elements_as_read, tex
 from .framing import FileBytes, Framing, PixelFraming, check_framing, read_file_meta, same_tags
 from .pixels.codestream import codestream_problem
 from .rejection import Rejected
+from .rules.model import MAX_FILE_BYTES
 from .tags import PIXEL_DATA_KEYWORDS
 
 # pydicom's value validation warnings quote the offending value: they must never reach a log.
@@ -55,7 +56,7 @@ REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIns
 
 @dataclass(frozen=True)
 class AcceptPolicy:
-    max_file_bytes: int = 2 * 1024**3
+    max_file_bytes: int = MAX_FILE_BYTES
     extra_sop_classes: frozenset[str] = frozenset()
 
 

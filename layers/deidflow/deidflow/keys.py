@@ -13,8 +13,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from .pseudonym import MIN_KEY_BYTES
+
 KEY_ENV = "DEIDFLOW_KEY"
-MIN_KEY_BYTES = 16
 
 
 @dataclass(frozen=True)

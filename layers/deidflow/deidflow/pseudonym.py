@@ -33,10 +33,15 @@ class DateShift:
         return self.days * SECONDS_PER_DAY + self.seconds
 
 
+MIN_KEY_BYTES = 16  # 128 bits: below that a keyed pseudonym can be brute-forced
+# The default range of a patient's date shift, in days (1 to 10 years back).
+MIN_SHIFT_DAYS, MAX_SHIFT_DAYS = 365, 3650
+
+
 class Pseudonymizer:
-    def __init__(self, key: bytes, *, min_shift_days: int = 365, max_shift_days: int = 3650):
-        if len(key) < 16:
-            raise ValueError("pseudonymisation key must be at least 16 bytes")
+    def __init__(self, key: bytes, *, min_shift_days: int = MIN_SHIFT_DAYS, max_shift_days: int = MAX_SHIFT_DAYS):
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"pseudonymisation key must be at least {MIN_KEY_BYTES} bytes")
         if not 0 <= min_shift_days <= max_shift_days:
             raise ValueError("date shift range must satisfy 0 <= min <= max")
         self._key = key

@@ -1,4 +1,4 @@
-"""Where de-identified instances go: one key layout, and a local folder behind a tiny interface."""
+"""Where de-identified instances go: one key layout, and the local research folder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 _UID_SAFE = re.compile(r"^[0-9.]+$")
 
@@ -17,13 +16,6 @@ def research_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
         if not _UID_SAFE.match(uid):
             raise ValueError("a UID used in a key must contain only digits and dots")
     return f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}.dcm"
-
-
-class Store(Protocol):
-    def put(self, key: str, data: bytes | Sequence[bytes]) -> str:
-        """Write `data` (bytes, or the byte strings that make it up, in order) at `key`,
-        replacing what is there; return where it went."""
-        ...
 
 
 class LocalStore:

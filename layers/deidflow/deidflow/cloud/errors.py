@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
-from ..intake import Rejected
+from ..rejection import Rejected
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,17 +49,17 @@ TRANSIENT_CODES = frozenset(
 MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
 
 
-class RejectedObject(Exception):
-    """Not retried; quarantined. The message is JSON: {"reason": code, "detail": PHI-free sentence},
-    with the research key the object would have had when that says something (a conflict)."""
+class RejectedObject(Rejected):
+    """The engine's Rejected as the state machine sees it: not retried, quarantined. The message is
+    JSON, {"reason": code, "detail": PHI-free sentence}, with the research key the object would
+    have had when that says something (a conflict)."""
 
     def __init__(self, reason: str, detail: str, *, research_key: str | None = None):
+        super().__init__(reason, detail)
         payload = {"reason": reason, "detail": detail}
         if research_key:
             payload["research_key"] = research_key
-        super().__init__(json.dumps(payload, sort_keys=True))
-        self.reason = reason
-        self.detail = detail
+        self.args = (json.dumps(payload, sort_keys=True),)  # what Step Functions gets as the Cause
         self.research_key = research_key
 
 

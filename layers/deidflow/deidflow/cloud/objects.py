@@ -63,7 +63,7 @@ class Batch:
     skipped: list[Skipped]
 
 
-def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[str] = (".json",)) -> Batch:
+def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[str]) -> Batch:
     """Objects to process (in order, each object version once) and what was skipped, from SQS records.
 
     Accepts what an EventBridge Pipe sends a state machine from an SQS source: a list of messages

@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from ..engine import Engine
+from ..index import DEFAULT_MAX_ITEM_BYTES
 from ..keys import parse_key
 from ..pixels import TextDetector, make_detector
 from ..rules import RuleSet, load_rules
@@ -49,11 +50,6 @@ def edge_detector(name: str) -> TextDetector:
     return make_detector(name)
 
 
-# Never complete instances: Orthanc's S3 plugin may write DICOM-as-JSON (.json), header-only
-# (.dcm.head) and unknown (.unk) attachments beside <uuid>.dcm.
-DEFAULT_SKIP_SUFFIXES = (".json", ".head", ".unk")
-
-
 @dataclass(frozen=True)
 class Settings:
     research_bucket: str
@@ -61,16 +57,18 @@ class Settings:
     mapping_table: str
     status_table: str
     key_secret_id: str
-    staging_prefix: str = "staging/"
+    staging_prefix: str
+    max_object_bytes: int
+    text_detector: str
+    skip_suffixes: tuple[str, ...]
     rules_file: str | None = None
-    max_object_bytes: int = 512 * 1024**2
-    text_detector: str = "rekognition"
-    skip_suffixes: tuple[str, ...] = DEFAULT_SKIP_SUFFIXES
-    max_index_item_bytes: int = 350_000
+    max_index_item_bytes: int = DEFAULT_MAX_ITEM_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """From the function's environment (the template sets these; a missing one is a deploy bug)."""
+        """From the function's environment: template.yaml sets every one (its Globals are the one
+        place they are written; the local workflow reads them from there), so a missing one is a
+        deploy bug."""
         env = os.environ if env is None else env
 
         def need(name: str) -> str:
@@ -85,13 +83,11 @@ class Settings:
             mapping_table=need("MAPPING_TABLE"),
             status_table=need("STATUS_TABLE"),
             key_secret_id=need("KEY_SECRET_ID"),
-            staging_prefix=env.get("STAGING_PREFIX", "staging/"),
+            staging_prefix=need("STAGING_PREFIX"),
             rules_file=env.get("RULES_FILE") or None,
-            max_object_bytes=int(env.get("MAX_OBJECT_MB", "512")) * 1024**2,
-            text_detector=env.get("TEXT_DETECTOR", "rekognition"),
-            skip_suffixes=tuple(
-                s.strip() for s in env.get("SKIP_SUFFIXES", ",".join(DEFAULT_SKIP_SUFFIXES)).split(",") if s.strip()
-            ),
+            max_object_bytes=int(need("MAX_OBJECT_MB")) * 1024**2,
+            text_detector=need("TEXT_DETECTOR"),
+            skip_suffixes=tuple(s.strip() for s in need("SKIP_SUFFIXES").split(",") if s.strip()),
         )
 
 

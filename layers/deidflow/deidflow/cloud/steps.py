@@ -34,19 +34,12 @@ import pydicom
 from botocore.exceptions import ClientError
 
 from ..engine import PixelScanRequired, ProcessedInstance
+from ..index import SIDECAR_CONTENT_TYPE, index_entry
 from .errors import MISSING_CODES, RejectedObject, rejection_from_error
 from .objects import ObjectRef, parse_batch
 from .services import Services
 
 # Identifiers the honest broker needs to go from a pseudonym back to the source.
-_MAPPED_ORIGINALS = {
-    "PatientID": "original_patient_id",
-    "IssuerOfPatientID": "original_issuer_of_patient_id",
-    "AccessionNumber": "original_accession_number",
-    "StudyInstanceUID": "original_study_instance_uid",
-    "SeriesInstanceUID": "original_series_instance_uid",
-    "SOPInstanceUID": "original_sop_instance_uid",
-}
 QUARANTINE_TAG_KEYS = ("deidflow-status", "deidflow-reason")
 
 
@@ -68,17 +61,17 @@ def deidentify_header(event: Mapping[str, Any], services: Services) -> dict[str,
     """Header de-identification; instances whose pixels need a scan go on to the redaction step."""
     ref = ObjectRef.from_event(event)
     try:
-        processed, originals = _process_original(services, ref, scan_pixels=False)
+        processed = _process_original(services, ref, scan_pixels=False)
     except PixelScanRequired:
         return {"source": ref.as_dict(), "needs_pixel_scan": True}
-    return _stage(services, ref, processed, originals, needs_pixel_scan=False)
+    return _stage(services, ref, processed, needs_pixel_scan=False)
 
 
 def redact_burned_in_text(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Pixels first (the policy reads the original header), then the header, in one engine pass."""
     ref = ObjectRef.from_event(event)
-    processed, originals = _process_original(services, ref, scan_pixels=True)
-    result = _stage(services, ref, processed, originals, needs_pixel_scan=True)
+    processed = _process_original(services, ref, scan_pixels=True)
+    result = _stage(services, ref, processed, needs_pixel_scan=True)
     pixels = processed.pixels
     result["pixels"] = {
         "redacted": bool(pixels and pixels.redacted),
@@ -89,22 +82,17 @@ def redact_burned_in_text(event: Mapping[str, Any], services: Services) -> dict[
 
 def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """The de-identified header into the index table; a header too big for an item goes to a sidecar."""
-    from ..index import index_entry
-
     staged = event["staged"]
     research_key = staged["research_key"]
-    sidecar_key = research_key.removesuffix(".dcm") + ".json"
     with _downloaded(services, ObjectRef(services.settings.research_bucket, staged["staging_key"])) as path:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-    entry = index_entry(
-        ds, research_key, max_item_bytes=services.settings.max_index_item_bytes, sidecar_key=sidecar_key
-    )
+    entry = index_entry(ds, research_key, max_item_bytes=services.settings.max_index_item_bytes)
     if entry.sidecar is not None:
         services.s3.put_object(
             Bucket=services.settings.research_bucket,
-            Key=sidecar_key,
+            Key=entry.sidecar_key,
             Body=entry.sidecar,
-            ContentType="application/dicom+json",
+            ContentType=SIDECAR_CONTENT_TYPE,
         )
     services.table(services.settings.index_table).put_item(Item=entry.item)
     return {**_passthrough(event), "indexed": {"sidecar": entry.sidecar is not None}}
@@ -171,7 +159,6 @@ def _stage(
     services: Services,
     ref: ObjectRef,
     processed: ProcessedInstance,
-    originals: dict[str, str],
     *,
     needs_pixel_scan: bool,
 ) -> dict[str, Any]:
@@ -189,7 +176,7 @@ def _stage(
         "source_bucket": ref.bucket,
         "source_key": ref.key,
         "source_version_id": ref.version_id or "null",
-        **originals,
+        **processed.result.originals.columns(),
     }
     if duplicate_of is None:  # the mapping names the first source, which a duplicate is not
         services.table(settings.mapping_table).put_item(Item={k: v for k, v in mapping.items() if v != ""})
@@ -269,25 +256,17 @@ def _release_claim(services: Services, ref: ObjectRef, sop_uid: str) -> None:
             raise
 
 
-def _process_original(
-    services: Services, ref: ObjectRef, *, scan_pixels: bool
-) -> tuple[ProcessedInstance, dict[str, str]]:
-    """The engine's output for the original version, and its identifiers for the mapping table.
+def _process_original(services: Services, ref: ObjectRef, *, scan_pixels: bool) -> ProcessedInstance:
+    """The engine's output for the original version (its source identifiers for the mapping table included).
 
     A Rejected from the engine leaves as RejectedObject (the handler's `workflow_errors` maps it).
     """
     with _downloaded(services, ref) as path:
-        return services.engine.process(path, scan_pixels=scan_pixels), _originals(path)
+        return services.engine.process(path, scan_pixels=scan_pixels)
 
 
 def _passthrough(event: Mapping[str, Any]) -> dict[str, Any]:
     return {k: event[k] for k in ("source", "needs_pixel_scan", "staged", "pixels") if k in event}
-
-
-def _originals(path: str) -> dict[str, str]:
-    """The source identifiers for the mapping table (they go nowhere else)."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_MAPPED_ORIGINALS))
-    return {column: str(ds.get(keyword, "") or "") for keyword, column in _MAPPED_ORIGINALS.items()}
 
 
 @contextmanager

@@ -185,7 +185,7 @@ def install(api: Any) -> Forwarder:
 try:
     import orthanc  # the real one only exists inside Orthanc's embedded interpreter
 except ImportError:  # imported by tests or tooling: the helpers above are usable, nothing registers
-    orthanc = None
+    orthanc = None  # type: ignore[assignment]
 
 # Outside Orthanc, `import orthanc` can also find an unrelated namespace package (the repository's own
 # orthanc/ folder when its root is on sys.path): register only with the real plugin API.

@@ -13,7 +13,7 @@ Rooms: `decide` (which action and why; pure), `apply` (the walk, one handler per
 from .apply import Deidentifier, patient_identity
 from .decide import Action
 from .finish import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from .result import Decision, DeidResult
+from .result import Decision, DeidResult, SourceIdentifiers
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
@@ -22,5 +22,6 @@ __all__ = [
     "Decision",
     "DeidResult",
     "Deidentifier",
+    "SourceIdentifiers",
     "patient_identity",
 ]

@@ -21,8 +21,8 @@ from pydicom.uid import UID_dictionary
 from ..attribute_types import standard_types
 from ..conformance import value_problem
 from ..dates import shift_by_units, shift_date, shift_date_and_time, shift_datetime, shift_time
-from ..dicomraw.edit import ElementValue, held, relabel
-from ..dicomraw.read import elements_as_read, text_value
+from ..dicomraw.edit import ElementValue, relabel
+from ..dicomraw.read import elements_as_read, held, text_value
 from ..framing import DatasetFrame, same_tags
 from ..profile import ProfileTable, standard_table
 from ..pseudonym import DateShift, Pseudonymizer
@@ -52,7 +52,7 @@ from .decide import (
     vr_of,
 )
 from .finish import Markers, add_tags, drop_empty_private_blocks, rebuild_meta
-from .result import Decision, DeidResult
+from .result import Decision, DeidResult, SourceIdentifiers
 
 DUMMY_TEXT = "REMOVED"
 DUMMY_BY_VR = {
@@ -235,6 +235,14 @@ class Deidentifier:
             iod=iod,
             untyped=None if iod is None else "3",
         )
+        originals_of_source = SourceIdentifiers(
+            patient_id=text_value(ds, "PatientID", "LO"),
+            issuer_of_patient_id=text_value(ds, "IssuerOfPatientID", "LO"),
+            accession_number=text_value(ds, "AccessionNumber", "SH"),
+            study_instance_uid=ctx.original_uids["StudyInstanceUID"],
+            series_instance_uid=ctx.original_uids["SeriesInstanceUID"],
+            sop_instance_uid=ctx.original_uids["SOPInstanceUID"],
+        )
         original_meta = getattr(ds, "file_meta", None)
         walked = originals if originals is not None else elements_as_read(ds)
         self._walk(ds, (), ctx, "", frame, originals=walked)
@@ -253,6 +261,7 @@ class Deidentifier:
             study_uid=str(ds.StudyInstanceUID),
             series_uid=str(ds.SeriesInstanceUID),
             sop_uid=str(ds.SOPInstanceUID),
+            originals=originals_of_source,
             decisions=ctx.decisions,
         )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from pydicom.dataset import Dataset
 
@@ -20,6 +20,24 @@ class Decision:
     decided_by: str
 
 
+@dataclass(frozen=True)
+class SourceIdentifiers:
+    """The original identifiers an honest broker maps the pseudonyms back to: only the engine sees
+    them beside the pseudonyms, so it hands them out (the cloud's mapping table stores them; nothing
+    else may)."""
+
+    patient_id: str
+    issuer_of_patient_id: str
+    accession_number: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+
+    def columns(self) -> dict[str, str]:
+        """As the mapping table's original_* attributes."""
+        return {f"original_{name}": value for name, value in asdict(self).items()}
+
+
 @dataclass
 class DeidResult:
     dataset: Dataset
@@ -27,4 +45,5 @@ class DeidResult:
     study_uid: str
     series_uid: str
     sop_uid: str
+    originals: SourceIdentifiers
     decisions: list[Decision] = field(default_factory=list)

@@ -9,8 +9,9 @@ the data sets): `public_setters()` switches every one of them to the public way.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
+from typing import cast
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
@@ -97,7 +98,7 @@ class ElementValue:
         if _public or (self.tag >> 16) % 2:
             self.ds[self.tag] = raw
         else:
-            self.ds._dict[self.tag] = raw
+            _elements(self.ds)[self.tag] = raw
 
     def set_dummy(self, dummy: str | int) -> None:
         if isinstance(dummy, str):
@@ -120,7 +121,7 @@ def set_element(ds: Dataset, tag: int, vr: str, value: object) -> None:
     if _public:
         setattr(ds, keyword_for_tag(tag), value)
         return
-    existing = ds._dict.get(tag)
+    existing = _elements(ds).get(tag)
     if existing is not None and (vr == "SQ" or vr != existing.VR):
         element = ds[tag]
         element.value = value
@@ -142,11 +143,11 @@ def relabel(ds: Dataset, tag: int, raw: RawDataElement, vr: str) -> RawDataEleme
 def copy_as_read(target: Dataset, source: Dataset, tags: tuple[int, ...]) -> None:
     """The elements `tags` of `source`, as they are held (raw ones stay undecoded), into `target`."""
     for tag in tags:
-        element = source._dict.get(tag)
+        element = _elements(source).get(tag)
         if element is not None:
             target._dict[BaseTag(tag)] = element
 
 
-def held(ds: Dataset) -> Mapping[BaseTag, object]:
-    """The elements as the data set holds them, raw ones undecoded: a live view, for reading."""
-    return ds._dict
+def _elements(ds: Dataset) -> MutableMapping[int, DataElement | RawDataElement]:
+    """The data set's own element mapping (its keys are pydicom tags, which are ints)."""
+    return cast("MutableMapping[int, DataElement | RawDataElement]", ds._dict)

@@ -11,9 +11,11 @@ every element of every real file.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import cast
 
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
@@ -34,18 +36,24 @@ def plain_text(data: bytes) -> str | None:
     return stripped.decode("ascii")
 
 
-def _raw(ds: Dataset, tag: int, vr: str) -> RawDataElement | None:
-    """`ds`'s element `tag` while it is still raw, explicit `vr` and read (bytes), else None."""
-    raw = ds._dict.get(tag)
+def held(ds: Dataset) -> Mapping[int, DataElement | RawDataElement]:
+    """The elements as the data set holds them, raw ones undecoded: a live view, for reading.
+    (Its keys are pydicom tags, which are ints: looked up with plain ints, they hash alike.)"""
+    return cast("Mapping[int, DataElement | RawDataElement]", ds._dict)
+
+
+def _raw_bytes(ds: Dataset, tag: int, vr: str) -> tuple[RawDataElement, bytes] | None:
+    """`ds`'s element `tag` and its bytes while it is still raw, explicit `vr` and read, else None."""
+    raw = held(ds).get(tag)
     if type(raw) is not RawDataElement or vr != raw.VR or type(raw.value) is not bytes:
         return None
-    return raw
+    return raw, raw.value
 
 
 def element_text(ds: Dataset, tag: int, vr: str) -> str | None:
     """`str(ds[tag].value)` for a raw element of VR `vr` that `plain_text` can read, else None."""
-    raw = _raw(ds, tag, vr)
-    return None if raw is None else plain_text(raw.value)
+    found = _raw_bytes(ds, tag, vr)
+    return None if found is None else plain_text(found[1])
 
 
 def text_value(ds: Dataset, keyword: str, vr: str) -> str:
@@ -56,10 +64,11 @@ def text_value(ds: Dataset, keyword: str, vr: str) -> str:
 
 def element_unsigned(ds: Dataset, tag: int, vr: str) -> int | None:
     """`ds[tag].value` for a raw single-valued US or UL element of VR `vr`, else None."""
-    raw = _raw(ds, tag, vr)
-    if raw is None or len(raw.value) != _UNSIGNED_SIZES.get(vr):
+    found = _raw_bytes(ds, tag, vr)
+    if found is None or len(found[1]) != _UNSIGNED_SIZES.get(vr):
         return None
-    return int.from_bytes(raw.value, "little" if raw.is_little_endian else "big")
+    raw, data = found
+    return int.from_bytes(data, "little" if raw.is_little_endian else "big")
 
 
 def elements_as_read(ds: Dataset) -> dict[BaseTag, object]:

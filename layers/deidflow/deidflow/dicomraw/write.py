@@ -15,9 +15,11 @@ explicit VR little endian transfer syntax, native or encapsulated, except deflat
 
 from __future__ import annotations
 
+import collections.abc
 import io
 import struct
 from copy import copy
+from typing import cast
 
 import pydicom
 from pydicom.charset import convert_encodings, default_encoding
@@ -27,6 +29,7 @@ from pydicom.filebase import DicomIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from ..tags import LONG_LENGTH_VRS, UNDEFINED_LENGTH
@@ -125,7 +128,7 @@ def _file_meta_bytes(ds: Dataset, file_meta: FileMetaDataset) -> bytes:
         # Rewritten with the new length, in 12 bytes: as long as it is a UL.
         if file_meta.get_item(0x00020000).VR != "UL":
             raise _NotCovered
-        del file_meta._dict[0x00020000]
+        del file_meta._dict[BaseTag(0x00020000)]
     writer = _Writer()
     length = writer.dataset(file_meta, default_encoding)
     # (0002,0000) File Meta Information Group Length, UL, first.
@@ -189,11 +192,14 @@ class _Writer:
         self._scratch.is_implicit_VR = False
         self._ascii_text: dict[object, bool] = {}
 
-    def _is_ascii_charset(self, encoding: object) -> bool:
-        key = encoding if encoding is None or isinstance(encoding, str) else tuple(encoding)  # type: ignore[arg-type]
+    def _is_ascii_charset(self, encoding: str | collections.abc.Sequence[str] | None) -> bool:
+        key: object = encoding if encoding is None or isinstance(encoding, str) else tuple(encoding)
         known = self._ascii_text.get(key)
         if known is None:
-            known = self._ascii_text[key] = convert_encodings(encoding or [default_encoding])[0] in _ASCII_ENCODINGS  # type: ignore[arg-type]
+            charsets: str | list[str] = (
+                (encoding if isinstance(encoding, str) else list(encoding)) if encoding else [default_encoding]
+            )
+            known = self._ascii_text[key] = convert_encodings(charsets)[0] in _ASCII_ENCODINGS
         return known
 
     def dataset(self, ds: Dataset, parent_encoding: str | list[str]) -> int:
@@ -216,14 +222,14 @@ class _Writer:
                 elem = ds.get_item(tag)  # a deferred value: read it, as pydicom's writer does
                 kind = type(elem)
             if kind is RawDataElement:
-                vr = elem.VR
-                value = elem.value
-                if vr is not None and type(value) is bytes:
+                raw = cast(RawDataElement, elem)
+                raw_vr, value = raw.VR, raw.value
+                if raw_vr is not None and type(value) is bytes:
                     length = len(value)
-                    if vr in LONG_LENGTH_VRS:
-                        undefined = elem.length == UNDEFINED_LENGTH
+                    if raw_vr in LONG_LENGTH_VRS:
+                        undefined = raw.length == UNDEFINED_LENGTH
                         declared = UNDEFINED_LENGTH if undefined else length
-                        parts.append(_PACK_LONG(tag >> 16, tag & 0xFFFF, vr.encode(), declared))
+                        parts.append(_PACK_LONG(tag >> 16, tag & 0xFFFF, raw_vr.encode(), declared))
                         parts.append(value)
                         size += 12 + length
                         if undefined:
@@ -232,18 +238,23 @@ class _Writer:
                             parts.append(_SEQUENCE_DELIMITER)
                             size += 8
                         continue
-                    if length <= 0xFFFF and len(vr) == 2 and elem.length != UNDEFINED_LENGTH:
-                        parts.append(_PACK_SHORT(tag >> 16, tag & 0xFFFF, vr.encode(), length))
+                    if length <= 0xFFFF and len(raw_vr) == 2 and raw.length != UNDEFINED_LENGTH:
+                        parts.append(_PACK_SHORT(tag >> 16, tag & 0xFFFF, raw_vr.encode(), length))
                         parts.append(value)
                         size += 8 + length
                         continue
-            elif kind is DataElement and not elem.is_buffered:
-                vr = elem.VR
-                value = elem.value
+            elif kind is DataElement and not cast(DataElement, elem).is_buffered:
+                element = cast(DataElement, elem)
+                vr, value = element.VR, element.value
                 if vr == "SQ":
-                    size += self._sequence(tag, elem, encoding)
+                    size += self._sequence(tag, element, encoding)
                     continue
-                if vr in ("OB", "OW") and type(value) is bytes and len(value) % 2 == 0 and not elem.is_undefined_length:
+                if (
+                    vr in ("OB", "OW")
+                    and type(value) is bytes
+                    and len(value) % 2 == 0
+                    and not element.is_undefined_length
+                ):
                     # Native Pixel Data and friends: no scratch buffer, no copies.
                     parts.append(_PACK_LONG(tag >> 16, tag & 0xFFFF, vr.encode(), len(value)))
                     parts.append(value)

@@ -31,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 from types import TracebackType
 
+from pydicom import dcmread
+
 APT_PACKAGES = "orthanc orthanc-dicomweb orthanc-python"
 APT_HINT = f"install them with: sudo apt-get install -y {APT_PACKAGES}"
 LOOPBACK = "127.0.0.1"
@@ -468,7 +470,6 @@ def c_store(
     Raises RuntimeError naming the status codes if any instance was refused (never its contents).
     """
     try:
-        from pydicom import dcmread
         from pynetdicom import AE
     except ImportError as exc:  # an optional dependency: only senders need it
         raise RuntimeError("c_store needs pynetdicom: pip install 'pynetdicom>=3.0'") from exc
@@ -494,6 +495,3 @@ def c_store(
     if refused:
         raise RuntimeError(f"C-STORE refused {len(refused)} of {len(datasets)} instance(s): {sorted(set(refused))}")
     return len(datasets)
-
-
-# -- `python -m deidflow.local.orthanc`: run it in the foreground for a demo or a manual test ---------

@@ -48,3 +48,25 @@ def table_definition(template: dict[str, Any], logical_id: str, table_name: str)
     if properties.get("GlobalSecondaryIndexes"):
         definition["GlobalSecondaryIndexes"] = properties["GlobalSecondaryIndexes"]
     return definition
+
+
+def function_environment(template: dict[str, Any], resources: dict[str, str], stack_name: str) -> dict[str, str]:
+    """The environment the template gives every function (Globals), as a local run resolves it:
+    a parameter at its default, a resource by its local name in `resources`, `${AWS::StackName}`
+    as `stack_name`. The template stays the one place the Lambdas' settings are written."""
+    parameters = template.get("Parameters", {})
+
+    def resolve(value: Any) -> str:
+        if isinstance(value, dict) and "Ref" in value:
+            name = value["Ref"]
+            if name in parameters:
+                return str(parameters[name]["Default"])
+            return resources[name]
+        if isinstance(value, dict) and "Fn::Sub" in value and isinstance(value["Fn::Sub"], str):
+            return value["Fn::Sub"].replace("${AWS::StackName}", stack_name)
+        if isinstance(value, (str, int, float)):
+            return str(value)
+        raise ValueError(f"cannot resolve {value!r} locally")
+
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    return {name: resolve(value) for name, value in variables.items()}

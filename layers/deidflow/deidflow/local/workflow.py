@@ -27,7 +27,8 @@ from urllib.parse import unquote
 
 from ..cloud import handler
 from ..cloud.handler import reset_services
-from .template import load_template, table_definition
+from ..storage import LocalStore
+from .template import function_environment, load_template, table_definition
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -41,6 +42,7 @@ FUNCTIONS = {
     "Quarantine": "quarantine",
 }
 ASL_PATH = Path("statemachines") / "deidentify.asl.json"
+TEMPLATE_PATH = Path("template.yaml")
 
 
 @dataclass(frozen=True)
@@ -154,17 +156,20 @@ class LocalWorkflow:
             "AWS_DEFAULT_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
-            "RESEARCH_BUCKET": self.names.research_bucket,
-            "INDEX_TABLE": self.names.index_table,
-            "MAPPING_TABLE": self.names.mapping_table,
-            "STATUS_TABLE": self.names.status_table,
-            "KEY_SECRET_ID": self.names.key_secret,
-            "STAGING_PREFIX": "staging/",
+            **function_environment(
+                load_template(self.project / TEMPLATE_PATH),
+                {
+                    "ResearchBucket": self.names.research_bucket,
+                    "IndexTable": self.names.index_table,
+                    "MappingTable": self.names.mapping_table,
+                    "StatusTable": self.names.status_table,
+                    "PseudonymKeySecret": self.names.key_secret,
+                },
+                stack_name="local",
+            ),
+            # What a local run changes: its size limit and detector, and no X-Ray daemon to trace to.
             "MAX_OBJECT_MB": str(max_object_mb),
             "TEXT_DETECTOR": text_detector,
-            "SKIP_SUFFIXES": ".json,.head,.unk",
-            "POWERTOOLS_SERVICE_NAME": "deidflow",
-            "POWERTOOLS_METRICS_NAMESPACE": "deidflow",
             "POWERTOOLS_TRACE_DISABLED": "true",
         }
         if rules_file:
@@ -242,7 +247,7 @@ class LocalWorkflow:
                 ]
             },
         )
-        template = load_template(self.project / "template.yaml")
+        template = load_template(self.project / TEMPLATE_PATH)
         for logical_id, name in (
             ("IndexTable", n.index_table),
             ("MappingTable", n.mapping_table),
@@ -331,7 +336,7 @@ class LocalWorkflow:
 
     def run_pipe(self, *, timeout: float = 600.0) -> list[ExecutionReport]:
         """The Pipe's job: batches from the queue into executions, until the queue is empty."""
-        reports = []
+        reports: list[ExecutionReport] = []
         while True:
             messages = self.sqs.receive_message(
                 QueueUrl=self.queue_url, MaxNumberOfMessages=self.batch_size, AttributeNames=["All"]
@@ -401,7 +406,6 @@ class LocalWorkflow:
 
     def download_research(self, destination: Path) -> list[Path]:
         """Copy the research bucket's studies/ tree into a local folder (write, then rename)."""
-        from ..storage import LocalStore
 
         store = LocalStore(destination)
         return [Path(store.put(key, data)) for key, data in self._objects(self.names.research_bucket, "studies/")]

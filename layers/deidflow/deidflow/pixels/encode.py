@@ -36,32 +36,22 @@ from pydicom.uid import (
     JPEG2000,
     JPEG2000MC,
     UID,
-    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    JPEG2000MCLossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
 )
 
+from ..tags import WRITABLE_NATIVE_SYNTAXES
 from .policy import PixelPolicy
 
 log = logging.getLogger(__name__)
 
-NATIVE_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
 REENCODABLE_LOSSLESS = frozenset({RLELossless, JPEGLSLossless, JPEG2000Lossless})
-LOSSLESS_WITHOUT_ENCODER = frozenset(
-    {JPEGLossless, JPEGLosslessSV1, HTJ2KLossless, HTJ2KLosslessRPCL, JPEG2000MCLossless}
-)
 # JPEG 2000 (.91) and JPEG 2000 Part 2 (.93) may hold a reversible code stream; checked per file.
 LOSSY_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, JPEG2000MC, HTJ2K})
 
@@ -114,7 +104,7 @@ def input_is_lossy(ds: Dataset, tsyntax: UID) -> bool:
 def plan_encoding(ds: Dataset, tsyntax: UID, policy: PixelPolicy) -> EncodingPlan:
     """Pick the output transfer syntax for redacted pixels of an instance stored as ``tsyntax``."""
     lossy = input_is_lossy(ds, tsyntax)
-    if tsyntax in NATIVE_SYNTAXES:
+    if tsyntax in WRITABLE_NATIVE_SYNTAXES:
         return EncodingPlan(tsyntax, False, "native: same transfer syntax")
     if tsyntax == ExplicitVRBigEndian:
         return EncodingPlan(ExplicitVRLittleEndian, False, "big endian (retired) written as Explicit VR Little Endian")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydicom import Dataset
 
@@ -15,6 +15,10 @@ from .boxes import RedactionBox
 ScanMode = Literal["auto", "always", "never"]
 FrameSampling = Literal["sample", "all"]
 LossyOutput = Literal["explicit-vr-little-endian", "jpeg-2000-lossless"]
+# The same words as values, for the rules' schema and the checks below.
+SCAN_MODES: tuple[str, ...] = get_args(ScanMode)
+FRAME_SAMPLINGS: tuple[str, ...] = get_args(FrameSampling)
+LOSSY_OUTPUTS: tuple[str, ...] = get_args(LossyOutput)
 
 # Modalities whose images usually carry burned-in patient text (ultrasound headers, angiography
 # and fluoroscopy annotations, endoscopy/photo overlays, screen captures).
@@ -153,9 +157,9 @@ class PixelPolicy:
     max_decoded_bytes: int | None = None  # what decoding for a scan may take (rules: accept.max_decoded_mb)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("auto", "always", "never"):
+        if self.mode not in SCAN_MODES:
             raise ValueError(f"pixel mode must be auto, always or never, not {self.mode!r}")
-        if self.frame_sampling not in ("sample", "all"):
+        if self.frame_sampling not in FRAME_SAMPLINGS:
             raise ValueError(f"frame_sampling must be sample or all, not {self.frame_sampling!r}")
         if self.margin < 0 or self.sample_every < 0:
             raise ValueError("margin and sample_every must be >= 0")

@@ -189,19 +189,6 @@ def iter_decoded_frames(ds: Dataset, indices: Iterable[int] | None = None) -> It
         yield index, arr, photometric
 
 
-def decode_all_frames(ds: Dataset) -> tuple[np.ndarray, str]:
-    """All frames as one writable array shaped (frames, rows, columns[, samples])."""
-    frames: list[np.ndarray] = []
-    photometric = ""
-    for _, arr, frame_photometric in iter_decoded_frames(ds):
-        frames.append(arr)
-        photometric = frame_photometric
-    if not frames:
-        raise PixelDecodeError("no frames decoded")
-    # np.stack copies, so the result is writable even when a decoder returned a read-only view
-    return np.stack(frames), photometric
-
-
 def _scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
     if high <= low:
         return np.zeros(values.shape, dtype=np.uint8)

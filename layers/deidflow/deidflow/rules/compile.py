@@ -8,10 +8,22 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.pixels import get_encoder
 
 from ..profile import ProfileOptions
+from ..pseudonym import MAX_SHIFT_DAYS, MIN_SHIFT_DAYS
 from ..tags import WRITABLE_NATIVE_SYNTAXES, in_dictionary
-from .model import ALL_LABEL, AddTag, BurnedInRule, ElementRule, RuleSet, Scope, Transformation
+from .model import (
+    ALL_LABEL,
+    MAX_DECODED_BYTES,
+    MAX_FILE_BYTES,
+    AddTag,
+    BurnedInRule,
+    ElementRule,
+    RuleSet,
+    Scope,
+    Transformation,
+)
 from .query import Query, QueryError, parse_query
 from .research_pacs import convert_research_pacs, looks_like_research_pacs
 from .schema import schema_problems
@@ -41,8 +53,6 @@ def transcode_supported(uid: str) -> bool:
     if uid in WRITABLE_NATIVE_SYNTAXES:
         return True
     try:
-        from pydicom.pixels import get_encoder
-
         return get_encoder(uid).is_available
     except (ImportError, ValueError, NotImplementedError):
         return False
@@ -87,8 +97,10 @@ class _Compiler:
             max_shift_days=shift["max"],
             safe_private=safe_private,
             accept_sop_classes=frozenset(accept.get("sop_classes", [])),
-            max_file_bytes=int(accept.get("max_file_mb", 2048) * 1024 * 1024),
-            max_decoded_bytes=int(accept.get("max_decoded_mb", 1024) * 1024 * 1024),
+            max_file_bytes=int(accept["max_file_mb"] * 1024 * 1024) if "max_file_mb" in accept else MAX_FILE_BYTES,
+            max_decoded_bytes=(
+                int(accept["max_decoded_mb"] * 1024 * 1024) if "max_decoded_mb" in accept else MAX_DECODED_BYTES
+            ),
             labels=tuple(labels),
             categories=tuple(categories),
             scope_to_forward=forward,
@@ -120,7 +132,7 @@ class _Compiler:
                 "retain_longitudinal_full_dates and retain_longitudinal_modified_dates "
                 "exclude each other: set one of them to false",
             )
-        shift = profile.get("date_shift_days", {"min": 365, "max": 3650})
+        shift = profile.get("date_shift_days", {"min": MIN_SHIFT_DAYS, "max": MAX_SHIFT_DAYS})
         if shift["min"] > shift["max"]:
             self.problem(("profile", "date_shift_days"), "min must not exceed max")
         return options, shift

@@ -8,10 +8,15 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from ..profile import ProfileOptions
+from ..pseudonym import MAX_SHIFT_DAYS, MIN_SHIFT_DAYS
 from .query import Query
 from .tagpattern import PathStep, TagPattern
 
 ALL_LABEL = "ALL"
+# The accept section's defaults: the largest file read, and what a pixel scan may decode (checked
+# before decoding).
+MAX_FILE_BYTES = 2 * 1024**3
+MAX_DECODED_BYTES = 1024**3
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,12 @@ class InstancePlan:
 @dataclass(frozen=True)
 class RuleSet:
     options: ProfileOptions = field(default_factory=ProfileOptions)
-    min_shift_days: int = 365
-    max_shift_days: int = 3650
+    min_shift_days: int = MIN_SHIFT_DAYS
+    max_shift_days: int = MAX_SHIFT_DAYS
     safe_private: tuple[TagPattern, ...] = ()
     accept_sop_classes: frozenset[str] = frozenset()
-    max_file_bytes: int = 2 * 1024**3
-    max_decoded_bytes: int = 1024**3  # what a pixel scan may decode, checked before decoding
+    max_file_bytes: int = MAX_FILE_BYTES
+    max_decoded_bytes: int = MAX_DECODED_BYTES
     labels: tuple[tuple[str, Query], ...] = ()
     categories: tuple[tuple[str, frozenset[str]], ...] = ()
     scope_to_forward: Scope = Scope()

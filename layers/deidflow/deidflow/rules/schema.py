@@ -6,6 +6,8 @@ from typing import Any
 
 import jsonschema
 
+from ..pixels.detectors import DETECTOR_FACTORIES
+from ..pixels.policy import FRAME_SAMPLINGS, LOSSY_OUTPUTS, SCAN_MODES
 from ..profile import ProfileOptions
 from ..tags import STANDARD_VRS
 from .source import line_for, path_text
@@ -75,13 +77,13 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "mode": {"enum": ["auto", "always", "never"]},
-                "detector": {"enum": ["local", "rapidocr", "tesseract", "rekognition", "none"]},
+                "mode": {"enum": list(SCAN_MODES)},
+                "detector": {"enum": list(DETECTOR_FACTORIES)},
                 "margin": {"type": "integer", "minimum": 0},
-                "frame_sampling": {"enum": ["sample", "all"]},
+                "frame_sampling": {"enum": list(FRAME_SAMPLINGS)},
                 "sample_every": {"type": "integer", "minimum": 1},
                 "trust_no_for_text_prone": {"type": "boolean"},
-                "lossy_output": {"enum": ["explicit-vr-little-endian", "jpeg-2000-lossless"]},
+                "lossy_output": {"enum": list(LOSSY_OUTPUTS)},
             },
         },
         "labels": {

@@ -43,15 +43,20 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
 
+from ..batch import Limits, run_batch
+from ..tags import LONG_LENGTH_VRS
+from .synthetic import STAFF, make_burned_in_ultrasound, make_corpus
+
 # Planted in every case's bytes by the mutations that append data (after Pixel Data, say).
 TRAILER_TOKEN = "ZQTRAILERTOKEN"
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_LONG_VRS = {vr.encode() for vr in LONG_LENGTH_VRS}
 _SOME_VRS = [b"AE", b"CS", b"DA", b"DS", b"IS", b"LO", b"OB", b"PN", b"SH", b"SQ", b"SS", b"UI", b"UL", b"UN", b"US"]
 _KEPT_TAGS = [0x00080008, 0x00080060, 0x00080070, 0x00180050, 0x00180060, 0x00280010, 0x00280030, 0x00281053]
 _SYNTAXES = [
@@ -588,7 +593,6 @@ def run_fuzz(
 ) -> FuzzReport:
     """Write the cases (and `others`, real files, copied in) into one drop folder, run `deidflow
     deid`'s batch over it, and judge every case's line. Every input must have exactly one line."""
-    from ..batch import Limits, run_batch
 
     drop = folder / "drop"
     drop.mkdir(parents=True)
@@ -640,9 +644,6 @@ PYDICOM_SEEDS = (
 def default_seeds() -> list[Seed]:
     """Synthetic PHI-laden instances (a CT, an SR citing it, an ultrasound with a name burned in)
     and pydicom's test files with tokens planted in them."""
-    from pydicom.data import get_testdata_file
-
-    from .synthetic import STAFF, make_burned_in_ultrasound, make_corpus
 
     corpus = make_corpus(n_patients=1, studies_per_patient=1, images_per_series=1, with_sr=True, seed=77)
     planted = tuple(value for value in corpus.planted_values() if len(value) >= 6)

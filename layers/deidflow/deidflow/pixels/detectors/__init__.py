@@ -25,11 +25,11 @@ def _rekognition(*, client: Any = None, **options: Any) -> TextDetector:
 
 
 DETECTOR_FACTORIES: dict[str, Callable[..., TextDetector]] = {
-    "none": NoDetector,
-    "rapidocr": RapidOcrDetector,
     "local": RapidOcrDetector,
+    "rapidocr": RapidOcrDetector,
     "tesseract": TesseractDetector,
     "rekognition": _rekognition,
+    "none": NoDetector,
 }
 
 
