@@ -189,3 +189,24 @@ def test_a_time_kept_by_a_rule_is_not_shifted_with_its_date():
     out = _run("transformations:\n  - scope: {labels: ALL}\n    keep_tags: [{tags: StudyTime}]\n", ds)
     assert out.StudyTime == ds.StudyTime
     assert out.StudyDate != ds.StudyDate
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ("MR_small_RLE.dcm", "1.2.840.10008.1.2.1"),  # decompressed
+        ("MR_small.dcm", "1.2.840.10008.1.2.5"),  # compressed (RLE Lossless)
+    ],
+)
+def test_a_transcoded_instance_keeps_its_keyed_uid(source: str, target: str) -> None:
+    """pydicom's compress and decompress draw a new random SOP Instance UID by default: the output
+    would differ on every run and no reference to the instance would resolve."""
+    data = pydicom.data.get_testdata_file(source, read=False)
+    assert isinstance(data, str)
+    plain = engine_with(BASE).process(data)
+    transcoding = f"{BASE}transformations:\n  - scope: {{labels: ALL}}\n    transcode: {target}\n"
+    first, second = (engine_with(transcoding).process(data) for _ in range(2))
+    assert first.data == second.data
+    out = pydicom.dcmread(io.BytesIO(first.data))
+    assert out.file_meta.TransferSyntaxUID == target
+    assert out.SOPInstanceUID == out.file_meta.MediaStorageSOPInstanceUID == plain.sop_uid == first.sop_uid

@@ -187,12 +187,14 @@ class Engine:
 
 
 def _transcode(ds: pydicom.Dataset, transfer_syntax: str) -> None:
+    # pydicom gives a transcoded instance a new random SOP Instance UID unless told otherwise: the
+    # keyed one must stay (same input, same output; references to the instance still resolve).
     try:
         if transfer_syntax in WRITABLE_NATIVE_SYNTAXES:
             if ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress()
+                ds.decompress(generate_instance_uid=False)
             ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
         else:
-            ds.compress(transfer_syntax)
+            ds.compress(transfer_syntax, generate_instance_uid=False)
     except Exception as exc:  # noqa: BLE001
         raise Rejected("transcode_failed", f"could not transcode to {transfer_syntax} ({type(exc).__name__})") from None
