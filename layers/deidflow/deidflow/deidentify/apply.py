@@ -73,8 +73,12 @@ DUMMY_BY_VR = {
     "UT": DUMMY_TEXT,
     "UC": DUMMY_TEXT,
 }
+# The actions as module names: reading a member off an Enum class costs five times a global's
+# look-up, and the walk compares a few per element.
+KEEP, REMOVE, EMPTY, ZERO, DUMMY = Action.KEEP, Action.REMOVE, Action.EMPTY, Action.ZERO, Action.DUMMY
+CLEAN, REMAP_UID, RANDOMIZE_UID = Action.CLEAN, Action.REMAP_UID, Action.RANDOMIZE_UID
 # On a UID, every action that changes the value gives a keyed UID (references stay consistent).
-_REMAPPED_ON_UIDS = frozenset({Action.REMAP_UID, Action.CLEAN, Action.DUMMY, Action.ZERO})
+_REMAPPED_ON_UIDS = frozenset({REMAP_UID, CLEAN, DUMMY, ZERO})
 
 
 @dataclass
@@ -97,28 +101,21 @@ class _Context:
 
 
 class _Element:
-    """One element on its way through the pass."""
+    """The element the walk is at, in one data set: one per data set, its fields set anew for each
+    element (an object per element would cost more than some of the actions)."""
 
     __slots__ = ("ds", "handled", "in_dummy", "items", "label", "original", "path", "raw", "rule", "tag", "vr")
 
-    def __init__(
-        self,
-        ds: Dataset,
-        tag: int,
-        raw: object,
-        original: object,
-        vr: str,
-        rule: ElementRule | None,
-        path: tuple[PathStep, ...] | None,
-        label: str,
-        handled: set[int],
-        items: tuple[DatasetFrame, ...] | None,
-        in_dummy: bool,
-    ):
-        self.ds, self.tag, self.raw, self.original, self.vr = ds, tag, raw, original, vr
-        self.rule, self.path, self.label, self.handled = rule, path, label, handled
-        self.items = items  # None: no framing to check the sequence's items against
-        self.in_dummy = in_dummy
+    def __init__(self, ds: Dataset, handled: set[int], in_dummy: bool):
+        self.ds, self.handled, self.in_dummy = ds, handled, in_dummy
+        self.tag: int = 0
+        self.raw: object = None
+        self.original: object = None  # as read, before anything decoded it
+        self.vr = ""
+        self.rule: ElementRule | None = None
+        self.path: tuple[PathStep, ...] | None = None
+        self.label = ""
+        self.items: tuple[DatasetFrame, ...] | None = None  # None: no framing to check the items against
 
 
 def relabelled(ds: Dataset, tag: int, raw: object, vr: str) -> RawDataElement:
@@ -293,6 +290,7 @@ class Deidentifier:
             # Read private creators first: a creator may be removed before the elements of its block.
             creators = {t: _private_creator(ds, t) for t in tags if (t >> 16) % 2 == 1}
         elements = held(ds)  # the walk only visits tags the data set has: no Tag() conversion needed
+        element = _Element(ds, handled, dummy)
         for tag in tags:
             if tag in handled:
                 continue
@@ -315,33 +313,34 @@ class Deidentifier:
                 action, by, rule = dummy_action(key, vr), "inside a sequence replaced by dummies", None
             else:
                 action, by, rule = self.decider.decide(key, vr, path, ctx.plan, ctx.attribute_type)
-            if relabel_it and action is not Action.REMOVE:
+            if relabel_it and action is not REMOVE:
                 raw = relabelled(ds, key, original, vr)
             label = f"{where}{tag_text(key)}" if ctx.record else ""
             items = frame.items.get(key, ()) if frame is not None else None
-            element = _Element(ds, tag, raw, original, vr, rule, path, label, handled, items, dummy)
+            element.tag, element.raw, element.original, element.vr = tag, raw, original, vr
+            element.rule, element.path, element.label, element.items = rule, path, label, items
             done = self._apply(element, action, ctx)
             if ctx.record:
                 name = keyword(key) or ("private:" + (creators.get(tag) or "?"))
                 ctx.decisions.append(Decision(label, name, vr, done, by))
 
     def _apply(self, el: _Element, action: Action, ctx: _Context) -> str:
-        if action is Action.REMOVE:
+        if action is REMOVE:
             del el.ds[el.tag]
             return "removed"
         if el.vr == "SQ":
             return self._sequence(el, action, ctx)
-        if action is Action.KEEP or (action is Action.CLEAN and el.vr not in DATE_VRS and el.vr not in TEXT_VRS):
+        if action is KEEP or (action is CLEAN and el.vr not in DATE_VRS and el.vr not in TEXT_VRS):
             check_kept(el.tag, el.vr, el.original)
-            if action is Action.KEEP:
+            if action is KEEP:
                 return "kept"
         value = ElementValue(el.ds, el.tag, el.vr, el.raw)
         if value.is_empty:
             return "kept (empty)"
-        if action is Action.EMPTY:
+        if action is EMPTY:
             value.clear()
             return "emptied"
-        if action is Action.RANDOMIZE_UID or (el.vr == "UI" and action in _REMAPPED_ON_UIDS):
+        if action is RANDOMIZE_UID or (el.vr == "UI" and action in _REMAPPED_ON_UIDS):
             return self._remap_uids(value)
         handler = self._value_handlers.get(action)
         if handler is None:
@@ -351,7 +350,7 @@ class Deidentifier:
     # --- one handler per action ------------------------------------------------------------------
 
     def _sequence(self, el: _Element, action: Action, ctx: _Context) -> str:
-        if action in (Action.ZERO, Action.EMPTY):
+        if action in (ZERO, EMPTY):
             # A new empty element, not `ds[tag].value = ...`, which would parse the items first.
             undefined = getattr(el.raw, "length", None) == UNDEFINED_LENGTH
             el.ds[el.tag] = DataElement(
@@ -364,7 +363,7 @@ class Deidentifier:
         # A code sequence to replace holds codes that name someone (E.1-1's Person Identification
         # and Institution Code Sequences): its items become dummy codes. Other sequences to
         # replace (Content Sequence) keep their structure and have every item cleaned.
-        dummy = el.in_dummy or (action is Action.DUMMY and is_code_sequence(el.tag))
+        dummy = el.in_dummy or (action is DUMMY and is_code_sequence(el.tag))
         for i, item in enumerate(sequence):
             item_frame = el.items[i] if el.items is not None else None
             where = f"{el.label}[{i}]." if ctx.record else ""
@@ -380,7 +379,7 @@ class Deidentifier:
         if el.vr in DATE_VRS:
             return self._shift_dates(value, ctx, el.handled, el.path)
         if el.vr == "PN":
-            return self._replace(value, ctx, Action.DUMMY)
+            return self._replace(value, ctx, DUMMY)
         if el.vr in TEXT_VRS:
             check_kept(el.tag, el.vr, el.original)  # cleaning keeps most of the text as it was
             value.set([scrub_text(text, ctx.identifiers) for text in value.texts])
@@ -388,12 +387,12 @@ class Deidentifier:
         return "kept (clean: nothing to clean for this VR)"
 
     def _zero(self, value: ElementValue, el: _Element, ctx: _Context) -> str:
-        return self._replace(value, ctx, Action.ZERO)
+        return self._replace(value, ctx, ZERO)
 
     def _dummy(self, value: ElementValue, el: _Element, ctx: _Context) -> str:
         if el.vr in DATE_VRS and self.options.retain_longitudinal_modified_dates:
             return self._shift_dates(value, ctx, el.handled, el.path)
-        return self._replace(value, ctx, Action.DUMMY)
+        return self._replace(value, ctx, DUMMY)
 
     def _replace(self, value: ElementValue, ctx: _Context, action: Action) -> str:
         name, vr = keyword(value.tag), value.vr
@@ -403,7 +402,7 @@ class Deidentifier:
         if is_identifier(name, vr):
             value.set([self.pseudo.identifier(name, text.strip()) if text.strip() else text for text in value.texts])
             return "pseudonym (keyed)"
-        if action is Action.ZERO or (vr not in NUMERIC_VRS and vr not in DUMMY_BY_VR):
+        if action is ZERO or (vr not in NUMERIC_VRS and vr not in DUMMY_BY_VR):
             value.clear()
             return "emptied"
         value.set_dummy(0 if vr in NUMERIC_VRS else DUMMY_BY_VR[vr])
@@ -438,10 +437,10 @@ class Deidentifier:
                 # The time is paired only if it would be shifted on its own too (a rule may keep it).
                 time_path = (*path[:-1], PathStep(time_tag, keyword(time_tag), time_vr)) if path else None
                 time_type = self.types.type_of(ctx.iod, ctx.parent, keyword(time_tag))
-                time_action = Action.KEEP
+                time_action = KEEP
                 if time_vr == "TM":
                     time_action = self.decider.decide(time_tag, time_vr, time_path, ctx.plan, time_type)[0]
-                paired = time_action in (Action.CLEAN, Action.DUMMY)
+                paired = time_action in (CLEAN, DUMMY)
                 time_value = ElementValue(ds, time_tag, time_vr, time_raw) if paired else None
                 if time_value is not None and len(time_value.texts) == 1:
                     pair = shift_date_and_time(text, time_value.texts[0], shift)

@@ -98,7 +98,7 @@ class ElementValue:
         if _public or (self.tag >> 16) % 2:
             self.ds[self.tag] = raw
         else:
-            _elements(self.ds)[self.tag] = raw
+            self.ds._dict[self.tag] = raw  # type: ignore[index]  # a pydicom tag is an int: hashes alike
 
     def set_dummy(self, dummy: str | int) -> None:
         if isinstance(dummy, str):
