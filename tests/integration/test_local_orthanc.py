@@ -8,8 +8,12 @@ and pynetdicom for the C-STORE sender.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +23,13 @@ import pytest
 from deidflow.local.orthanc import (
     DROP_SUBFOLDER,
     LocalOrthanc,
+    OrthancFailed,
     OrthancInstallation,
     OrthancNotInstalled,
     _request,
     c_store,
     find_orthanc,
+    free_port,
     stow_rs,
 )
 from deidflow.pseudonym import Pseudonymizer
@@ -220,3 +226,70 @@ def test_what_orthanc_still_holds_at_start_is_handed_over(
     with LocalOrthanc(state, drop, installation=installation) as server:
         wait_for("the start-up sweep", lambda: server.stored_instance_ids() == [])
         assert len(ready_files(server.target_folder)) == len(files)
+
+
+def _orthancs_of(state: Path) -> list[int]:
+    """Pids of the Orthanc processes started with a configuration under `state`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # gone meanwhile
+            if command and command[0].endswith(b"Orthanc") and any(str(state).encode() in a for a in command):
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_with", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_local_up_stopped_by_any_signal_leaves_no_orthanc(
+    installation: OrthancInstallation, tmp_path: Path, stop_with: signal.Signals
+) -> None:
+    """kill, timeout, systemd and container runtimes send SIGTERM; a closed terminal SIGHUP; and a
+    SIGKILL leaves deidflow no chance to clean up: Orthanc must go with it every time."""
+    if not Path("/proc/self/cmdline").exists():
+        pytest.skip("needs /proc to find the Orthanc process")
+    key_file = tmp_path / "key"
+    key_file.write_text(TEST_KEY.hex())
+    state, http_port = tmp_path / "state", free_port()
+    command = [str(Path(sys.executable).with_name("deidflow")), "local", "up", str(tmp_path / "research")]
+    command += ["--state", str(state), "--http-port", str(http_port), "--dicom-port", str(free_port())]
+    command += ["--key-file", str(key_file), "--project", str(Path(__file__).resolve().parents[2])]
+    up = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert up.stdout is not None
+        lines = []
+        for line in up.stdout:
+            lines.append(line)
+            if "Orthanc is up" in line:
+                break
+        else:
+            pytest.fail(f"local up never came up: {''.join(lines)[-2000:]}")
+        assert len(_orthancs_of(state)) == 1
+        up.send_signal(stop_with)
+        up.wait(timeout=30)
+        wait_for("Orthanc to stop", lambda: not _orthancs_of(state), timeout=15)
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", http_port)) != 0, "something still listens on Orthanc's port"
+        if stop_with != signal.SIGKILL:
+            assert up.returncode == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+        for pid in _orthancs_of(state):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_busy_port_is_named_with_the_option_that_changes_it(
+    installation: OrthancInstallation, tmp_path: Path
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = LocalOrthanc(tmp_path / "state", tmp_path / "drop", installation=installation, http_port=port)
+        with pytest.raises(OrthancFailed, match=f"port {port} is in use: choose another with --http-port"):
+            server.start()
+    assert not _orthancs_of(tmp_path / "state")

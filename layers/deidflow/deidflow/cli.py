@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -225,6 +228,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     state, destination = Path(args.state), Path(args.dst)
     try:
         with (
+            _stopped_by_signals(),
             LocalWorkflow(
                 key,
                 project=Path(args.project) if args.project else None,
@@ -259,6 +263,22 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM (kill, timeout, systemd, container runtimes) and SIGHUP (a closed terminal) stop
+    `local up` the way Ctrl-C does: through every context manager, Orthanc included."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,12 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = local_sub.add_parser("up", help="start a real Orthanc on loopback in front of the local workflow")
     up.add_argument("dst", nargs="?", default="out/research", help="local research folder (default: out/research)")
     up.add_argument("--state", default=".deidflow-local", help="Orthanc's config, credentials, log and drop folder")
-    up.add_argument("--http-port", type=int, default=8042)
-    up.add_argument("--dicom-port", type=int, default=4242)
+    up.add_argument("--http-port", type=int, default=8042, help="Orthanc's HTTP and DICOMweb port (default: 8042)")
+    up.add_argument("--dicom-port", type=int, default=4242, help="Orthanc's DICOM (C-STORE) port (default: 4242)")
     up.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the drop folder")
-    for option in ("--rules", "--key-file", "--project"):
-        up.add_argument(option)
-    up.add_argument("--detector", default="local")
+    up.add_argument("--rules", help="rules file (default: the built-in Basic profile + modified dates)")
+    up.add_argument("--key-file", help="pseudonymisation key file (as for deid)")
+    up.add_argument("--project", help="checkout holding template.yaml, statemachines/ and functions/ (default: cwd)")
+    up.add_argument("--detector", default="local", help="text detector for burned-in text (default: local OCR)")
     up.set_defaults(func=cmd_local_up)
     return parser
 

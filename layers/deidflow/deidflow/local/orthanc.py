@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -240,6 +243,30 @@ def _request(
         return exc.code, exc.read()
 
 
+def _in_use(port: int) -> bool:
+    """Whether something listens on `port` already (Orthanc binds every interface, so test those)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: a port left in TIME_WAIT by an earlier run is free, a listening one is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return True
+    return False
+
+
+def _die_with_parent() -> None:
+    """In Orthanc's process, before it starts: the kernel sends it SIGTERM when the process that
+    started it ends, however that ends (SIGKILL included), so it never outlives deidflow (Linux;
+    elsewhere the context manager's stop is all there is)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class LocalOrthanc:
     """Orthanc as a subprocess on loopback; a context manager that always stops it.
 
@@ -306,6 +333,9 @@ class LocalOrthanc:
         for attempt in range(attempts):
             self.http_port = self._requested_ports[0] or free_port()
             self.dicom_port = self._requested_ports[1] or free_port()
+            for port, option in zip(self._requested_ports, ("--http-port", "--dicom-port"), strict=True):
+                if port and _in_use(port):  # one asked for: say so, rather than Orthanc's exit status
+                    raise OrthancFailed(f"port {port} is in use: choose another with {option}")
             try:
                 self._launch()
                 return
@@ -315,13 +345,7 @@ class LocalOrthanc:
                     raise
 
     def _port_taken(self) -> bool:
-        for port in (self.http_port, self.dicom_port):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind((LOOPBACK, port))
-                except OSError:
-                    return True
-        return False
+        return any(_in_use(port) for port in (self.http_port, self.dicom_port))
 
     def _launch(self) -> None:
         config = orthanc_config(
@@ -348,6 +372,7 @@ class LocalOrthanc:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches us; we stop Orthanc ourselves
+                preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
