@@ -57,6 +57,7 @@ class ReportLine:
     reason: str | None = None
     detail: str | None = None
     same_as: str | None = None  # duplicate or conflict: the earlier input with this SOP Instance UID
+    warnings: tuple[str, ...] | None = None  # published on the rules' explicit say-so (pixels_unscanned)
 
 
 @dataclass
@@ -70,6 +71,10 @@ class BatchSummary:
     @property
     def duplicates(self) -> int:
         return sum(1 for line in self.lines if line.status == "duplicate")
+
+    @property
+    def warned(self) -> Counter[str]:
+        return Counter(warning for line in self.lines for warning in line.warnings or ())
 
     @property
     def rejected(self) -> int:
@@ -157,7 +162,7 @@ def _settle(path: str, outcome: dict[str, Any], store: LocalStore, first: FirstS
     if earlier is None:
         output = store.commit(staged, outcome["key"])
         first[sop_uid] = (path, output)
-        return ReportLine(path, "deidentified", output=output)
+        return ReportLine(path, "deidentified", output=output, warnings=outcome["warnings"] or None)
     earlier_input, earlier_output = earlier
     identical = filecmp.cmp(staged, earlier_output, shallow=False)  # only on a collision: no digest per file
     os.unlink(staged)
@@ -341,6 +346,7 @@ def _process_one(engine: Engine, path: str, staged: Path) -> dict[str, Any]:
         "staged": str(staged),
         "key": processed.key,
         "sop_uid": processed.sop_uid,
+        "warnings": processed.warnings,
     }
 
 

@@ -27,6 +27,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SOME_REJECTED = 3
+EXIT_WARNINGS = 4  # everything published, some of it on the rules' explicit say-so (see the report)
 
 
 def laptop_engine(rules: RuleSet, key: bytes) -> Engine:
@@ -105,7 +106,9 @@ def cmd_deid(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     bar.close()
     _print_summary(summary, destination, report)
-    return EXIT_SOME_REJECTED if summary.rejected else EXIT_OK
+    if summary.rejected:
+        return EXIT_SOME_REJECTED
+    return EXIT_WARNINGS if summary.warned else EXIT_OK
 
 
 def _print_summary(summary: BatchSummary, destination: Path, report: Path) -> None:
@@ -113,6 +116,8 @@ def _print_summary(summary: BatchSummary, destination: Path, report: Path) -> No
     print(f"{len(summary.lines)} inputs: {summary.deidentified} de-identified, {summary.rejected} rejected{duplicates}")
     for reason, count in sorted(summary.reasons.items()):
         print(f"  rejected {reason}: {count}")
+    for warning, count in sorted(summary.warned.items()):
+        print(f"  published with warning {warning}: {count}")
     print(f"research folder: {destination}")
     print(f"report: {report}")
 

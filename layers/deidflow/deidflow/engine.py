@@ -26,6 +26,7 @@ from .pixels import (
     PixelsUntrusted,
     TextDetector,
     clear_embedded_overlays,
+    fixed_boxes,
     make_detector,
     needs_pixel_scan,
     policy_from_mapping,
@@ -47,6 +48,11 @@ class ProcessedInstance:
     sop_uid: str
     result: DeidResult
     pixels: PixelResult | None = None
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What was published on the rules' explicit say-so, which a reviewer should know about."""
+        return ("pixels_unscanned",) if self.pixels is not None and self.pixels.unscanned else ()
 
     @cached_property
     def data(self) -> bytes:
@@ -161,21 +167,30 @@ class Engine:
     def _clean_pixels(self, ds: pydicom.Dataset, plan: InstancePlan, *, scan_allowed: bool) -> PixelResult | None:
         """Burned-in text first, on the original header (it reads Manufacturer, BurnedInAnnotation)."""
         policy = policy_from_rules(plan.burned_in, self.pixel_policy)
-        scan, _ = needs_pixel_scan(ds, policy)
+        scan, reason = needs_pixel_scan(ds, policy)
         if not scan:
             # The pixels stay exactly as they are; overlays and icon images are still removed, by
             # the header pass (Table E.1-1 removes 60xx groups and the Icon Image Sequence).
             return None
         if not scan_allowed:
             raise PixelScanRequired
+        detector = self._detector(policy.detector)
+        unscanned = detector.name == "none" and not fixed_boxes(ds, policy)
+        if unscanned and not policy.allow_unscanned:
+            raise Rejected(
+                "pixels_unscanned",
+                f"the pixels must be scanned for burned-in text ({reason}) and the detector is 'none';"
+                " the rules' pixels.allow_unscanned: true publishes them as they are",
+            )
         try:
-            return redact_burned_in_text(ds, policy, self._detector(policy.detector))
+            result = redact_burned_in_text(ds, policy, detector)
         except PixelsTooLarge as exc:
             raise Rejected("too_large", str(exc)) from None
         except PixelsUntrusted as exc:
             raise Rejected("pixels_untrusted", f"the decoded pixels cannot be trusted: {exc}") from None
         except (PixelDecodeError, DetectionError, PixelEncodeError) as exc:
             raise Rejected("pixels_failed", f"burned-in text could not be cleaned ({type(exc).__name__})") from None
+        return replace(result, unscanned=unscanned)
 
     def _detector(self, name: str) -> TextDetector:
         """Detectors load models: one of each per process (or Lambda container), made on first use."""

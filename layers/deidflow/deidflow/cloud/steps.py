@@ -139,7 +139,7 @@ def record_status(services: Services, ref: ObjectRef, status: str, **fields: Any
     values: dict[str, Any] = {":status": status, ":now": now}
     sets = ["#status = :status", "#updated = :now", "#first = if_not_exists(#first, :now)"]
     removes = []
-    for i, name in enumerate(("reason", "detail", "research_key", "same_as")):
+    for i, name in enumerate(("reason", "detail", "research_key", "same_as", "warnings")):
         names[f"#f{i}"] = name
         if fields.get(name) is not None:
             values[f":f{i}"] = str(fields[name])
@@ -180,7 +180,14 @@ def _stage(
     }
     if duplicate_of is None:  # the mapping names the first source, which a duplicate is not
         services.table(settings.mapping_table).put_item(Item={k: v for k, v in mapping.items() if v != ""})
-    record_status(services, ref, "deidentified", research_key=processed.key, same_as=duplicate_of)
+    record_status(
+        services,
+        ref,
+        "deidentified",
+        research_key=processed.key,
+        same_as=duplicate_of,
+        warnings=",".join(processed.warnings) or None,
+    )
     staged: dict[str, Any] = {
         "staging_key": staging_key,
         "research_key": processed.key,

@@ -140,10 +140,13 @@ class PixelPolicy:
         than a scan.
     lossy_output: how lossy input is written back after redaction (see encode.py).
     remove_overlays / remove_icons: drop 60xx overlay groups and IconImageSequence everywhere.
+    allow_unscanned: publish an instance whose pixels must be scanned when the detector is "none"
+        and no fixed box applies (pixels nobody looked at); off, such an instance is rejected.
     """
 
     mode: ScanMode = "auto"
     detector: str = "local"
+    allow_unscanned: bool = False
     manual_boxes: tuple[RedactionBox, ...] = ()
     device_signatures: tuple[DeviceSignature, ...] = ()
     margin: int = 4

@@ -48,6 +48,7 @@ class PixelResult:
     detector: str = ""
     overlays_removed: int = 0
     icons_removed: int = 0
+    unscanned: bool = False  # needed a scan, got none: published only because the rules allow it
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +65,7 @@ class PixelResult:
             "detector": self.detector,
             "overlays_removed": self.overlays_removed,
             "icons_removed": self.icons_removed,
+            "unscanned": self.unscanned,
         }
 
 

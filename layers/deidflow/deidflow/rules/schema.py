@@ -83,6 +83,7 @@ SCHEMA: dict[str, Any] = {
                 "frame_sampling": {"enum": list(FRAME_SAMPLINGS)},
                 "sample_every": {"type": "integer", "minimum": 1},
                 "trust_no_for_text_prone": {"type": "boolean"},
+                "allow_unscanned": {"type": "boolean"},
                 "lossy_output": {"enum": list(LOSSY_OUTPUTS)},
             },
         },
