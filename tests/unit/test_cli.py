@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
-from deidflow.cli import main
+from deidflow.cli import laptop_engine, main
+from deidflow.rules import load_rules
 
+from ..conftest import TEST_KEY
 from .test_rules_language import DATA
 
 
@@ -131,3 +135,24 @@ def test_console_script_is_installed():
         [Path(sys.executable).parent / "deidflow", "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout.startswith("deidflow ")
+
+
+def test_explain_shows_the_pixel_stage_and_every_marker_as_the_output_has_them(tmp_path, capsys):
+    """A privacy officer reads explain before release: it must show what happens to the pixels
+    (which detector, which boxes, which frames) and every element the pass adds."""
+    sample = Path(__file__).resolve().parents[2] / "samples" / "drop" / "ultrasound" / "echo0000.dcm"
+    key = tmp_path / "key"
+    key.write_text(TEST_KEY.hex())
+    assert main(["explain", str(sample), "--key-file", str(key)]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith("(")}
+    assert "redacted:" in rows["PixelData"] and "detector rapidocr" in rows["PixelData"]
+    assert "frames scanned [0]" in rows["PixelData"]
+    assert "set to NO" in rows["BurnedInAnnotation"]
+    assert "removed" in rows["overlay"]
+    markers = ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence")
+    for name in (*markers, "LongitudinalTemporalInformationModified"):
+        assert "de-identification marker" in rows[name], name
+
+    out = pydicom.dcmread(io.BytesIO(laptop_engine(load_rules(), TEST_KEY).process(sample).data))
+    assert out.BurnedInAnnotation == "NO" and out.PatientIdentityRemoved == "YES"
+    assert not [tag for tag in out.keys() if 0x6000 <= tag >> 16 <= 0x601E]

@@ -27,7 +27,7 @@ from ..conftest import dicom_bytes, engine_with
 from .test_options_and_rules import BASE, _ct, options
 
 
-def _slow_set_markers(self: Markers, ds: Dataset, pixels_cleaned: bool) -> None:
+def _slow_set_markers(self: Markers, ds: Dataset, pixels_cleaned: bool, decisions: object = None) -> None:
     o = self.options
     ds.PatientIdentityRemoved = "YES"
     selected = [name.replace("_", " ") for name in o.selected()]

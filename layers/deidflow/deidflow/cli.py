@@ -170,6 +170,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"{args.file}")
     print(f"  rules: {rules.source}; labels: {', '.join(sorted(result.plan.labels))}")
     print(f"  output: {processed.key}")
+    pixels = processed.pixels
+    if pixels is not None and pixels.boxes:
+        boxes = ", ".join(f"[{b.x0}, {b.y0}, {b.x1}, {b.y1}] {b.source}" for b in pixels.boxes)
+        print(f"  pixels: boxes filled in every frame: {boxes}")
+    for warning in processed.warnings:
+        print(f"  warning: {warning}")
     print()
     width = max((len(d.path) for d in result.decisions), default=10)
     kw_width = max((len(d.keyword) for d in result.decisions), default=10)

@@ -14,7 +14,7 @@ from functools import cached_property
 import pydicom
 from pydicom.uid import UID
 
-from .deidentify import Deidentifier, DeidResult
+from .deidentify import Decision, Deidentifier, DeidResult
 from .dicomraw.write import encode_file_parts
 from .intake import AcceptPolicy, Instance, Rejected, check_cleanable, read_instance
 from .pixels import (
@@ -36,7 +36,7 @@ from .pixels import (
 from .pseudonym import Pseudonymizer
 from .rules import InstancePlan, RuleSet
 from .storage import research_key
-from .tags import WRITABLE_NATIVE_SYNTAXES
+from .tags import PIXEL_DATA_KEYWORDS, WRITABLE_NATIVE_SYNTAXES
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,8 @@ class Engine:
                 clear_embedded_overlays(ds)
             except PixelDecodeError as exc:
                 raise Rejected("pixels_failed", f"an embedded overlay could not be removed: {exc}") from None
+        had_pixels = explain and any(name in ds for name in PIXEL_DATA_KEYWORDS)
+        scan_reason = needs_pixel_scan(ds, policy_from_rules(plan.burned_in, self.pixel_policy))[1] if explain else ""
         pixels = self._clean_pixels(ds, plan, scan_allowed=scan_pixels)
         result = self.deidentifier.deidentify(
             ds,
@@ -162,6 +164,12 @@ class Engine:
             frame=instance.framing.dataset,
             originals=instance.originals,
         )
+        if had_pixels:
+            # The header pass saw the pixels after the pixel stage: what it says of them, the pixel
+            # stage's own rows say better.
+            rows = pixel_decisions(pixels, scan_reason)
+            replaced = {row.path for row in rows}
+            result.decisions[:] = [d for d in result.decisions if d.path not in replaced] + rows
         return plan, pixels, result
 
     def _clean_pixels(self, ds: pydicom.Dataset, plan: InstancePlan, *, scan_allowed: bool) -> PixelResult | None:
@@ -213,3 +221,37 @@ def _transcode(ds: pydicom.Dataset, transfer_syntax: str) -> None:
             ds.compress(transfer_syntax, generate_instance_uid=False)
     except Exception as exc:  # noqa: BLE001
         raise Rejected("transcode_failed", f"could not transcode to {transfer_syntax} ({type(exc).__name__})") from None
+
+
+def pixel_decisions(pixels: PixelResult | None, scan_reason: str) -> list[Decision]:
+    """What the pixel stage did, as `explain` rows: Pixel Data, Burned In Annotation, and the
+    overlays and icon images it removed (boxes are coordinates, never values)."""
+    by = f"pixel stage: {pixels.reason if pixels else scan_reason}"
+    if pixels is None or not pixels.scanned:
+        return [Decision("(7FE0,0010)", "PixelData", "OB", "kept (not scanned)", by)]
+    by += f"; detector {pixels.detector}; frames scanned {list(pixels.frames_scanned) or 'none'}"
+    if pixels.redacted:
+        done = (
+            f"redacted: {len(pixels.boxes)} box(es) in {pixels.frames_redacted} frame(s),"
+            f" re-encoded {pixels.transfer_syntax_in} -> {pixels.transfer_syntax_out}"
+        )
+    elif pixels.unscanned:
+        done = "kept unscanned (pixels.allow_unscanned)"
+    else:
+        done = "kept (scanned: no text found)"
+    rows = [Decision("(7FE0,0010)", "PixelData", "OB", done, by)]
+    if pixels.redacted:
+        rows.append(Decision("(0028,0301)", "BurnedInAnnotation", "CS", "set to NO", "pixel stage: the text is gone"))
+    if pixels.overlays_removed:
+        rows.append(
+            Decision(
+                "(60xx,xxxx)", "overlay groups", "--", f"removed ({pixels.overlays_removed})", "pixel stage: overlays"
+            )
+        )
+    if pixels.icons_removed:
+        rows.append(
+            Decision(
+                "(0088,0200)", "IconImageSequence", "SQ", f"removed ({pixels.icons_removed})", "pixel stage: icons"
+            )
+        )
+    return rows

@@ -247,7 +247,7 @@ class Deidentifier:
         if o.retain_safe_private:
             drop_empty_private_blocks(ds)
         add_tags(ds, plan, decisions)
-        self.markers.set_on(ds, pixels_cleaned)
+        self.markers.set_on(ds, pixels_cleaned, decisions)
         # pydicom reads a data set declared explicit but written implicit (it happens) as implicit VR,
         # and says otherwise in original_encoding: the elements as read tell.
         implicit_read = any(getattr(raw, "VR", "") is None for raw in walked.values())

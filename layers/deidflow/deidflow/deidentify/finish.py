@@ -44,10 +44,15 @@ class Markers:
         self.temporal = (0x00280303, "CS", modified)
         self.method_codes = {cleaned: method_codes(options, pixels_cleaned=cleaned) for cleaned in (False, True)}
 
-    def set_on(self, ds: Dataset, pixels_cleaned: bool) -> None:
+    def set_on(self, ds: Dataset, pixels_cleaned: bool, decisions: list[Decision] | None = None) -> None:
         """What `ds.PatientIdentityRemoved = "YES"` and friends do, without the keyword and
         dictionary look-ups: a new element with the dictionary VR, or, for one the data set already
-        has, the new value on its own element (which keeps its VR)."""
+        has, the new value on its own element (which keeps its VR). Each is recorded in
+        `decisions`, when given."""
+        if decisions is not None:
+            for tag, vr in ((0x00120062, "CS"), (0x00120063, "LO"), (0x00120064, "SQ"), (0x00280303, "CS")):
+                done = "replaced (de-identification marker)" if tag in ds else "added (de-identification marker)"
+                decisions.append(Decision(tag_text(tag), keyword(tag), vr, done, "PS3.15 E.1.1: what was done"))
         set_element(ds, *self.identity_removed)
         set_element(ds, *self.method)
         codes = Sequence()
