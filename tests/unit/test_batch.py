@@ -14,8 +14,10 @@ from pathlib import Path
 import pydicom.data
 import pytest
 from deidflow.batch import Limits, run_batch
+from deidflow.cli import main
 from deidflow.engine import Engine
 from deidflow.rules import RuleSet, load_rules
+from deidflow.testing.synthetic import make_corpus
 
 from ..conftest import TEST_KEY
 
@@ -155,3 +157,24 @@ def test_the_command_prints_no_header_value_whatever_the_inputs_do(tmp_path):
     printed = run.stdout + run.stderr
     assert not [token for token in planted if token in printed or token.lower() in printed.lower()]
     assert len((tmp_path / "out.report.jsonl").read_text().splitlines()) == len(fuzz)
+
+
+def test_a_study_with_two_patients_and_a_uid_naming_two_things_are_warned(tmp_path):
+    """How inputs from two sources sharing UIDs look (the bundled samples once did): published,
+    as they are not unsafe, but the report says so on the line that shows it, naming the other."""
+    corpus = make_corpus(n_patients=2, studies_per_patient=1, images_per_series=1, with_sr=False)
+    first, second = (study.instances[0].dataset for study in corpus.studies)
+    second.StudyInstanceUID = first.StudyInstanceUID  # another patient in the same study
+    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = first.SeriesInstanceUID
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    first.save_as(drop / "a.dcm", enforce_file_format=True)
+    second.save_as(drop / "b.dcm", enforce_file_format=True)
+    (tmp_path / "key").write_text(TEST_KEY.hex())
+    report = tmp_path / "report.jsonl"
+    arguments = ["deid", str(drop), str(tmp_path / "out"), "--key-file", str(tmp_path / "key")]
+    assert main([*arguments, "--report", str(report), "--quiet"]) == 4
+    a, b = _report(report)
+    assert a["status"] == b["status"] == "deidentified" and "warnings" not in a
+    assert b["warnings"] == ["study_with_two_patients", "uid_is_series_and_instance"]
+    assert b["same_as"] == str(drop / "a.dcm")

@@ -32,11 +32,12 @@ import time
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from .dicomraw.read import text_value
 from .engine import Engine
 from .intake import Rejected
 from .rules import RuleSet
@@ -132,11 +133,13 @@ def run_batch(
     staging.mkdir(parents=True, exist_ok=True)
     summary = BatchSummary()
     first: FirstSeen = {}
+    seen = _Consistency()
     report = open(report_path, "w", encoding="utf-8") if report_path else None  # noqa: SIM115
     try:
         with _Workers(max(1, jobs), engine, rules, key, staging, limits) as workers:
             for path, outcome in zip(files, workers.results(files), strict=True):
                 line = _settle(path, outcome, store, first)
+                line = seen.check(line, outcome)
                 summary.lines.append(line)
                 if report:
                     report.write(json.dumps({k: v for k, v in asdict(line).items() if v is not None}) + "\n")
@@ -151,6 +154,36 @@ def run_batch(
 
 
 FirstSeen = dict[str, tuple[str, str]]  # SOP Instance UID -> (input, output path)
+
+
+class _Consistency:
+    """What the published outputs say together that no one of them does: a study holding two
+    patients, a UID naming two things (a study and a series, a series and an instance). Both are
+    how inputs from two sources sharing UIDs look; each earns a warning on the line that shows it,
+    naming the earlier input in `same_as`. (The UIDs are pseudonyms of the originals, one for one,
+    so a collision here is a collision in the input.)"""
+
+    def __init__(self) -> None:
+        self.patient_of_study: dict[str, tuple[str, str]] = {}  # study UID -> (patient pseudonym, input)
+        self.role_of_uid: dict[str, tuple[str, str]] = {}  # UID -> (study | series | instance, input)
+
+    def check(self, line: ReportLine, outcome: dict[str, Any]) -> ReportLine:
+        if line.status != "deidentified":
+            return line
+        warnings, earlier = list(line.warnings or ()), None
+        study, patient = outcome["study_uid"], outcome["patient"]
+        known = self.patient_of_study.setdefault(study, (patient, line.input))
+        if known[0] != patient:
+            warnings.append("study_with_two_patients")
+            earlier = known[1]
+        for role, uid in (("study", study), ("series", outcome["series_uid"]), ("instance", outcome["sop_uid"])):
+            named = self.role_of_uid.setdefault(uid, (role, line.input))
+            if named[0] != role:
+                warnings.append(f"uid_is_{named[0]}_and_{role}")  # e.g. uid_is_series_and_instance
+                earlier = earlier or named[1]
+        if not warnings:
+            return line
+        return replace(line, warnings=tuple(dict.fromkeys(warnings)), same_as=line.same_as or earlier)
 
 
 def _settle(path: str, outcome: dict[str, Any], store: LocalStore, first: FirstSeen) -> ReportLine:
@@ -346,6 +379,9 @@ def _process_one(engine: Engine, path: str, staged: Path) -> dict[str, Any]:
         "staged": str(staged),
         "key": processed.key,
         "sop_uid": processed.sop_uid,
+        "study_uid": processed.study_uid,
+        "series_uid": processed.series_uid,
+        "patient": text_value(processed.result.dataset, "PatientID", "LO"),  # the pseudonym
         "warnings": processed.warnings,
     }
 
