@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import datetime
 
 import numpy as np
 import pydicom
@@ -210,3 +211,27 @@ def test_a_transcoded_instance_keeps_its_keyed_uid(source: str, target: str) -> 
     out = pydicom.dcmread(io.BytesIO(first.data))
     assert out.file_meta.TransferSyntaxUID == target
     assert out.SOPInstanceUID == out.file_meta.MediaStorageSOPInstanceUID == plain.sop_uid == first.sop_uid
+
+
+def test_one_study_keeps_one_study_date_and_exact_intervals() -> None:
+    """Researchers group by study date. Instances of one study whose times sit on either side of
+    midnight, or are missing, must still share one shifted Study Date; and the interval between
+    two acquisitions either side of midnight stays what it was."""
+    study, rng = _study()
+    instances = [make_instance(study, "1.2.826.0.1.3680043.10.1379.77.2", 1, n, rng).dataset for n in (1, 2, 3)]
+    for ds, study_time, acquired in zip(
+        instances, ("235959", "000001", None), (("20200101", "235950"), ("20200102", "000010"), None), strict=True
+    ):
+        ds.StudyDate = "20200101"
+        if study_time is None:
+            del ds.StudyTime
+        else:
+            ds.StudyTime = study_time
+        if acquired is not None:
+            ds.AcquisitionDate, ds.AcquisitionTime = acquired
+    outputs = [_run("", ds) for ds in instances]
+    assert len({out.StudyDate for out in outputs}) == 1 and outputs[0].StudyDate != "20200101"
+    first, second = (
+        datetime.strptime(out.AcquisitionDate + out.AcquisitionTime, "%Y%m%d%H%M%S") for out in outputs[:2]
+    )
+    assert (second - first).total_seconds() == 20

@@ -19,11 +19,8 @@ SECONDS_PER_DAY = 86400
 
 @dataclass(frozen=True)
 class DateShift:
-    """A per-patient offset: whole days for dates plus |seconds| < 12 h for times.
-
-    Keeping the sub-day part under twelve hours means a date without a time moves by exactly `days`,
-    the same whole-day move a date paired with a time around noon gets.
-    """
+    """An offset for dates and times: `days`, plus `seconds` (the rules' shift_datetime moves times
+    by seconds; a patient's own offset is whole days, see Pseudonymizer.date_shift)."""
 
     days: int
     seconds: int
@@ -72,12 +69,16 @@ class Pseudonymizer:
         return self.identifier(f"text:{context}", original, length)
 
     def date_shift(self, patient_identity: str) -> DateShift:
-        """Move every date of a patient back by the same amount, between min and max days."""
+        """Move every date of a patient back by the same whole number of days, between min and max.
+
+        Whole days, and times of day as they were: a part-day offset carries a date paired with a
+        time across midnight for some instances of a study and not for others (a time near
+        midnight, a time missing), and researchers group by study date: one study, one date.
+        Intervals between any two dates and times stay exact either way.
+        """
         value = int.from_bytes(self.digest("date-shift", patient_identity)[:8], "big")
         span_days = self._max_days - self._min_days + 1
-        days = self._min_days + value % span_days
-        seconds = (value // span_days) % SECONDS_PER_DAY - SECONDS_PER_DAY // 2
-        return DateShift(days=-days, seconds=seconds)
+        return DateShift(days=-(self._min_days + value % span_days), seconds=0)
 
     def bounded_shift(self, original: str, context: str, bound: int) -> int:
         """research-pacs ShiftDateTime: an offset in [-bound, +bound], keyed by the reuse context."""
