@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pydicom.data
 import pytest
-from deidflow.batch import Limits, run_batch
+from deidflow.batch import DestinationInUse, Limits, run_batch
 from deidflow.cli import main
 from deidflow.engine import Engine
 from deidflow.rules import RuleSet, load_rules
@@ -178,3 +178,25 @@ def test_a_study_with_two_patients_and_a_uid_naming_two_things_are_warned(tmp_pa
     assert a["status"] == b["status"] == "deidentified" and "warnings" not in a
     assert b["warnings"] == ["study_with_two_patients", "uid_is_series_and_instance"]
     assert b["same_as"] == str(drop / "a.dcm")
+
+
+def test_a_research_folder_holds_the_outputs_of_one_key_only(tmp_path, corpus_dir):
+    """A second key's outputs beside the first's: two pseudonyms for one patient, nobody could say
+    which is which. The folder is refused, as is a folder holding anything else; nothing in it is
+    touched; the same key reruns into its own folder."""
+    _, source = corpus_dir
+    one = next(source.rglob("*.dcm"))
+    out = tmp_path / "research"
+    assert run_batch([one], out, load_rules(), TEST_KEY).deidentified == 1
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert run_batch([one], out, load_rules(), TEST_KEY).deidentified == 1  # a rerun: same key
+    (tmp_path / "key").write_text(bytes(range(1, 33)).hex())
+    arguments = ["deid", str(one), str(out), "--key-file", str(tmp_path / "key"), "--quiet"]
+    assert main(arguments) == 2
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    unrelated = tmp_path / "holiday-photos"
+    unrelated.mkdir()
+    (unrelated / "beach.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(DestinationInUse, match="not empty"):
+        run_batch([one], unrelated, load_rules(), TEST_KEY)
+    assert [p.name for p in unrelated.iterdir()] == ["beach.jpg"]

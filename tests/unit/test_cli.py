@@ -98,7 +98,7 @@ def test_rules_check(tmp_path, capsys):
     assert "valid" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("deidflow_rules: 1\nprofile:\n  optoins: {}\n")
-    assert main(["rules", "check", str(bad)]) == 1
+    assert main(["rules", "check", str(bad)]) == 2  # as deid says of the same file
     assert f"{bad}:3: unknown key 'optoins'" in capsys.readouterr().out
 
 

@@ -40,10 +40,12 @@ from typing import Any
 from .dicomraw.read import text_value
 from .engine import Engine
 from .intake import Rejected
+from .pseudonym import Pseudonymizer
 from .rules import RuleSet
 from .storage import LocalStore
 
 STAGING = ".deidflow-staging"  # inside the research folder: the same file system, so moves are atomic
+KEY_MARK = ".deidflow-key"  # in the research folder: the fingerprint of the key its outputs were made with
 # A worker holds its next input while it works on one: it never waits for the parent between
 # inputs (a round trip between processes costs about half a millisecond on a small VM, as much as
 # the engine's own work on a tenth of a CT slice). One input waits at most behind one other.
@@ -128,6 +130,7 @@ def run_batch(
     travels to the worker by reference).
     """
     files = [str(p) for p in iter_inputs(inputs)]
+    claim_destination(Path(destination), Pseudonymizer(key).fingerprint)
     store = LocalStore(destination)
     staging = Path(destination) / STAGING
     staging.mkdir(parents=True, exist_ok=True)
@@ -154,6 +157,25 @@ def run_batch(
 
 
 FirstSeen = dict[str, tuple[str, str]]  # SOP Instance UID -> (input, output path)
+
+
+class DestinationInUse(Exception):
+    """The research folder holds what another key made, or what deidflow did not: outputs of two
+    keys in one folder would hold two pseudonyms for one patient, and nobody could tell which."""
+
+
+def claim_destination(destination: Path, fingerprint: str) -> None:
+    """An empty (or new) research folder becomes this key's; one already this key's is reused (a
+    rerun replaces outputs with the same bytes); any other is refused, and left as it is."""
+    mark = destination / KEY_MARK
+    if mark.is_file():
+        if mark.read_text(encoding="ascii").strip() != fingerprint:
+            raise DestinationInUse(f"{destination} holds outputs made with another key: use that key, or a new folder")
+        return
+    if destination.is_dir() and any(entry.name != STAGING for entry in destination.iterdir()):
+        raise DestinationInUse(f"{destination} is not empty and holds no deidflow outputs: choose a new folder")
+    destination.mkdir(parents=True, exist_ok=True)
+    mark.write_text(fingerprint + "\n", encoding="ascii")
 
 
 class _Consistency:

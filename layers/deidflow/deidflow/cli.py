@@ -15,7 +15,7 @@ import yaml
 from tqdm import tqdm
 
 from . import __version__
-from .batch import BatchSummary, Limits, ReportLine, iter_inputs, run_batch
+from .batch import BatchSummary, DestinationInUse, Limits, ReportLine, iter_inputs, run_batch
 from .cloud.services import edge_detector
 from .engine import Engine
 from .intake import Rejected
@@ -25,7 +25,7 @@ from .rules.research_pacs import convert_research_pacs, looks_like_research_pacs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # what the command was given (arguments, a rules file, a key) cannot be used
 EXIT_SOME_REJECTED = 3
 EXIT_WARNINGS = 4  # everything published, some of it on the rules' explicit say-so (see the report)
 
@@ -100,6 +100,10 @@ def cmd_deid(args: argparse.Namespace) -> int:
             limits=limits,
             engine=laptop_engine,
         )
+    except DestinationInUse as exc:
+        bar.close()
+        print(f"deidflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         bar.close()
         print(f"deidflow: the run failed: {exc}", file=sys.stderr)
@@ -129,10 +133,10 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem)
         print(f"{args.file}: {len(exc.problems)} problem(s)")
-        return EXIT_FAILED
+        return EXIT_USAGE
     except OSError as exc:
         print(f"cannot read {args.file}: {exc}")
-        return EXIT_FAILED
+        return EXIT_USAGE
     options = ", ".join(rules.options.selected()) or "none"
     print(
         f"{args.file}: valid - options: {options}; {len(rules.labels)} label(s), "
@@ -146,13 +150,13 @@ def cmd_rules_convert(args: argparse.Namespace) -> int:
         data, index = parse_yaml(Path(args.file).read_text("utf-8"), args.file)
         if not isinstance(data, dict) or not looks_like_research_pacs(data):
             print(f"{args.file}: not a research-pacs de-identifier config")
-            return EXIT_FAILED
+            return EXIT_USAGE
         converted, _ = convert_research_pacs(data, index, args.file)
         load_rules(args.file)  # report every problem before printing anything
     except RulesError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_USAGE
     print(yaml.safe_dump(converted, sort_keys=False), end="")
     return EXIT_OK
 
@@ -217,7 +221,7 @@ def cmd_local_run(args: argparse.Namespace) -> int:
     for obj in run.objects:
         counts[obj.status] = counts.get(obj.status, 0) + 1
     print(
-        f"{len(run.executions)} executions ({run.failed_executions} failed); "
+        f"{len(run.executions)} execution{'' if len(run.executions) == 1 else 's'} ({run.failed_executions} failed); "
         + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     )
     print(f"research folder: {args.dst} ({len(run.research_files)} instances)")

@@ -46,6 +46,11 @@ class Pseudonymizer:
         self._max_days = max_shift_days
         self._uid_cache: dict[str, str] = {}
 
+    @property
+    def fingerprint(self) -> str:
+        """Names the key without revealing it: outputs made with one key carry the same one."""
+        return self.digest("key-fingerprint", "").hex()[:32]
+
     def digest(self, domain: str, original: str) -> bytes:
         return hmac.new(self._key, f"{domain}\x1f{original}".encode(), hashlib.sha256).digest()
 
