@@ -1,9 +1,9 @@
-# Two commands do everything on a fresh machine (Python 3.11+ with venv):
+# Two commands do everything on a fresh machine (Python 3.11 to 3.13 with venv):
 #   make run    set up, then run the whole workflow locally (the real state machine and handlers,
 #               AWS played by moto) on the bundled sample drop folder, into out/research
 #   make test   set up, then lint and run the whole test suite
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -17,6 +17,9 @@ $(STAMP): layers/deidflow/pyproject.toml requirements-dev.txt requirements-realf
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e "layers/deidflow[codecs,ocr,rekognition,cloud,local,orthanc]" -r requirements-dev.txt
+	@# On Python 3.13 the OCR package's stale Requires-Python cap is overridden (see pyproject.toml).
+	if $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 13))'; then \
+		$(BIN)/pip install --quiet --no-deps --ignore-requires-python "rapidocr-onnxruntime>=1.4,<1.5"; fi
 	$(BIN)/pip install --quiet --no-deps -r requirements-realfiles.txt
 	touch $(STAMP)
 
@@ -75,4 +78,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_deid.py
 
 clean:
-	rm -rf $(VENV) $(SAM) $(CHECKOV) out .aws-sam .deidflow-local $(REALFILES)
+	rm -rf $(VENV) .venv-py313 $(SAM) $(CHECKOV) out .aws-sam .deidflow-local $(REALFILES)

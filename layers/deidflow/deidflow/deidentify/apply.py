@@ -185,17 +185,6 @@ class Deidentifier:
             Action.DUMMY: self._dummy,
         }
 
-    def decide(
-        self,
-        tag: int,
-        vr: str,
-        path: tuple[PathStep, ...] | None,
-        plan: InstancePlan,
-        attribute_type: str | None = None,
-    ) -> tuple[Action, str, ElementRule | None]:
-        """(action, decided_by, rule) for one element (decide.Decider)."""
-        return self.decider.decide(tag, vr, path, plan, attribute_type)
-
     def deidentify(
         self,
         ds: Dataset,
