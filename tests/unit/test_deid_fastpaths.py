@@ -148,7 +148,7 @@ def _raw_elements(ds: Dataset):  # type: ignore[no-untyped-def]
 
 
 def test_raw_value_readers_read_what_pydicom_decodes() -> None:
-    """The readers of `rawvalues` skip pydicom's decoding for plain values: on every element of
+    """The readers of `dicomraw.read` skip pydicom's decoding for plain values: on every element of
     every real file (charset files included) and a synthetic one, they give pydicom's value or
     decline."""
     from .test_real_files import REAL_FILES

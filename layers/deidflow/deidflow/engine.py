@@ -1,6 +1,6 @@
 """One instance in, de-identified bytes (or a rejection) out: what every entry point calls.
 
-The CLI, the Lambdas and the local workflow all go through `process_instance`, so they apply the
+The CLI, the Lambdas and the local workflow all go through `Engine.process`, so they apply the
 same checks, rules and output layout.
 """
 
