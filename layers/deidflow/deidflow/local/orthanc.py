@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
-import ctypes.util
 import json
 import os
 import secrets
@@ -28,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -255,13 +254,19 @@ def _in_use(port: int) -> bool:
     return False
 
 
-def _die_with_parent() -> None:
-    """In Orthanc's process, before it starts: the kernel sends it SIGTERM when the process that
-    started it ends, however that ends (SIGKILL included), so it never outlives deidflow (Linux;
-    elsewhere the context manager's stop is all there is)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent() -> Callable[[], None] | None:
+    """What Orthanc's process runs before it starts (Linux): the kernel then sends it SIGTERM when
+    the process that started it ends, however that ends (SIGKILL included), so it never outlives
+    deidflow. Looked up here, in the parent: between fork and exec the child may only call it."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # this process's own C library
+    except (OSError, AttributeError):
+        return None  # not Linux: the context manager's stop is all there is
+
+    def set_parent_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return set_parent_death_signal
 
 
 _PR_SET_PDEATHSIG = 1
@@ -372,7 +377,7 @@ class LocalOrthanc:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches us; we stop Orthanc ourselves
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent(),
             )
         finally:
             log.close()
