@@ -150,6 +150,9 @@ def test_too_large_is_rejected_before_reading(workflow, monkeypatch):
     downloads = []
     services = __import__("deidflow.cloud.handler", fromlist=["current_services"]).current_services()
     monkeypatch.setattr(services.s3, "download_file", lambda *a, **k: downloads.append(a))
+    # An event's size alone never rejects (it may be stale or forged): S3 confirms it, before any read.
+    head = services.s3.head_object
+    monkeypatch.setattr(services.s3, "head_object", lambda **k: {**head(**k), "ContentLength": 513 * 1024**2})
     with pytest.raises(RejectedObject) as caught:
         call(workflow, "DeidentifyHeader", event)
     assert caught.value.reason == "too_large"

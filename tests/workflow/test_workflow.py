@@ -297,3 +297,20 @@ def test_one_sop_instance_uid_from_several_objects_keeps_the_first(workflow, cor
     assert claim["holder"] == holder and conflict["research_key"] == next(iter(workflow.research_objects()))
     [mapping] = workflow.table_items(workflow.names.mapping_table)
     assert mapping["source_key"] == first
+
+
+def test_an_event_claiming_a_huge_size_does_not_quarantine_a_good_object(workflow, corpus):
+    """A notification's size can be stale (the key overwritten since) or forged: the object's own
+    size decides."""
+    workflow.drop("p/img.dcm", dicom_bytes(corpus.instances[0].dataset))
+    [message] = [
+        m
+        for m in workflow.sqs.receive_message(QueueUrl=workflow.queue_url, MaxNumberOfMessages=10)["Messages"]
+        if "Records" in m["Body"]
+    ]
+    body = json.loads(message["Body"])
+    body["Records"][0]["s3"]["object"]["size"] = 10**12
+    report = workflow.execute([{**workflow._pipe_record(message), "body": json.dumps(body)}])
+    assert report.status == "SUCCEEDED"
+    assert [o.status for o in report.objects] == ["published"]
+    assert len(workflow.research_objects()) == 1
