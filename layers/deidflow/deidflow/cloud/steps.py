@@ -285,8 +285,10 @@ def _downloaded(services: Services, ref: ObjectRef) -> Iterator[str]:
         head_args["VersionId"] = ref.version_id
     # The event's size may be stale (the key overwritten since) or forged: it may let an object
     # through to the read, whose size is checked again below, but never reject one on its own.
-    trusted = ref.size is not None and ref.size <= limit
-    size = ref.size if trusted else services.s3.head_object(**head_args)["ContentLength"]
+    if ref.size is not None and ref.size <= limit:
+        size = ref.size
+    else:
+        size = int(services.s3.head_object(**head_args)["ContentLength"])
     if size > limit:
         raise RejectedObject("too_large", f"{size} bytes is above the pipeline's limit of {limit} bytes")
     fd, path = tempfile.mkstemp(suffix=".dcm")
