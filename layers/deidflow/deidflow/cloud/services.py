@@ -43,10 +43,11 @@ def make_rekognition_client(
     return session.client("rekognition", region_name=region_name, config=config)
 
 
-def edge_detector(name: str) -> TextDetector:
-    """The engine's detector factory at the edge: Rekognition gets a client made here."""
+def edge_detector(name: str, session: Any = None) -> TextDetector:
+    """The engine's detector factory at the edge: Rekognition gets a client made here, from
+    `session` (a boto3.Session; the default one when None)."""
     if name.strip().lower() == "rekognition":
-        return make_detector(name, client=make_rekognition_client())
+        return make_detector(name, client=make_rekognition_client(session=session))
     return make_detector(name)
 
 
@@ -137,6 +138,4 @@ class Services:
 
     def detector(self, name: str) -> TextDetector:
         """The engine's detectors; Rekognition's client comes from this container's session."""
-        if name.strip().lower() == "rekognition":
-            return make_detector(name, client=make_rekognition_client(session=self.session))
-        return make_detector(name)
+        return edge_detector(name, self.session)

@@ -50,7 +50,8 @@ class Markers:
         has, the new value on its own element (which keeps its VR). Each is recorded in
         `decisions`, when given."""
         if decisions is not None:
-            for tag, vr in ((0x00120062, "CS"), (0x00120063, "LO"), (0x00120064, "SQ"), (0x00280303, "CS")):
+            code_sequence = (0x00120064, "SQ", None)  # De-identification Method Code Sequence, built below
+            for tag, vr, _ in (self.identity_removed, self.method, code_sequence, self.temporal):
                 done = "replaced (de-identification marker)" if tag in ds else "added (de-identification marker)"
                 decisions.append(Decision(tag_text(tag), keyword(tag), vr, done, "PS3.15 E.1.1: what was done"))
         set_element(ds, *self.identity_removed)
