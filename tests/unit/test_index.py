@@ -234,13 +234,14 @@ def test_dicom_json_is_the_whole_header_without_pixel_data(default_engine):
     item = index_entry(ds, key).item
     header = json.loads(item["dicom_json"])
 
-    assert "7FE00010" not in header
+    # PS3.18 F.2.6: the pixels are a reference at their place, not a value.
+    assert header["7FE00010"] == {"vr": ds["PixelData"].VR, "BulkDataURI": "7FE00010"}
     assert item["bulk_data_tags"] == ["7FE00010"]
     assert "invalid_tags" not in item
-    assert set(header) == {f"{t:08X}" for t in ds.keys()} - {"7FE00010"}
+    assert set(header) == {f"{t:08X}" for t in ds.keys()}
     assert not any(k.startswith("0002") for k in header), "file meta is not part of the data set's JSON"
     # It is standard DICOM JSON: pydicom reads it back to the same values.
-    back = Dataset.from_json(item["dicom_json"])
+    back = Dataset.from_json(item["dicom_json"], bulk_data_uri_handler=lambda *_: b"")
     for keyword in ("SOPInstanceUID", "StudyInstanceUID", "PatientID", "StudyDate", "ImagePositionPatient", "Rows"):
         assert back[keyword].value == ds[keyword].value, keyword
     assert len(back.DeidentificationMethodCodeSequence) == len(ds.DeidentificationMethodCodeSequence) > 0
@@ -260,8 +261,9 @@ def test_binary_elements_inline_when_small_and_bulk_when_large():
     ds.WaveformSequence = Sequence([item_seq])
     header, bulk, invalid = dicom_json(ds)
     assert header["00091010"] == {"vr": "OB", "InlineBinary": "AQIDBA=="}
-    assert "00091011" not in header
-    assert header["54000100"]["Value"][0].keys() == {"54001004"}
+    assert header["00091011"] == {"vr": "OB", "BulkDataURI": "00091011"}
+    # A nested bulk value's reference is its path through the sequence items.
+    assert header["54000100"]["Value"][0]["54001010"] == {"vr": "OW", "BulkDataURI": "54000100.0.54001010"}
     assert bulk == {"00091011", "54001010"} and not invalid
     assert dicom_json(ds, inline_binary_bytes=10_000)[1] == {"54001010"}
 
@@ -401,8 +403,9 @@ def test_real_files_are_indexed(default_engine, name, modality, frames, bulk):
     assert item.get("number_of_frames") == frames
     assert item["bulk_data_tags"] == bulk
     header = json.loads(item["dicom_json"])
-    assert not set(bulk) & set(header)
-    assert Dataset.from_json(header).SOPInstanceUID == ds.SOPInstanceUID
+    assert all(set(header[tag]) == {"vr", "BulkDataURI"} for tag in bulk if tag in header)
+    assert item["dicom_json"].count('"BulkDataURI"') >= len(bulk), "every bulk value has its reference"
+    assert Dataset.from_json(header, bulk_data_uri_handler=lambda *_: b"").SOPInstanceUID == ds.SOPInstanceUID
     _assert_putable(entry)
 
 

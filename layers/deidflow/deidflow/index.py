@@ -14,15 +14,20 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import BYTES_VR
+
+from .dicomraw.read import held
+from .rules import ALL_LABEL
 
 # DynamoDB rejects items over 400 KB. The default leaves room for the estimate's slack and for
 # attributes a later version may add, so an item that passes here is always accepted.
@@ -56,6 +61,127 @@ _UNNUMBERED = "unnumbered"
 
 
 @dataclass(frozen=True)
+class FrameLocations:
+    """Byte ranges of each frame in the stored object, so one frame is one ranged read.
+
+    Native pixel data: every frame is `frame_length` bytes from `pixel_data_offset` on.
+    Encapsulated: per frame, the (offset, length) of each fragment's bytes (items' headers left out).
+    """
+
+    pixel_data_offset: int
+    frame_length: int = 0
+    fragments: tuple[tuple[tuple[int, int], ...], ...] = ()
+
+    @property
+    def encapsulated(self) -> bool:
+        return bool(self.fragments)
+
+    def ranges(self, frame_number: int, number_of_frames: int) -> tuple[tuple[int, int], ...]:
+        """The (offset, length) ranges of frame `frame_number` (1-based); IndexError outside."""
+        if frame_number < 1:
+            raise IndexError(frame_number)
+        if self.fragments:
+            return self.fragments[frame_number - 1]
+        if frame_number > number_of_frames:
+            raise IndexError(frame_number)
+        return ((self.pixel_data_offset + (frame_number - 1) * self.frame_length, self.frame_length),)
+
+    def as_item(self) -> dict[str, Any]:
+        # One JSON string: a long list of pairs as DynamoDB lists costs more bytes and converts
+        # every number to Decimal.
+        return {
+            "frames": json.dumps(
+                {"offset": self.pixel_data_offset, "length": self.frame_length, "fragments": self.fragments},
+                separators=(",", ":"),
+            )
+        }
+
+    @classmethod
+    def from_item(cls, text: str) -> FrameLocations:
+        data = json.loads(text)
+        fragments = tuple(tuple((int(o), int(n)) for o, n in frame) for frame in data.get("fragments") or ())
+        return cls(int(data["offset"]), int(data.get("length") or 0), fragments)
+
+
+def frame_locations(path: str) -> FrameLocations | None:
+    """Where each frame of Pixel Data sits in the file at `path`, or None when frames cannot be cut
+    by byte ranges (deflated, bit-packed, or fragments that no table assigns to frames): a
+    reader then decodes the object instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, defer_size=1024)  # large values stay in the file
+        raw = held(ds).get(0x7FE00010)
+        transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if raw is None or transfer_syntax is None or transfer_syntax == DeflatedExplicitVRLittleEndian:
+            return None
+        offset = getattr(raw, "value_tell", None)
+        frames = _integer(ds, "NumberOfFrames") or 1
+        if offset is None or frames < 1:
+            return None
+        if not transfer_syntax.is_encapsulated:
+            bits, rows, columns = (_integer(ds, k) or 0 for k in ("BitsAllocated", "Rows", "Columns"))
+            samples = _integer(ds, "SamplesPerPixel") or 1
+            length = rows * columns * samples * bits // 8
+            if bits % 8 or length == 0 or int(getattr(raw, "length", 0)) < length * frames:
+                return None
+            return FrameLocations(int(offset), length)
+    with open(path, "rb") as fh:
+        fh.seek(int(offset))
+        fragments = _fragment_items(fh)
+    if fragments is None:
+        return None
+    table, items = fragments
+    if table:
+        starts = [*table, float("inf")]
+        if len(table) != frames:
+            return None
+        first = items[0][0] - 8 if items else 0  # table offsets count from the first fragment's item tag
+        grouped = tuple(
+            tuple((o, n) for o, n in items if starts[i] <= o - 8 - first < starts[i + 1]) for i in range(frames)
+        )
+    elif frames == 1:
+        grouped = (tuple(items),)
+    elif len(items) == frames:
+        grouped = tuple((item,) for item in items)
+    else:
+        return None
+    if any(not frame for frame in grouped):
+        return None
+    return FrameLocations(int(offset), 0, grouped)
+
+
+def _fragment_items(fh: Any) -> tuple[list[int], list[tuple[int, int]]] | None:
+    """(Basic Offset Table, [(offset, length) of each fragment's bytes]) of encapsulated pixel data
+    whose value starts at fh's position; None when the items are not as PS3.5 A.4 lays them out."""
+    table: list[int] = []
+    items: list[tuple[int, int]] = []
+    first = True
+    while True:
+        head = fh.read(8)
+        if len(head) < 8:
+            return None
+        group, element, length = (
+            int.from_bytes(head[0:2], "little"),
+            int.from_bytes(head[2:4], "little"),
+            int.from_bytes(head[4:8], "little"),
+        )
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return table, items
+        if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+            return None
+        start = fh.tell()
+        if first:
+            body = fh.read(length)
+            if len(body) != length or length % 4:
+                return None
+            table = [int.from_bytes(body[i : i + 4], "little") for i in range(0, length, 4)]
+            first = False
+            continue
+        items.append((start, length))
+        fh.seek(start + length)
+
+
+@dataclass(frozen=True)
 class IndexEntry:
     """What to put in the index table, and the sidecar bytes to store first when there are any."""
 
@@ -77,11 +203,18 @@ def index_entry(
     ds: Dataset,
     research_key: str,
     *,
+    labels: Iterable[str] = (),
+    frames: FrameLocations | None = None,
+    object_bytes: int | None = None,
     max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
     sidecar_key: str | None = None,
     inline_binary_bytes: int = DEFAULT_INLINE_BINARY_BYTES,
 ) -> IndexEntry:
     """The index item for one de-identified instance stored at `research_key`.
+
+    `labels` are the rules' labels decided on the original header (stored as `rule_labels`, which
+    the research API uses for permission profiles and never returns); `frames` where the frames sit
+    in the stored object; `object_bytes` its size.
 
     Deterministic: the same dataset and arguments give an equal item and identical sidecar bytes, so
     a retried step overwrites the item with itself. Raises ValueError when the dataset has no SOP
@@ -97,6 +230,12 @@ def index_entry(
         if "sop_instance_uid" not in item:
             raise ValueError("the dataset has no usable SOP Instance UID (0008,0018): nothing to key the item on")
         item["research_key"] = research_key
+        if chosen := sorted(set(labels) - {ALL_LABEL}):
+            item["rule_labels"] = chosen
+        if frames is not None:
+            item.update(frames.as_item())
+        if object_bytes is not None:
+            item["object_bytes"] = object_bytes
         header, bulk, invalid = dicom_json(ds, inline_binary_bytes=inline_binary_bytes)
     # Which elements the JSON leaves out, as distinct tags: bounded however many items repeat them,
     # and enough for a reader to know the header is not the whole object.
@@ -241,7 +380,7 @@ def dicom_json(
     return _json_dataset(ds, inline_binary_bytes, bulk, invalid), bulk, invalid
 
 
-def _json_dataset(ds: Dataset, limit: int, bulk: set[str], invalid: set[str]) -> dict[str, Any]:
+def _json_dataset(ds: Dataset, limit: int, bulk: set[str], invalid: set[str], where: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tag in ds.keys():  # keys(): iterating the Dataset itself would decode every raw value first
         key = f"{int(tag):08X}"
@@ -252,9 +391,16 @@ def _json_dataset(ds: Dataset, limit: int, bulk: set[str], invalid: set[str]) ->
             continue
         if _is_bulk(element, limit):
             bulk.add(key)
+            # PS3.18 F.2.6: a bulk value is replaced by a reference at its place. Stored as the
+            # element's path in the instance (tags and item numbers joined by dots, so that it is one
+            # URL path segment); the API makes it a URL when it answers.
+            out[key] = {"vr": element.VR, "BulkDataURI": where + key}
             continue
         if element.VR == "SQ":
-            items = [_json_dataset(item, limit, bulk, invalid) for item in element.value or []]
+            items = [
+                _json_dataset(item, limit, bulk, invalid, f"{where}{key}.{i}.")
+                for i, item in enumerate(element.value or [])
+            ]
             # PS3.18 F.2.5: an attribute without a value carries only its VR.
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             continue

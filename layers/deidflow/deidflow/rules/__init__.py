@@ -11,6 +11,7 @@ dialect), `tagpattern` and `query` (the two small languages rules use).
 
 from .compile import compile_rules, load_rules, load_rules_text, transcode_supported
 from .model import ALL_LABEL, AddTag, BurnedInRule, ElementRule, InstancePlan, RuleSet, Scope, Transformation
+from .schema import schema_problems
 from .source import RulesError, line_for, parse_yaml
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "load_rules",
     "load_rules_text",
     "parse_yaml",
+    "schema_problems",
     "transcode_supported",
 ]

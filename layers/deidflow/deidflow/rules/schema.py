@@ -170,8 +170,11 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def schema_problems(data: Any, index: dict[tuple[Any, ...], int], where: str) -> list[str]:
-    validator = jsonschema.Draft202012Validator(SCHEMA)
+def schema_problems(
+    data: Any, index: dict[tuple[Any, ...], int], where: str, schema: dict[str, Any] = SCHEMA
+) -> list[str]:
+    """`schema`'s findings on `data` (a rules file's by default), each as 'where:line: what'."""
+    validator = jsonschema.Draft202012Validator(schema)
     problems = []
     for error in sorted(validator.iter_errors(data), key=lambda e: line_for(index, e.absolute_path)):
         if error.validator == "additionalProperties":
