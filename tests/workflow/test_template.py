@@ -34,11 +34,11 @@ def statements(resource: dict) -> list[dict]:
 
 def test_data_buckets_are_kms_encrypted_versioned_private_and_tls_only(resources):
     policies = {r["Properties"]["Bucket"]["Ref"]: r for r in of_type(resources, "AWS::S3::BucketPolicy").values()}
-    for name in ("IngestBucket", "ResearchBucket"):
+    for name, key in (("IngestBucket", "DataKey"), ("ResearchBucket", "ResearchKey")):
         props = resources[name]["Properties"]
         [rule] = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
         assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
-        assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
+        assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {"Fn::GetAtt": [key, "Arn"]}
         assert props["VersioningConfiguration"]["Status"] == "Enabled"
         assert all(props["PublicAccessBlockConfiguration"].values())
         assert resources[name]["DeletionPolicy"] == "Retain"

@@ -54,6 +54,7 @@ class LocalNames:
     queue: str = "deidflow-ingest-queue"
     dead_letter_queue: str = "deidflow-ingest-dlq"
     index_table: str = "deidflow-index"
+    catalog_table: str = "deidflow-catalog"
     mapping_table: str = "deidflow-mapping"
     status_table: str = "deidflow-status"
     key_secret: str = "deidflow/pseudonymisation-key"
@@ -161,6 +162,7 @@ class LocalWorkflow:
                 {
                     "ResearchBucket": self.names.research_bucket,
                     "IndexTable": self.names.index_table,
+                    "CatalogTable": self.names.catalog_table,
                     "MappingTable": self.names.mapping_table,
                     "StatusTable": self.names.status_table,
                     "PseudonymKeySecret": self.names.key_secret,
@@ -256,6 +258,7 @@ class LocalWorkflow:
         template = load_template(self.project / TEMPLATE_PATH)
         for logical_id, name in (
             ("IndexTable", n.index_table),
+            ("CatalogTable", n.catalog_table),
             ("MappingTable", n.mapping_table),
             ("StatusTable", n.status_table),
         ):
