@@ -8,6 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 _UID_SAFE = re.compile(r"^[0-9.]+$")
+# Beside a research folder that the local workflow filled: its index and catalog items, one JSON
+# object per line, as the Index step wrote them (what `deidflow local api` serves).
+INDEX_DUMP = ".deidflow-index.jsonl"
+CATALOG_DUMP = ".deidflow-catalog.jsonl"
 
 
 def research_key(study_uid: str, series_uid: str, sop_uid: str) -> str:

@@ -55,6 +55,7 @@ def edge_detector(name: str, session: Any = None) -> TextDetector:
 class Settings:
     research_bucket: str
     index_table: str
+    catalog_table: str
     mapping_table: str
     status_table: str
     key_secret_id: str
@@ -81,6 +82,7 @@ class Settings:
         return cls(
             research_bucket=need("RESEARCH_BUCKET"),
             index_table=need("INDEX_TABLE"),
+            catalog_table=need("CATALOG_TABLE"),
             mapping_table=need("MAPPING_TABLE"),
             status_table=need("STATUS_TABLE"),
             key_secret_id=need("KEY_SECRET_ID"),

@@ -23,6 +23,7 @@ names the object kept. `deidflow deid` applies the same rule in input order.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -34,7 +35,9 @@ import pydicom
 from botocore.exceptions import ClientError
 
 from ..engine import PixelScanRequired, ProcessedInstance
-from ..index import SIDECAR_CONTENT_TYPE, index_entry
+from ..index import SIDECAR_CONTENT_TYPE, IndexEntry, frame_locations, index_entry
+from ..research.qido import study_summary
+from ..rules import ALL_LABEL
 from .errors import MISSING_CODES, RejectedObject, rejection_from_error
 from .objects import ObjectRef, parse_batch
 from .services import Services
@@ -81,12 +84,23 @@ def redact_burned_in_text(event: Mapping[str, Any], services: Services) -> dict[
 
 
 def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
-    """The de-identified header into the index table; a header too big for an item goes to a sidecar."""
+    """The de-identified header into the index table (a header too big for an item goes to a
+    sidecar), with what the research API needs: the rules' labels, where each frame sits in the
+    object, and the study and series in the catalog. Every write is a put of deterministic content."""
     staged = event["staged"]
     research_key = staged["research_key"]
     with _downloaded(services, ObjectRef(services.settings.research_bucket, staged["staging_key"])) as path:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-    entry = index_entry(ds, research_key, max_item_bytes=services.settings.max_index_item_bytes)
+        frames = frame_locations(path)
+        size = os.path.getsize(path)
+    entry = index_entry(
+        ds,
+        research_key,
+        labels=staged.get("labels") or (),
+        frames=frames,
+        object_bytes=size,
+        max_item_bytes=services.settings.max_index_item_bytes,
+    )
     if entry.sidecar is not None:
         services.s3.put_object(
             Bucket=services.settings.research_bucket,
@@ -95,7 +109,25 @@ def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]
             ContentType=SIDECAR_CONTENT_TYPE,
         )
     services.table(services.settings.index_table).put_item(Item=entry.item)
+    for item in catalog_items(entry):
+        services.table(services.settings.catalog_table).put_item(Item=item)
     return {**_passthrough(event), "indexed": {"sidecar": entry.sidecar is not None}}
+
+
+def catalog_items(entry: IndexEntry) -> list[dict[str, Any]]:
+    """The catalog's study and series items for an indexed instance: what a study search lists
+    before deciding on the instances. Put, not updated: any instance of the study writes the same."""
+    item = entry.item
+    study, series = item.get("study_instance_uid"), item.get("series_instance_uid")
+    if not study or not series:
+        return []
+    header = json.loads(entry.sidecar.decode("utf-8") if entry.sidecar is not None else item["dicom_json"])
+    summary = json.dumps(study_summary(header), sort_keys=True, separators=(",", ":"))
+    dated = {"study_date": item["study_date"]} if "study_date" in item else {}
+    return [
+        {"study_instance_uid": study, "item": "study", "summary": summary, **dated},
+        {"study_instance_uid": study, "item": f"series#{series}", "series_instance_uid": series},
+    ]
 
 
 def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
@@ -194,6 +226,9 @@ def _stage(
         "study_instance_uid": processed.study_uid,
         "series_instance_uid": processed.series_uid,
         "sop_instance_uid": processed.sop_uid,
+        # The rules' labels, decided on the original header: the index keeps them for permission
+        # profiles (never returned to researchers). Names only, set by the rules' author.
+        "labels": sorted(processed.result.plan.labels - {ALL_LABEL}),
     }
     if duplicate_of is not None:
         staged["duplicate_of"] = duplicate_of

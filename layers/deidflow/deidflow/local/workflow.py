@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,7 +28,7 @@ from urllib.parse import unquote
 
 from ..cloud import handler
 from ..cloud.handler import reset_services
-from ..storage import LocalStore
+from ..storage import CATALOG_DUMP, INDEX_DUMP, LocalStore
 from .template import function_environment, load_template, table_definition
 
 REGION = "us-east-1"
@@ -414,10 +415,16 @@ class LocalWorkflow:
                 yield item["Key"], self.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
 
     def download_research(self, destination: Path) -> list[Path]:
-        """Copy the research bucket's studies/ tree into a local folder (write, then rename)."""
+        """Copy the research bucket's studies/ tree into a local folder (write, then rename), with
+        the index and catalog items beside it (INDEX_DUMP, CATALOG_DUMP): what `deidflow local api`
+        serves, labels and frame locations included, which the files alone do not carry."""
 
         store = LocalStore(destination)
-        return [Path(store.put(key, data)) for key, data in self._objects(self.names.research_bucket, "studies/")]
+        files = [Path(store.put(key, data)) for key, data in self._objects(self.names.research_bucket, "studies/")]
+        for name, table in ((INDEX_DUMP, self.names.index_table), (CATALOG_DUMP, self.names.catalog_table)):
+            items = sorted(self.table_items(table), key=lambda i: json.dumps(i, sort_keys=True, default=str))
+            store.put(name, "".join(json.dumps(i, sort_keys=True, default=_plain) + "\n" for i in items).encode())
+        return files
 
     def table_items(self, table: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -428,6 +435,15 @@ class LocalWorkflow:
             if "LastEvaluatedKey" not in page:
                 return items
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB's Decimal numbers as JSON numbers (the index holds integers only)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, set):
+        return sorted(value)
+    raise TypeError(type(value).__name__)
 
 
 def object_paths(events: Iterable[dict[str, Any]], output: dict[str, Any]) -> list[ObjectPath]:

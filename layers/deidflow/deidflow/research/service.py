@@ -1,0 +1,344 @@
+"""The research API's operations, over an index and an object store, for one caller's access.
+
+Every operation decides visibility per study with `visible_in_study` before it reads anything, and
+answers 404 alike for a UID that does not exist and one the caller may not see. Each returns an
+`Answer` that carries, besides the body, what the audit record must say about it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Protocol
+
+from .header import InstanceRecord
+from .profiles import ProfilesFile
+from .qido import BadQuery, QidoQuery, ResultBuilder, parse_query
+from .visibility import Access, visible_in_study
+from .wado import (
+    OCTET_STREAM,
+    accepted_transfer_syntax,
+    bulk_path,
+    frame_part_type,
+    instance_metadata,
+    instance_url,
+    multipart_related,
+    parse_frame_list,
+)
+
+DICOM_JSON = "application/dicom+json"
+# Lambda answers at most 6 MB, binary bodies travel base64-encoded (4/3): what fits inline.
+MAX_INLINE_BYTES = 4_000_000
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+    # For the audit record: what was returned or read (UIDs only).
+    studies: tuple[str, ...] = ()
+    series: tuple[str, ...] = ()
+    instance: str | None = None
+    frames: tuple[int, ...] = ()
+    count: int = 0
+    query: str = ""
+
+
+class ResearchIndex(Protocol):
+    def studies(self) -> Iterable[tuple[str, Mapping[str, Any]]]:
+        """(Study UID, the study's study-level DICOM JSON as last indexed), newest study first.
+        Only a pre-filter: results are rebuilt from the visible instances."""
+        ...
+
+    def study_instances(self, study_uid: str) -> list[InstanceRecord]:
+        """Every instance of the study, in series then instance order ([] when unknown)."""
+        ...
+
+
+class ObjectStore(Protocol):
+    def read(self, key: str) -> bytes: ...
+
+    def read_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]: ...
+
+    def presigned_url(self, key: str, seconds: int) -> str: ...
+
+
+@dataclass
+class ResearchService:
+    index: ResearchIndex
+    store: ObjectStore
+    base_url: str  # the DICOMweb root as the caller reached it, for RetrieveURL and BulkDataURI
+    presign_seconds: int = 60
+
+    # -- QIDO-RS --------------------------------------------------------------------------------
+
+    def search(
+        self,
+        access: Access,
+        level: str,
+        params: Mapping[str, Sequence[str]],
+        *,
+        study: str | None = None,
+        series: str | None = None,
+    ) -> Answer:
+        profiles = access.allowing("search")
+        fixed = {0x0020000D} if study else set()
+        if series:
+            fixed.add(0x0020000E)
+        try:
+            query = parse_query(params, level, fixed=fixed)
+        except BadQuery as exc:
+            raise ApiError(400, str(exc)) from None
+        wanted = query.offset + (query.limit if query.limit is not None else 1000) + 1
+        results: list[dict[str, Any]] = []
+        studies: list[str] = []
+        series_seen: list[str] = []
+        if study:
+            candidates = [study]
+        else:
+            candidates = [
+                uid for uid, summary in self.index.studies() if level != "study" or _may_match(query, summary)
+            ]
+        for uid in candidates:
+            visible = visible_in_study(profiles, self.index.study_instances(uid))
+            if series:
+                visible = [i for i in visible if i.series_instance_uid == series]
+            if not visible:
+                if study:
+                    raise ApiError(404, "no such study or series")
+                continue
+            for group_url, group in self._groups(level, visible):
+                record = ResultBuilder(query, group_url, group).record()
+                if query.accepts(record):
+                    results.append(record)
+                    if uid not in studies:
+                        studies.append(uid)
+                    if level != "study" and group[0].series_instance_uid not in series_seen:
+                        series_seen.append(group[0].series_instance_uid)
+            if len(results) >= wanted:
+                break
+        page, more = query.page(results)
+        headers = {}
+        notes = list(query.warnings)
+        if more:
+            notes.append("There are additional results that can be requested")
+        if notes:
+            headers["Warning"] = ", ".join(f'299 deidflow "{n}"' for n in notes)
+        returned_studies = _uids(page, "0020000D") or (tuple(studies[:1]) if study else ())
+        return Answer(
+            200,
+            json.dumps(page, separators=(",", ":")).encode("utf-8"),
+            DICOM_JSON,
+            headers=headers,
+            studies=returned_studies,
+            series=_uids(page, "0020000E"),
+            count=len(page),
+            query=query.normalized,
+        )
+
+    def _groups(self, level: str, visible: list[InstanceRecord]) -> list[tuple[str, list[InstanceRecord]]]:
+        first = visible[0]
+        if level == "study":
+            return [(f"{self.base_url}/studies/{first.study_instance_uid}", visible)]
+        if level == "series":
+            by_series: dict[str, list[InstanceRecord]] = {}
+            for record in visible:
+                by_series.setdefault(record.series_instance_uid, []).append(record)
+            return [
+                (f"{self.base_url}/studies/{first.study_instance_uid}/series/{uid}", group)
+                for uid, group in by_series.items()
+            ]
+        return [(instance_url(self.base_url, record), [record]) for record in visible]
+
+    # -- WADO-RS --------------------------------------------------------------------------------
+
+    def visible(
+        self, access: Access, action: str, study: str, series: str | None = None, sop: str | None = None
+    ) -> list[InstanceRecord]:
+        """The caller's visible instances under `action` at a study/series/instance path; 404 if none."""
+        visible = visible_in_study(access.allowing(action), self.index.study_instances(study))
+        if series is not None:
+            visible = [i for i in visible if i.series_instance_uid == series]
+        if sop is not None:
+            visible = [i for i in visible if i.sop_instance_uid == sop]
+        if not visible:
+            raise ApiError(404, "no such " + ("instance" if sop else "series" if series else "study"))
+        return visible
+
+    def metadata(self, access: Access, study: str, series: str | None = None, sop: str | None = None) -> Answer:
+        visible = self.visible(access, "view", study, series, sop)
+        body = json.dumps([instance_metadata(r, self.base_url) for r in visible], separators=(",", ":"))
+        return Answer(
+            200,
+            body.encode("utf-8"),
+            DICOM_JSON,
+            studies=(study,),
+            series=tuple(dict.fromkeys(r.series_instance_uid for r in visible)),
+            instance=sop,
+            count=len(visible),
+        )
+
+    def frames(self, access: Access, study: str, series: str, sop: str, frame_list: str, accept: str) -> Answer:
+        (record,) = self.visible(access, "view", study, series, sop)
+        try:
+            numbers = parse_frame_list(frame_list, record.number_of_frames)
+        except LookupError as exc:
+            raise ApiError(404, str(exc)) from None
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        chunks, syntax = self._frame_bytes(record, numbers)
+        if not accepted_transfer_syntax(accept, syntax):
+            raise ApiError(406, f"the frames are stored as {syntax}; this server does not transcode")
+        if sum(len(c) for c in chunks) > MAX_INLINE_BYTES:
+            raise ApiError(413, "the frames are too large for one answer: ask for fewer frames at a time")
+        body, content_type = multipart_related(chunks, frame_part_type(syntax), type_param=OCTET_STREAM)
+        return Answer(
+            200,
+            body,
+            content_type,
+            studies=(study,),
+            series=(series,),
+            instance=sop,
+            frames=tuple(numbers),
+            count=len(numbers),
+        )
+
+    def _frame_bytes(self, record: InstanceRecord, numbers: list[int]) -> tuple[list[bytes], str]:
+        """The stored bytes of each frame, and the transfer syntax they are in."""
+        if record.frames is not None:
+            chunks = []
+            for number in numbers:
+                try:
+                    ranges = record.frames.ranges(number, record.number_of_frames)
+                except IndexError:
+                    raise ApiError(404, f"frame {number} is outside the instance") from None
+                chunks.append(b"".join(self.store.read_ranges(record.research_key, ranges)))
+            return chunks, record.transfer_syntax_uid
+        return _decoded_frames(self.store.read(record.research_key), numbers)
+
+    def bulkdata(self, access: Access, study: str, series: str, sop: str, path: str, accept: str) -> Answer:
+        (record,) = self.visible(access, "view", study, series, sop)
+        try:
+            element_path = bulk_path(record, path)
+        except (KeyError, ValueError):
+            raise ApiError(404, "no such bulk data in this instance") from None
+        value = _element_bytes(self.store.read(record.research_key), element_path)
+        if len(value) > MAX_INLINE_BYTES:
+            raise ApiError(413, "this bulk data is too large for one answer: download the instance instead")
+        facts: dict[str, Any] = {"studies": (study,), "series": (series,), "instance": sop, "count": 1}
+        if "multipart" not in accept and OCTET_STREAM in accept:
+            return Answer(200, value, OCTET_STREAM, **facts)
+        body, content_type = multipart_related([value], OCTET_STREAM, type_param=OCTET_STREAM)
+        return Answer(200, body, content_type, **facts)
+
+    def retrieve(self, access: Access, study: str, series: str | None, sop: str | None, accept: str) -> Answer:
+        """Whole instances (the `download` action): one instance single-part through a just-signed
+        link; any level as multipart/related while it fits in one answer."""
+        visible = self.visible(access, "download", study, series, sop)
+        facts: dict[str, Any] = {
+            "studies": (study,),
+            "series": tuple(dict.fromkeys(r.series_instance_uid for r in visible)),
+            "instance": sop,
+            "count": len(visible),
+        }
+        media = (accept.split(",")[0].split(";")[0].strip().lower() or "*/*") if accept else "*/*"
+        if sop is not None and media == "application/dicom":
+            url = self.store.presigned_url(visible[0].research_key, self.presign_seconds)
+            return Answer(303, b"", "text/plain", headers={"Location": url}, **facts)
+        if media not in ("multipart/related", "*/*") or (
+            media == "multipart/related" and "application/dicom" not in accept
+        ):
+            raise ApiError(
+                406, 'instances are served as multipart/related; type="application/dicom", or one as application/dicom'
+            )
+        total = sum(r.object_bytes or 0 for r in visible)
+        if total > MAX_INLINE_BYTES:
+            raise ApiError(
+                413,
+                f"{len(visible)} instance(s), {total} bytes: too large for one answer; retrieve instances one "
+                "at a time with Accept: application/dicom (a just-signed link), or export them",
+            )
+        parts = [self.store.read(r.research_key) for r in visible]
+        body, content_type = multipart_related(parts, "application/dicom", type_param="application/dicom")
+        return Answer(200, body, content_type, **facts)
+
+
+def me(access: Access, profiles: ProfilesFile, today: date) -> dict[str, Any]:
+    """'My permissions': the caller and every profile assigned to them, expired ones marked."""
+    return {
+        "sub": access.caller.sub,
+        "username": access.caller.username,
+        "groups": sorted(access.caller.groups),
+        "profiles_version": profiles.version,
+        "profiles": [
+            {
+                "name": p.name,
+                "description": p.description,
+                "approval": p.approval,
+                "expires": p.expires.isoformat() if p.expires else None,
+                "active": p.active(today),
+                "level": p.level,
+                "actions": sorted(p.actions),
+            }
+            for p in profiles.assigned(access.caller)
+        ],
+    }
+
+
+def _may_match(query: QidoQuery, summary: Mapping[str, Any]) -> bool:
+    """Whether a study could match, from its study-level attributes (counts and modalities, which
+    depend on what the caller sees, are decided on the result)."""
+    computed = {0x00080061, 0x00201206, 0x00201208}
+    return all(m.matches(summary.get(f"{m.tag:08X}")) for m in query.matches if m.tag not in computed)
+
+
+def _uids(records: Sequence[Mapping[str, Any]], tag: str) -> tuple[str, ...]:
+    found = (str((r.get(tag) or {}).get("Value", [""])[0]) for r in records)
+    return tuple(dict.fromkeys(u for u in found if u))
+
+
+def _decoded_frames(data: bytes, numbers: list[int]) -> tuple[list[bytes], str]:
+    """Frames the index could not locate by byte ranges, read with pydicom (deflated, bit-packed,
+    fragments without a table): encapsulated frames as stored, native ones as Explicit VR Little
+    Endian bytes."""
+    import pydicom
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(data))
+        syntax = ds.file_meta.TransferSyntaxUID
+        count = int(ds.get("NumberOfFrames") or 1)
+        if syntax.is_encapsulated:
+            frames = list(generate_frames(ds.PixelData, number_of_frames=count))
+            return [frames[n - 1] for n in numbers], str(syntax)
+        pixels = bytes(ds.PixelData)
+        length = len(pixels) // count
+        if ds.BitsAllocated % 8:
+            raise ApiError(501, "frames of bit-packed pixel data are not served; retrieve the instance")
+        return [pixels[(n - 1) * length : n * length] for n in numbers], str(ExplicitVRLittleEndian)
+
+
+def _element_bytes(data: bytes, path: tuple[int | str, ...]) -> bytes:
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        node: Any = pydicom.dcmread(io.BytesIO(data))
+        for i, part in enumerate(path):
+            node = node[part].value if i % 2 == 0 else node[part]
+    return bytes(node)
