@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -280,3 +280,311 @@ def test_segments_past_the_head_and_duplicate_numbers_are_found():
     assert problems_of({"segments/junk.txt": b"x"}, None) == [
         "segments/junk.txt: not a segment key (segments/<yyyy>/<mm>/<dd>/<seq>.jsonl)"
     ]
+
+
+# -- the AWS edge (moto) --------------------------------------------------------------------------------
+
+TABLE, BUCKET, PARAMETER = "deidflow-audit", "deidflow-audit-segments", "/deidflow/audit/head"
+T0 = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """moto's table (the template's schema), Object Lock bucket (compliance) and head parameter."""
+    import boto3
+    from moto import mock_aws
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        dynamodb = boto3.resource("dynamodb")
+        table = dynamodb.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk", "day")],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "by_day",
+                    "KeySchema": [
+                        {"AttributeName": "day", "KeyType": "HASH"},
+                        {"AttributeName": "sk", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        s3 = boto3.client("s3")
+        s3.create_bucket(
+            Bucket=BUCKET,
+            CreateBucketConfiguration={"LocationConstraint": "eu-west-1"},
+            ObjectLockEnabledForBucket=True,
+        )
+        s3.put_object_lock_configuration(
+            Bucket=BUCKET,
+            ObjectLockConfiguration={
+                "ObjectLockEnabled": "Enabled",
+                "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 30}},
+            },
+        )
+        ssm = boto3.client("ssm")
+        ssm.put_parameter(Name=PARAMETER, Value="{}", Type="String")
+        yield type("Aws", (), {"table": table, "s3": s3, "ssm": ssm})
+
+
+def write_all(aws, *records):
+    from deidflow.cloud.audit import AuditLog
+
+    log = AuditLog(aws.table)
+    for r in records:
+        log.write(r)
+
+
+def at(moment: datetime, request_id: str, **kw):
+    return record(format_ts(moment), request_id, **kw)
+
+
+def seal(aws, now: datetime, **kw):
+    from deidflow.cloud.audit import seal_pending
+
+    return seal_pending(aws.table, aws.s3, BUCKET, aws.ssm, PARAMETER, now=now, **kw)
+
+
+def sealed_request_ids(aws) -> list[str]:
+    from deidflow.cloud.audit import read_segments
+
+    return [
+        json.loads(line)["request_id"]
+        for data in read_segments(aws.s3, BUCKET).values()
+        for line in data.splitlines()[1:]
+    ]
+
+
+def verify(aws):
+    from deidflow.cloud.audit import verify_bucket
+
+    return verify_bucket(aws.s3, BUCKET, aws.ssm, PARAMETER)
+
+
+def test_a_record_round_trips_through_the_table(aws):
+    # Catches: an item the real Table resource refuses (floats, empty key strings), or one that
+    # comes back different (Decimals, lists).
+    original = at(T0, "req-1", frames=(3, 1), instance="1.2.3", query="")
+    write_all(aws, original)
+    item = aws.table.get_item(Key={"pk": "u#sub-a#2026-12", "sk": original.sort_key})["Item"]
+    assert AuditRecord.from_item(item) == original
+
+
+def test_write_never_overwrites_a_record(aws):
+    # Catches: a reused request id silently replacing the earlier record (put_item's default).
+    from botocore.exceptions import ClientError
+
+    first = at(T0, "req-1")
+    write_all(aws, first)
+    with pytest.raises(ClientError, match="ConditionalCheckFailed"):
+        write_all(aws, at(T0, "req-1", username="someone-else"))
+    item = aws.table.get_item(Key={"pk": "u#sub-a#2026-12", "sk": first.sort_key})["Item"]
+    assert item["username"] == "alice"
+
+
+def test_write_raises_when_the_table_is_unusable(aws):
+    # Catches: a swallowed failure (the API must answer 503, not serve an unrecorded request).
+    import boto3
+    from botocore.exceptions import ClientError
+    from deidflow.cloud.audit import AuditLog
+
+    with pytest.raises(ClientError, match="ResourceNotFound"):
+        AuditLog(boto3.resource("dynamodb").Table("no-such-table")).write(at(T0, "req-1"))
+
+
+def test_nothing_to_seal_before_the_first_record(aws):
+    # Catches: an empty first segment with an invented window, or a crash on an empty table.
+    assert seal(aws, T0) is None
+    assert aws.ssm.get_parameter(Name=PARAMETER)["Parameter"]["Value"] == "{}"
+
+
+def test_every_record_is_sealed_exactly_once_across_runs(aws):
+    # Catches: records skipped between windows, sealed twice, sealed while still inside the margin
+    # (a slow request's record written after the window was read), and empty windows breaking the chain.
+    write_all(aws, at(T0 - timedelta(hours=3), "early"), at(T0 - timedelta(minutes=5), "five-ago"))
+    write_all(aws, at(T0 - timedelta(seconds=30), "in-margin"))
+    first = seal(aws, T0)
+    assert first is not None and first.head.seq == 1
+    assert first.head.window_end == format_ts(T0 - timedelta(minutes=2))
+    assert json.loads(first.data.splitlines()[0])["window"][0] == "2026-12-02T00:00:00.000Z"  # the earliest day
+    assert sorted(sealed_request_ids(aws)) == ["early", "five-ago"]
+
+    # A slow request: its ts is before the first window's end, it is written after the run.
+    write_all(aws, at(T0 - timedelta(seconds=119), "slow"), at(T0 + timedelta(minutes=3), "later"))
+    second = seal(aws, T0 + timedelta(minutes=10))
+    assert second is not None and second.count == 3
+    third = seal(aws, T0 + timedelta(minutes=15))  # nothing new: an empty segment
+    assert third is not None and third.count == 0 and third.head.seq == 3
+    assert seal(aws, T0 + timedelta(minutes=15)) is None  # the window would be empty of time
+    write_all(aws, at(T0 + timedelta(minutes=14), "last"))
+    assert seal(aws, T0 + timedelta(minutes=20)).count == 1
+
+    ids = sealed_request_ids(aws)
+    assert sorted(ids) == sorted(["early", "five-ago", "in-margin", "slow", "later", "last"])
+    assert len(ids) == len(set(ids))
+    report = verify(aws)
+    assert report.ok, report.problems
+    assert (report.segments, report.records) == (4, 6)
+
+
+def test_segments_are_written_with_a_checksum_under_compliance_retention(aws):
+    # Catches: a put the Object Lock bucket refuses (no checksum), or one without retention.
+    write_all(aws, at(T0 - timedelta(minutes=5), "r1"))
+    segment = seal(aws, T0)
+    stored = aws.s3.head_object(Bucket=BUCKET, Key=segment.key, ChecksumMode="ENABLED")
+    assert stored["ObjectLockMode"] == "COMPLIANCE"
+    import base64
+
+    assert base64.b64decode(stored["ChecksumSHA256"]).hex() == segment.sha256
+    assert aws.s3.get_object(Bucket=BUCKET, Key=segment.key)["Body"].read() == segment.data
+
+
+def test_a_long_outage_is_caught_up_a_day_per_segment(aws):
+    # Catches: one segment holding weeks of records (a Lambda's memory), or days lost while catching up.
+    write_all(aws, *(at(T0 - timedelta(days=d), f"d{d}") for d in range(4)))
+    segments = []
+    while (segment := seal(aws, T0 + timedelta(minutes=5))) is not None:
+        segments.append(segment)
+    assert [s.count for s in segments] == [1, 1, 1, 1]
+    assert sorted(sealed_request_ids(aws)) == ["d0", "d1", "d2", "d3"]
+    assert verify(aws).ok
+
+
+def test_a_crash_between_the_segment_and_the_head_is_recovered(aws, monkeypatch):
+    # Catches: a rerun writing a second, different segment with the same number (a tampering alarm
+    # and a forked chain), or skipping the orphan's window.
+    import deidflow.cloud.audit as edge
+
+    write_all(aws, at(T0 - timedelta(minutes=5), "r1"))
+    real_write_head = edge.write_head
+
+    def crash(*args, **kw):
+        raise RuntimeError("the Lambda timed out")
+
+    monkeypatch.setattr(edge, "write_head", crash)
+    with pytest.raises(RuntimeError):
+        seal(aws, T0)
+    assert aws.ssm.get_parameter(Name=PARAMETER)["Parameter"]["Value"] == "{}"  # the head did not move
+    monkeypatch.setattr(edge, "write_head", real_write_head)
+
+    write_all(aws, at(T0 + timedelta(minutes=1), "r2"))
+    adopted = seal(aws, T0 + timedelta(minutes=10))  # a later `now`: the orphan's window is kept
+    assert adopted.head.seq == 1 and adopted.head.window_end == format_ts(T0 - timedelta(minutes=2))
+    following = seal(aws, T0 + timedelta(minutes=10))
+    assert following.head.seq == 2 and following.count == 1
+    assert sorted(sealed_request_ids(aws)) == ["r1", "r2"]
+    versions = aws.s3.list_object_versions(Bucket=BUCKET, Prefix="segments/")["Versions"]
+    assert len(versions) == 2  # one version per segment
+    assert verify(aws).ok
+
+
+def test_a_segment_planted_after_the_head_is_not_adopted(aws):
+    # Catches: adopting whatever follows the head; here a window reaching into the future, which
+    # would stop all sealing until then.
+    from deidflow.cloud.audit import AuditChainError
+
+    write_all(aws, at(T0 - timedelta(minutes=5), "r1"))
+    good = seal(aws, T0)
+    planted = seal_segment([], good.head, good.head.window_end, "2026-12-02T23:59:59.000Z")
+    aws.s3.put_object(Bucket=BUCKET, Key=planted.key, Body=planted.data, ChecksumAlgorithm="SHA256")
+    with pytest.raises(AuditChainError, match="its window does not"):
+        seal(aws, T0 + timedelta(minutes=10))
+    assert parse_head(aws.ssm.get_parameter(Name=PARAMETER)["Parameter"]["Value"]) == good.head
+
+
+def test_an_orphan_that_no_longer_matches_the_table_stops_the_sealer(aws, monkeypatch):
+    # Catches: adopting a crashed run's segment although a record has since appeared in its window
+    # (written later than the margin allows, or the table was edited): that record would never be sealed.
+    import deidflow.cloud.audit as edge
+
+    write_all(aws, at(T0 - timedelta(minutes=5), "r1"))
+    real_write_head = edge.write_head
+
+    def crash(*args, **kw):
+        raise RuntimeError("the Lambda timed out")
+
+    monkeypatch.setattr(edge, "write_head", crash)
+    with pytest.raises(RuntimeError):
+        seal(aws, T0)
+    monkeypatch.setattr(edge, "write_head", real_write_head)
+    write_all(aws, at(T0 - timedelta(minutes=4), "late-beyond-margin"))  # inside the orphan's window
+    with pytest.raises(edge.AuditChainError, match="sealing its window again gives other bytes"):
+        seal(aws, T0 + timedelta(minutes=20))
+    assert aws.ssm.get_parameter(Name=PARAMETER)["Parameter"]["Value"] == "{}"
+
+
+def test_verify_detects_a_new_version_with_edited_bytes(aws):
+    # Catches: an overwrite hidden by versioning (compliance mode keeps the original, the attacker
+    # adds a version on top), both through the chain and through the versions themselves.
+    write_all(aws, at(T0 - timedelta(minutes=5), "r1"))
+    first = seal(aws, T0)
+    seal(aws, T0 + timedelta(minutes=10))
+    aws.s3.put_object(
+        Bucket=BUCKET, Key=first.key, Body=first.data.replace(b"alice", b"mallory"), ChecksumAlgorithm="SHA256"
+    )
+    found = [str(p) for p in verify(aws).problems]
+    assert f"{first.key}: its bytes do not match the hash segment 2 recorded (edited)" in found
+    assert f"{first.key}: 2 versions with different bytes: overwritten after sealing" in found
+
+
+def test_verify_detects_a_deleted_segment(aws):
+    # Catches: a delete marker (all compliance mode allows) making a segment disappear quietly.
+    write_all(aws, at(T0 - timedelta(minutes=5), "r1"))
+    first = seal(aws, T0)
+    seal(aws, T0 + timedelta(minutes=10))
+    aws.s3.delete_object(Bucket=BUCKET, Key=first.key)
+    found = [str(p) for p in verify(aws).problems]
+    assert "segment 000000000001: missing (deleted, or never written)" in found
+    assert f"{first.key}: deleted: a delete marker hides its sealed version(s)" in found
+
+
+def test_query_records_by_user_and_by_study(aws):
+    # Catches: "who looked at this study" or "what did this user see" missing or mixing records.
+    write_all(
+        aws,
+        at(T0, "a1", sub="sub-a", studies=("1.1", "1.2")),
+        at(T0 + timedelta(days=1), "a2", sub="sub-a", studies=("1.3",)),
+        at(T0, "b1", sub="sub-b", studies=("1.2",)),
+        at(T0, "b2", sub="sub-b", studies=()),
+    )
+    from deidflow.cloud.audit import query_records
+
+    days = ["2026-12-02", "2026-12-03"]
+    ids = lambda records: [r.request_id for r in records]  # noqa: E731
+    assert ids(query_records(aws.table, days=days, sub="sub-a", study=None)) == ["a1", "a2"]
+    assert ids(query_records(aws.table, days=days, sub=None, study="1.2")) == ["a1", "b1"]
+    assert ids(query_records(aws.table, days=days, sub="sub-b", study="1.2")) == ["b1"]
+    assert ids(query_records(aws.table, days=days[:1], sub=None, study=None)) == ["a1", "b1", "b2"]
+
+
+def test_the_sealer_handler_reads_its_settings_and_reports_counts(aws, monkeypatch):
+    # Catches: a handler that needs settings it is not given, or returns more than keys and counts.
+    from deidflow.cloud.audit import sealer_handler
+    from deidflow.local.workflow import LambdaContext
+
+    context = LambdaContext("arn:aws:lambda:eu-west-1:123456789012:function:audit-sealer")
+    monkeypatch.delenv("AUDIT_TABLE", raising=False)
+    with pytest.raises(RuntimeError, match="AUDIT_TABLE"):
+        sealer_handler({}, context)
+    monkeypatch.setenv("AUDIT_TABLE", TABLE)
+    monkeypatch.setenv("AUDIT_BUCKET", BUCKET)
+    monkeypatch.setenv("AUDIT_HEAD_PARAMETER", PARAMETER)
+    now = datetime.now(UTC)
+    write_all(aws, at(now - timedelta(days=1, minutes=5), "y"), at(now - timedelta(minutes=5), "t"))
+    result = sealer_handler({}, context)
+    assert result["count"] == 2 and result["segments"] in (2, 3)
+    assert result["segment"].startswith("segments/") and set(result) == {"segment", "segments", "count", "head"}
+    again = sealer_handler({}, context)
+    assert again["segments"] <= 1 and again["count"] == 0
+    assert verify(aws).ok
