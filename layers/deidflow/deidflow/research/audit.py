@@ -348,22 +348,27 @@ def verify_chain(segments: Mapping[str, bytes] | Iterable[tuple[str, bytes]], he
     pairs: Sequence[tuple[str, bytes]] = list(segments.items() if isinstance(segments, Mapping) else segments)
     report = VerifyReport(head=head)
     problems = report.problems
-    by_seq: dict[int, list[tuple[str, bytes, ParsedSegment]]] = {}
+    # An unreadable segment keeps its place (its number is in its key): the hashes around it can
+    # still be checked, and it is not also reported as missing.
+    by_seq: dict[int, list[tuple[str, bytes, ParsedSegment | None]]] = {}
 
     for key, data in sorted(pairs):
         match = _SEGMENT_KEY.fullmatch(key)
         if not match:
             problems.append(Problem(key, "not a segment key (segments/<yyyy>/<mm>/<dd>/<seq>.jsonl)"))
             continue
+        seq = int(match.group(4))
+        report.segments += 1
+        parsed: ParsedSegment | None
         try:
             parsed = parse_segment(data)
         except SegmentError as exc:
             problems.append(Problem(key, f"unreadable: {exc}"))
-            continue
-        report.segments += 1
-        report.records += len(parsed.records)
-        by_seq.setdefault(int(match.group(4)), []).append((key, data, parsed))
-        problems.extend(Problem(key, message) for message in _segment_problems(key, int(match.group(4)), parsed))
+            parsed = None
+        else:
+            report.records += len(parsed.records)
+            problems.extend(Problem(key, message) for message in _segment_problems(key, seq, parsed))
+        by_seq.setdefault(seq, []).append((key, data, parsed))
 
     for seq, copies in sorted(by_seq.items()):
         if len(copies) > 1:
@@ -380,6 +385,8 @@ def verify_chain(segments: Mapping[str, bytes] | Iterable[tuple[str, bytes]], he
             problems.append(Problem(f"segment {seq:012d}", "missing (deleted, or never written)"))
             continue
         key, data, parsed = by_seq[seq][0]
+        if parsed is None:
+            continue  # what it says about its predecessor cannot be read
         if seq == 1:
             if parsed.previous_sha256 is not None:
                 problems.append(Problem(key, "the first segment names a previous one"))
@@ -387,13 +394,9 @@ def verify_chain(segments: Mapping[str, bytes] | Iterable[tuple[str, bytes]], he
             before_key, before_data, before = by_seq[seq - 1][0]
             if parsed.previous_sha256 != sha256_hex(before_data):
                 problems.append(Problem(before_key, f"its bytes do not match the hash segment {seq} recorded (edited)"))
-            if parsed.window_start != before.window_end:
-                problems.append(
-                    Problem(
-                        key,
-                        f"its window starts at {parsed.window_start}, the previous one ended at {before.window_end}",
-                    )
-                )
+            if before is not None and parsed.window_start != before.window_end:
+                message = f"its window starts at {parsed.window_start}, the previous one ended at {before.window_end}"
+                problems.append(Problem(key, message))
 
     if head is not None and head.seq in by_seq:
         key, data, parsed = by_seq[head.seq][0]
@@ -401,10 +404,9 @@ def verify_chain(segments: Mapping[str, bytes] | Iterable[tuple[str, bytes]], he
             problems.append(Problem(key, f"the chain head names {head.key} for this segment"))
         if sha256_hex(data) != head.sha256:
             problems.append(Problem(key, "its bytes do not match the chain head's hash (edited)"))
-        if parsed.window_end != head.window_end:
-            problems.append(
-                Problem(key, f"its window ends at {parsed.window_end}, the chain head at {head.window_end}")
-            )
+        if parsed is not None and parsed.window_end != head.window_end:
+            message = f"its window ends at {parsed.window_end}, the chain head's at {head.window_end}"
+            problems.append(Problem(key, message))
     return report
 
 
