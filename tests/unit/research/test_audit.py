@@ -239,6 +239,17 @@ def test_a_removed_or_reordered_record_is_found():
     assert any("out of order" in p for p in found), found
 
 
+def test_an_unreadable_segment_is_named_once_and_still_checked_by_hash():
+    # Catches: garbage in a segment reported as a missing segment (the wrong diagnosis), or the
+    # hash check skipped for it.
+    segments = three_segments()
+    mapping = {s.key: s.data for s in segments} | {segments[0].key: b"not json\n"}
+    assert problems_of(mapping, segments[-1].head) == [
+        f"{segments[0].key}: unreadable: unreadable header (JSONDecodeError)",
+        f"{segments[0].key}: its bytes do not match the hash segment 2 recorded (edited)",
+    ]
+
+
 def forged_chain(lines_per_segment, windows):
     """A chain an attacker rebuilt end to end (every hash and the head recomputed): only the checks
     that do not rely on hashes can see what is wrong with it."""
@@ -588,3 +599,54 @@ def test_the_sealer_handler_reads_its_settings_and_reports_counts(aws, monkeypat
     again = sealer_handler({}, context)
     assert again["segments"] <= 1 and again["count"] == 0
     assert verify(aws).ok
+
+
+# -- the CLI --------------------------------------------------------------------------------------------
+
+
+def test_cli_audit_verify_exits_0_when_intact_and_1_with_a_line_per_problem(aws, capsys):
+    # Catches: a verify command that says "intact" regardless, or hides which segment is wrong.
+    from deidflow.cli import EXIT_FAILED, EXIT_OK, main
+
+    write_all(aws, at(T0 - timedelta(minutes=5), "r1"))
+    first = seal(aws, T0)
+    seal(aws, T0 + timedelta(minutes=10))
+    assert main(["audit", "verify", "--bucket", BUCKET, "--parameter", PARAMETER]) == EXIT_OK
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["audit chain intact: 2 segment(s), 1 record(s), sealed up to 2026-12-02T07:08:00.000Z"]
+
+    aws.s3.put_object(Bucket=BUCKET, Key=first.key, Body=first.data + b"{}\n", ChecksumAlgorithm="SHA256")
+    assert main(["audit", "verify", "--bucket", BUCKET, "--parameter", PARAMETER]) == EXIT_FAILED
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines and all(line.startswith(first.key + ": ") for line in lines), lines
+    assert "NOT intact" in captured.err
+
+
+def test_cli_audit_verify_on_a_missing_parameter_fails_with_aws_s_reason(aws, capsys):
+    # Catches: a traceback, or "intact", when the head cannot be read.
+    from deidflow.cli import EXIT_FAILED, main
+
+    assert main(["audit", "verify", "--bucket", BUCKET, "--parameter", "/no/such"]) == EXIT_FAILED
+    assert "ParameterNotFound" in capsys.readouterr().err
+
+
+def test_cli_audit_query_prints_one_json_line_per_matching_record(aws, capsys):
+    # Catches: the filters or the day range ignored, output that is not one parseable record a line.
+    from deidflow.cli import EXIT_OK, EXIT_USAGE, main
+
+    write_all(
+        aws,
+        at(T0, "a1", studies=("1.2",)),
+        at(T0 + timedelta(days=1), "a2", studies=("1.3",)),
+        at(T0, "b1", sub="sub-b", studies=("1.2",)),
+    )
+    base = ["audit", "query", "--table", TABLE, "--since", "2026-12-02", "--until", "2026-12-03"]
+    assert main([*base, "--user", "sub-a"]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert [AuditRecord.from_dict(json.loads(line)).request_id for line in lines] == ["a1", "a2"]
+    assert main([*base, "--study", "1.2"]) == EXIT_OK
+    assert [json.loads(line)["request_id"] for line in capsys.readouterr().out.splitlines()] == ["a1", "b1"]
+    assert main(["audit", "query", "--table", TABLE, "--since", "2026-12-03", "--until", "2026-12-02"]) == EXIT_USAGE
+    with pytest.raises(SystemExit):
+        main(["audit", "query", "--table", TABLE, "--since", "02/12/2026"])
