@@ -1,15 +1,18 @@
-"""The `deidflow` command: de-identify folders, check rules, explain decisions."""
+"""The `deidflow` command: de-identify folders, check rules, explain decisions, check the audit trail."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 from tqdm import tqdm
@@ -280,6 +283,82 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def _audit_clients_or_exit(*names: str) -> tuple[Any, ...]:
+    """boto3 clients (and the Table resource, as "table") for the audit commands, from this
+    machine's AWS configuration; AWS_ENDPOINT_URL points them at a local moto server instead."""
+    try:
+        import boto3
+    except ImportError:
+        print("deidflow: the audit commands need boto3 (pip install 'deidflow[cloud]')", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    return tuple(boto3.resource("dynamodb") if name == "dynamodb" else boto3.client(name) for name in names)
+
+
+def _audit_edge_or_exit() -> Any:
+    try:
+        from .cloud import audit
+    except ImportError as exc:
+        print(f"deidflow: the audit commands need the 'cloud' extra ({exc.name} is missing)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    return audit
+
+
+def _aws_failed(exc: Exception) -> int:
+    # AWS's own message names the bucket, table or parameter and what was refused: no PHI in it.
+    print(f"deidflow: AWS call failed: {exc}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0 with a summary when the chain is intact; exit 1 with one line per problem otherwise."""
+    audit = _audit_edge_or_exit()
+    s3, ssm = _audit_clients_or_exit("s3", "ssm")
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        report = audit.verify_bucket(s3, args.bucket, ssm, args.parameter)
+    except (ClientError, BotoCoreError) as exc:
+        return _aws_failed(exc)
+    except ValueError as exc:  # the head parameter holds something that is not a chain head
+        print(f"deidflow: {args.parameter}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if report.ok:
+        print(report.summary())
+        return EXIT_OK
+    for problem in report.problems:
+        print(problem)
+    print(report.summary(), file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _day(value: str) -> str:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").strftime("%Y-%m-%d")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {value!r}") from None
+
+
+def cmd_audit_query(args: argparse.Namespace) -> int:
+    """One JSON line per record, oldest first."""
+    audit = _audit_edge_or_exit()
+    until = args.until or datetime.now(UTC).strftime("%Y-%m-%d")
+    try:
+        days = audit.days_between(args.since, until)
+    except ValueError as exc:
+        print(f"deidflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    (dynamodb,) = _audit_clients_or_exit("dynamodb")
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        records = audit.query_records(dynamodb.Table(args.table), days=days, sub=args.user, study=args.study)
+    except (ClientError, BotoCoreError) as exc:
+        return _aws_failed(exc)
+    for record in records:
+        print(json.dumps(record.to_dict(), sort_keys=True, ensure_ascii=False))
+    return EXIT_OK
+
+
 @contextlib.contextmanager
 def _stopped_by_signals() -> Iterator[None]:
     """SIGTERM (kill, timeout, systemd, container runtimes) and SIGHUP (a closed terminal) stop
@@ -361,6 +440,26 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--project", help="checkout holding template.yaml, statemachines/ and functions/ (default: cwd)")
     up.add_argument("--detector", default="local", help="text detector for burned-in text (default: local OCR)")
     up.set_defaults(func=cmd_local_up)
+
+    audit_help = (
+        "the research API's audit trail (AWS credentials and region as for the AWS CLI; "
+        "AWS_ENDPOINT_URL=http://127.0.0.1:5000 points it at a local moto server)"
+    )
+    audit = sub.add_parser("audit", help=audit_help, description=audit_help)
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="check the sealed segments' hash chain against its head (exit 1 and one line per problem)"
+    )
+    verify.add_argument("--bucket", required=True, help="the Object Lock bucket holding segments/")
+    verify.add_argument("--parameter", required=True, help="the SSM parameter holding the chain head")
+    verify.set_defaults(func=cmd_audit_verify)
+    query = audit_sub.add_parser("query", help="print the audit records of some days, one JSON line each")
+    query.add_argument("--table", required=True, help="the audit DynamoDB table")
+    query.add_argument("--since", required=True, type=_day, help="first day, YYYY-MM-DD (UTC)")
+    query.add_argument("--until", type=_day, help="last day, YYYY-MM-DD (UTC; default: today)")
+    query.add_argument("--user", help="only this user's records (the token's subject)")
+    query.add_argument("--study", help="only records that returned or read this Study Instance UID")
+    query.set_defaults(func=cmd_audit_query)
     return parser
 
 
