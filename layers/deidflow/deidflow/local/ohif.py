@@ -107,7 +107,7 @@ def _safe_member_path(name: str) -> PurePosixPath | None:
     if not name.startswith(_DIST_PREFIX):
         return None
     relative = PurePosixPath(name[len(_DIST_PREFIX) :])
-    if name.startswith("/") or any(part in ("..", "") for part in relative.parts) or "\\" in name:
+    if name.startswith("/") or relative.is_absolute() or ".." in relative.parts or "\\" in name:
         raise OhifUnavailable(f"unsafe path in the OHIF tarball: {name!r}")
     return relative
 
