@@ -236,7 +236,10 @@ class Upstream:
                     body = b"no such study"
                 else:
                     self.send_response(200)
-                    body = b'[{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}]'
+                    bulk = f"{outer.root}/studies/1.2.3/series/4/instances/5/bulk/7fe00010"
+                    body = json.dumps(
+                        [{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "7FE00010": {"vr": "OB", "BulkDataURI": bulk}}]
+                    ).encode()
                 self.send_header("Content-Type", "application/dicom+json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -308,6 +311,9 @@ def test_the_proxy_forwards_to_the_upstream_root_with_its_credentials(fake_dist:
         )
         assert (status, headers["Content-Type"]) == (200, "application/dicom+json")
         assert json.loads(body)[0]["0020000D"]["Value"] == ["1.2.3"]
+        # The upstream's own absolute URLs point back through the proxy.
+        bulk = json.loads(body)[0]["7FE00010"]["BulkDataURI"]
+        assert bulk == viewer.dicomweb_root + "/studies/1.2.3/series/4/instances/5/bulk/7fe00010"
         assert get(viewer.dicomweb_root + "/missing/study")[0] == 404
     assert upstream.seen == [
         ("GET", "/root/studies?limit=101&PatientName=A*", "Basic dXNlcjpwdw==", "application/dicom+json"),

@@ -317,7 +317,8 @@ class OhifServer:
 
     Unknown paths without a file extension answer index.html (OHIF's routes: /viewer?…); with
     `upstream`, `/dicomweb/<rest>` is proxied to `<upstream>/<rest>`, adding `upstream_authorization`
-    as the Authorization header when given (else the browser's own header, if any, is passed on).
+    as the Authorization header when given (else the browser's own header, if any, is passed on);
+    in JSON answers the upstream root is rewritten to the proxy's (absolute BulkDataURIs).
     `config` is the app-config.js text, or a function of this server's own DICOMweb root (the proxy's
     absolute URL) returning it; the default is `app_config(<that root>)`.
     """
@@ -479,6 +480,11 @@ def _handler_for(server: OhifServer) -> type[BaseHTTPRequestHandler]:
                 return
             with response:
                 body = response.read()
+                content_type = response.headers.get("Content-Type") or ""
+                if "json" in content_type and "content-encoding" not in response.headers:
+                    # As a reverse proxy does with Location: URLs the upstream builds from its own
+                    # root (Orthanc's BulkDataURIs) would send the browser past the proxy.
+                    body = body.replace(server.upstream.encode(), server.dicomweb_root.encode())
                 status = response.status if hasattr(response, "status") else response.code
                 server.record(ProxiedRequest(self.command, self.path, status, _scheme(received)))
                 self.send_response(status)
