@@ -20,7 +20,8 @@ from datetime import date
 from typing import Any
 
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -384,6 +385,12 @@ def _json_dataset(ds: Dataset, limit: int, bulk: set[str], invalid: set[str], wh
     out: dict[str, Any] = {}
     for tag in ds.keys():  # keys(): iterating the Dataset itself would decode every raw value first
         key = f"{int(tag):08X}"
+        raw = held(ds).get(tag)
+        if type(raw) is RawDataElement and _raw_is_bulk(raw, limit):
+            # Decided on the raw element: a value read with defer_size stays in the file.
+            bulk.add(key)
+            out[key] = {"vr": raw.VR or _dictionary_vr(int(tag)), "BulkDataURI": where + key}
+            continue
         try:
             element = ds[tag]
         except Exception:  # noqa: BLE001
@@ -413,6 +420,23 @@ def _json_dataset(ds: Dataset, limit: int, bulk: set[str], invalid: set[str], wh
             encoded["Value"] = [_finite(v) for v in encoded["Value"]]
         out[key] = encoded
     return out
+
+
+def _raw_is_bulk(raw: RawDataElement, limit: int) -> bool:
+    tag = int(raw.tag)
+    if tag in _ALWAYS_BULK or tag & _OVERLAY_DATA_MASK == _OVERLAY_DATA:
+        return True
+    vr = raw.VR or _dictionary_vr(tag)
+    return vr in BYTES_VR and vr != "SQ" and raw.length != 0xFFFFFFFF and raw.length > limit
+
+
+def _dictionary_vr(tag: int) -> str:
+    # An implicit VR file names no VR: the dictionary's, with OW for "OB or OW" as PS3.5 A.1 reads it.
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+    return "OW" if vr == "OB or OW" else vr.split(" or ")[0]
 
 
 def _is_bulk(element: DataElement, limit: int) -> bool:

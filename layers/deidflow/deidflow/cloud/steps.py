@@ -35,7 +35,7 @@ import pydicom
 from botocore.exceptions import ClientError
 
 from ..engine import PixelScanRequired, ProcessedInstance
-from ..index import SIDECAR_CONTENT_TYPE, IndexEntry, frame_locations, index_entry
+from ..index import DEFAULT_INLINE_BINARY_BYTES, SIDECAR_CONTENT_TYPE, IndexEntry, frame_locations, index_entry
 from ..research.qido import study_summary
 from ..rules import ALL_LABEL
 from .errors import MISSING_CODES, RejectedObject, rejection_from_error
@@ -90,17 +90,16 @@ def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]
     staged = event["staged"]
     research_key = staged["research_key"]
     with _downloaded(services, ObjectRef(services.settings.research_bucket, staged["staging_key"])) as path:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        frames = frame_locations(path)
-        size = os.path.getsize(path)
-    entry = index_entry(
-        ds,
-        research_key,
-        labels=staged.get("labels") or (),
-        frames=frames,
-        object_bytes=size,
-        max_item_bytes=services.settings.max_index_item_bytes,
-    )
+        # Large values stay in the file (deferred), so Pixel Data is referenced, never read.
+        ds = pydicom.dcmread(path, defer_size=DEFAULT_INLINE_BINARY_BYTES)
+        entry = index_entry(
+            ds,
+            research_key,
+            labels=staged.get("labels") or (),
+            frames=frame_locations(path),
+            object_bytes=os.path.getsize(path),
+            max_item_bytes=services.settings.max_index_item_bytes,
+        )
     if entry.sidecar is not None:
         services.s3.put_object(
             Bucket=services.settings.research_bucket,

@@ -118,18 +118,19 @@ def find_project(start: Path | None = None) -> Path:
     raise FileNotFoundError(f"no {ASL_PATH} with functions/ beside it in {here} or its parents")
 
 
+def load_module(path: Path) -> ModuleType:
+    """A function's app.py, imported from the checkout (functions/<name>/app.py)."""
+    spec = importlib.util.spec_from_file_location(f"deidflow_function_{path.parent.name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_handlers(project: Path) -> dict[str, Callable[[Any, Any], Any]]:
     """The real handlers, imported from the checkout's functions/ folders."""
-    handlers = {}
-    for name, folder in FUNCTIONS.items():
-        path = project / "functions" / folder / "app.py"
-        spec = importlib.util.spec_from_file_location(f"deidflow_function_{folder}", path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        module: ModuleType = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        handlers[name] = module.handler
-    return handlers
+    return {name: load_module(project / "functions" / folder / "app.py").handler for name, folder in FUNCTIONS.items()}
 
 
 class LocalWorkflow:

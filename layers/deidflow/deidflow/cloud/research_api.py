@@ -1,0 +1,415 @@
+"""The research API at the AWS edge: the HTTP API's events in, DICOMweb answers out, each audited.
+
+API Gateway's JWT authorizer has verified the token before this runs; its claims arrive in
+`requestContext.authorizer.jwt.claims`, array claims flattened to one bracketed string
+("[group-a group-b]"). The routes are thin: build the caller's access, call `ResearchService`,
+write the audit record (a request whose record cannot be written fails with 503), answer.
+
+Logs carry the route, the status and the request id; never a query value, a UID list or a header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.api_gateway import CORSConfig
+
+from ..research.audit import AuditRecord, format_ts
+from ..research.header import InstanceRecord
+from ..research.profiles import Caller, ProfilesFile, load_profiles_text
+from ..research.service import DICOM_JSON, Answer, ApiError, ResearchService, me
+from ..research.visibility import Access
+from .audit import AuditLog
+
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow-research-api"))
+
+# How long a container trusts its copy of the profiles file before checking the object's ETag.
+PROFILES_RECHECK_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    research_bucket: str
+    index_table: str
+    catalog_table: str
+    audit_table: str
+    profiles_bucket: str
+    profiles_key: str
+    presign_seconds: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
+        env = os.environ if env is None else env
+
+        def need(name: str) -> str:
+            value = env.get(name, "")
+            if not value:
+                raise RuntimeError(f"environment variable {name} is not set")
+            return value
+
+        return cls(
+            research_bucket=need("RESEARCH_BUCKET"),
+            index_table=need("INDEX_TABLE"),
+            catalog_table=need("CATALOG_TABLE"),
+            audit_table=need("AUDIT_TABLE"),
+            profiles_bucket=need("PROFILES_BUCKET"),
+            profiles_key=need("PROFILES_KEY"),
+            presign_seconds=int(need("PRESIGN_SECONDS")),
+        )
+
+
+def caller_from_claims(claims: Mapping[str, Any]) -> Caller:
+    """The caller from a verified token's claims (access or ID token, user or machine)."""
+    groups = claims.get("cognito:groups") or ()
+    if isinstance(groups, str):
+        # The HTTP API hands array claims over as "[a b]"; group names have no spaces.
+        groups = groups.strip().removeprefix("[").removesuffix("]").split()
+    username = claims.get("username") or claims.get("cognito:username") or ""
+    client_id = claims.get("client_id") or claims.get("aud") or ""
+    return Caller(
+        sub=str(claims.get("sub", "")),
+        username=str(username),
+        groups=frozenset(str(g) for g in groups),
+        client_id=str(client_id),
+    )
+
+
+class DynamoResearchIndex:
+    """The index and catalog tables (and header sidecars in the research bucket)."""
+
+    def __init__(self, dynamodb: Any, s3: Any, settings: ApiSettings):
+        self._dynamodb = dynamodb
+        self._index = dynamodb.Table(settings.index_table)
+        self._catalog = dynamodb.Table(settings.catalog_table)
+        self._s3 = s3
+        self._settings = settings
+
+    def studies(self) -> Iterable[tuple[str, Mapping[str, Any]]]:
+        # A scan of the study items: fine for the catalogs of tens of thousands of studies this
+        # phase serves (docs/research-api.md); a grants table replaces it when archives grow.
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "FilterExpression": "#item = :study",
+            "ExpressionAttributeNames": {"#item": "item"},
+            "ExpressionAttributeValues": {":study": "study"},
+        }
+        while True:
+            page = self._catalog.scan(**kwargs)
+            items += page.get("Items", [])
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        items.sort(key=lambda i: (str(i.get("study_date", "")), str(i["study_instance_uid"])), reverse=True)
+        return [(str(i["study_instance_uid"]), json.loads(i.get("summary") or "{}")) for i in items]
+
+    def study_instances(self, study_uid: str) -> list[InstanceRecord]:
+        keys: list[str] = []
+        kwargs: dict[str, Any] = {
+            "IndexName": "by_study",
+            "KeyConditionExpression": "study_instance_uid = :s",
+            "ExpressionAttributeValues": {":s": study_uid},
+            "ProjectionExpression": "sop_instance_uid",
+        }
+        while True:
+            page = self._index.query(**kwargs)
+            keys += [str(i["sop_instance_uid"]) for i in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        records = [self._record(item) for item in self._get_items(keys)]
+        # The GSI may briefly list an instance whose item moved to another study (a corrected UID).
+        records = [r for r in records if r.study_instance_uid == study_uid]
+        records.sort(key=lambda r: r.sort_key)
+        return records
+
+    def _get_items(self, keys: Sequence[str]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        name = self._settings.index_table
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {name: {"Keys": [{"sop_instance_uid": k} for k in keys[start : start + 100]]}}
+            for attempt in range(8):
+                answer = self._dynamodb.batch_get_item(RequestItems=request)
+                items += answer.get("Responses", {}).get(name, [])
+                request = answer.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+            if request:
+                raise RuntimeError("the index did not return every instance of the study")
+        return items
+
+    def _record(self, item: Mapping[str, Any]) -> InstanceRecord:
+        sidecar = item.get("dicom_json_sidecar")
+        text = None
+        if sidecar and "dicom_json" not in item:
+            text = self._s3.get_object(Bucket=self._settings.research_bucket, Key=sidecar)["Body"].read().decode()
+        return InstanceRecord.from_item(item, text)
+
+
+class S3Store:
+    def __init__(self, s3: Any, bucket: str):
+        self._s3 = s3
+        self._bucket = bucket
+
+    def read(self, key: str) -> bytes:
+        return bytes(self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read())
+
+    def read_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [
+            bytes(self._s3.get_object(Bucket=self._bucket, Key=key, Range=f"bytes={o}-{o + n - 1}")["Body"].read())
+            for o, n in ranges
+        ]
+
+    def presigned_url(self, key: str, seconds: int) -> str:
+        return str(
+            self._s3.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self._bucket, "Key": key, "ResponseContentType": "application/dicom"},
+                ExpiresIn=seconds,
+            )
+        )
+
+
+@dataclass
+class ProfilesSource:
+    """The profiles file from S3, re-read when its ETag changes (checked every 30 s at most)."""
+
+    s3: Any
+    bucket: str
+    key: str
+    clock: Callable[[], float] = time.monotonic
+    _profiles: ProfilesFile | None = field(default=None, init=False)
+    _etag: str = field(default="", init=False)
+    _checked: float = field(default=float("-inf"), init=False)
+
+    def current(self) -> ProfilesFile:
+        now = self.clock()
+        if self._profiles is None or now - self._checked >= PROFILES_RECHECK_SECONDS:
+            head = self.s3.head_object(Bucket=self.bucket, Key=self.key)
+            if self._profiles is None or head["ETag"] != self._etag:
+                body = self.s3.get_object(Bucket=self.bucket, Key=self.key)
+                self._profiles = load_profiles_text(body["Body"].read().decode("utf-8"), f"s3 {self.key}")
+                self._etag = str(body["ETag"])
+            self._checked = now
+        return self._profiles
+
+
+@dataclass
+class ResearchApi:
+    """One container's API: clients, the profiles file, the audit log, and the routes."""
+
+    settings: ApiSettings
+    session: Any = None
+    today: Callable[[], datetime] = lambda: datetime.now(UTC)
+    app: APIGatewayHttpResolver = field(init=False)
+
+    def __post_init__(self) -> None:
+        import boto3
+
+        session = self.session or boto3.session.Session()
+        s3 = session.client("s3")
+        dynamodb = session.resource("dynamodb")
+        self.index = DynamoResearchIndex(dynamodb, s3, self.settings)
+        self.store = S3Store(s3, self.settings.research_bucket)
+        self.profiles = ProfilesSource(s3, self.settings.profiles_bucket, self.settings.profiles_key)
+        self.audit = AuditLog(dynamodb.Table(self.settings.audit_table))
+        # CORS preflight is answered by the HTTP API itself; these headers serve the local API.
+        self.app = APIGatewayHttpResolver(cors=CORSConfig(allow_origin="*", allow_headers=["Authorization"]))
+        self._routes()
+
+    def handle(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        return self.app.resolve(dict(event), context)
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    def _routes(self) -> None:
+        app = self.app
+        base = "/dicomweb"
+
+        @app.get(f"{base}/studies")
+        def studies() -> Response:
+            return self._answer("qido.studies", lambda s, a: s.search(a, "study", self._params()))
+
+        @app.get(f"{base}/series")
+        def all_series() -> Response:
+            return self._answer("qido.series", lambda s, a: s.search(a, "series", self._params()))
+
+        @app.get(f"{base}/instances")
+        def all_instances() -> Response:
+            return self._answer("qido.instances", lambda s, a: s.search(a, "instance", self._params()))
+
+        @app.get(f"{base}/studies/<study>/series")
+        def study_series(study: str) -> Response:
+            return self._answer("qido.series", lambda s, a: s.search(a, "series", self._params(), study=study))
+
+        @app.get(f"{base}/studies/<study>/instances")
+        def study_instances(study: str) -> Response:
+            return self._answer("qido.instances", lambda s, a: s.search(a, "instance", self._params(), study=study))
+
+        @app.get(f"{base}/studies/<study>/series/<series>/instances")
+        def series_instances(study: str, series: str) -> Response:
+            return self._answer(
+                "qido.instances", lambda s, a: s.search(a, "instance", self._params(), study=study, series=series)
+            )
+
+        @app.get(f"{base}/studies/<study>/metadata", compress=True)
+        def study_metadata(study: str) -> Response:
+            return self._answer("wado.metadata", lambda s, a: s.metadata(a, study))
+
+        @app.get(f"{base}/studies/<study>/series/<series>/metadata", compress=True)
+        def series_metadata(study: str, series: str) -> Response:
+            return self._answer("wado.metadata", lambda s, a: s.metadata(a, study, series))
+
+        @app.get(f"{base}/studies/<study>/series/<series>/instances/<sop>/metadata", compress=True)
+        def instance_metadata(study: str, series: str, sop: str) -> Response:
+            return self._answer("wado.metadata", lambda s, a: s.metadata(a, study, series, sop))
+
+        @app.get(f"{base}/studies/<study>/series/<series>/instances/<sop>/frames/<frames>")
+        def frames(study: str, series: str, sop: str, frames: str) -> Response:
+            return self._answer(
+                "wado.frames", lambda s, a: s.frames(a, study, series, sop, frames, self._header("accept"))
+            )
+
+        @app.get(f"{base}/studies/<study>/series/<series>/instances/<sop>/bulkdata/<path>")
+        def bulkdata(study: str, series: str, sop: str, path: str) -> Response:
+            return self._answer(
+                "wado.bulkdata", lambda s, a: s.bulkdata(a, study, series, sop, path, self._header("accept"))
+            )
+
+        @app.get(f"{base}/studies/<study>")
+        def retrieve_study(study: str) -> Response:
+            return self._answer("wado.instance", lambda s, a: s.retrieve(a, study, None, None, self._header("accept")))
+
+        @app.get(f"{base}/studies/<study>/series/<series>")
+        def retrieve_series(study: str, series: str) -> Response:
+            return self._answer(
+                "wado.instance", lambda s, a: s.retrieve(a, study, series, None, self._header("accept"))
+            )
+
+        @app.get(f"{base}/studies/<study>/series/<series>/instances/<sop>")
+        def retrieve_instance(study: str, series: str, sop: str) -> Response:
+            return self._answer("wado.instance", lambda s, a: s.retrieve(a, study, series, sop, self._header("accept")))
+
+        @app.get("/research/me")
+        def my_permissions() -> Response:
+            return self._answer("research.me", None)
+
+    # -- one request ----------------------------------------------------------------------------
+
+    def _params(self) -> dict[str, list[str]]:
+        event = self.app.current_event
+        raw = event.raw_event.get("rawQueryString") or ""
+        from urllib.parse import parse_qs
+
+        return {k: v for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+    def _header(self, name: str) -> str:
+        headers = self.app.current_event.headers or {}
+        return str(next((v for k, v in headers.items() if k.lower() == name), ""))
+
+    def _base_url(self) -> str:
+        event = self.app.current_event.raw_event
+        # The domain the HTTP API was reached at (its own or a custom one); not the Host header,
+        # which some clients (dicomweb-client) send without the port.
+        host = event.get("requestContext", {}).get("domainName") or self._header("host")
+        proto = self._header("x-forwarded-proto") or "https"
+        stage = event.get("requestContext", {}).get("stage", "$default")
+        prefix = "" if stage in ("$default", "") else f"/{stage}"
+        return f"{proto}://{host}{prefix}/dicomweb"
+
+    def _answer(self, action: str, operation: Callable[[ResearchService, Access], Answer] | None) -> Response:
+        event = self.app.current_event.raw_event
+        context = event.get("requestContext", {})
+        claims = (context.get("authorizer") or {}).get("jwt", {}).get("claims") or {}
+        started = datetime.now(UTC)
+        if not claims.get("sub"):
+            # Only reachable without API Gateway's authorizer in front (the local API has one too).
+            return _error(401, "a bearer token is required")
+        caller = caller_from_claims(claims)
+        profiles = self.profiles.current()
+        today = self.today().date()
+        access = Access.of(caller, profiles, today)
+        service = ResearchService(self.index, self.store, self._base_url(), self.settings.presign_seconds)
+        try:
+            if operation is None:
+                body = json.dumps(me(access, profiles, today), separators=(",", ":")).encode("utf-8")
+                answer = Answer(200, body, "application/json")
+            elif not access.profiles:
+                raise ApiError(403, "no permission profile grants you anything today: ask your data manager")
+            else:
+                answer = operation(service, access)
+        except ApiError as exc:
+            answer = Answer(exc.status, json.dumps({"error": exc.reason}).encode("utf-8"), "application/json")
+        if operation is not None and answer.status < 400 and not answer.query:
+            answer.query = self._normalized_query()
+        record = AuditRecord(
+            ts=format_ts(started),
+            request_id=str(context.get("requestId") or ""),
+            sub=caller.sub,
+            username=caller.username,
+            groups=tuple(sorted(caller.groups)),
+            client_id=caller.client_id,
+            source_ip=str((context.get("http") or {}).get("sourceIp", "")),
+            user_agent=str((context.get("http") or {}).get("userAgent", ""))[:512],
+            profiles=access.names,
+            profiles_version=profiles.version,
+            action=action,
+            query=answer.query or self._normalized_query(),
+            studies=answer.studies,
+            series=answer.series,
+            instance=answer.instance,
+            frames=answer.frames,
+            count=answer.count,
+            bytes=len(answer.body),
+            status=answer.status,
+        )
+        try:
+            self.audit.write(record)
+        except Exception as exc:  # noqa: BLE001 - any failure to record the access fails the access
+            # The error's type only: a traceback could quote the record (UIDs, the query).
+            logger.error(
+                "audit_write_failed",
+                extra={"action": action, "request_id": record.request_id, "error": type(exc).__name__},
+            )
+            return _error(503, "the access could not be recorded, so it was not served: try again")
+        logger.info("research_request", extra={"action": action, "status": answer.status, "count": answer.count})
+        headers = dict(answer.headers)
+        # powertools serializes a JSON content type's body unless it is already text.
+        payload: str | bytes = answer.body.decode("utf-8") if "json" in answer.content_type else answer.body
+        return Response(answer.status, answer.content_type, payload, headers=headers)
+
+    def _normalized_query(self) -> str:
+        params = self._params()
+        return "&".join(f"{k}={v}" for k in sorted(params) for v in params[k])
+
+
+def _error(status: int, reason: str) -> Response:
+    return Response(status, "application/json", json.dumps({"error": reason}))
+
+
+_api: ResearchApi | None = None
+
+
+def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    """The Lambda handler (functions/research_api/app.py)."""
+    global _api
+    if _api is None:
+        _api = ResearchApi(ApiSettings.from_env())
+    return _api.handle(event, context)
+
+
+def reset_api() -> None:
+    """Forget the container's API (tests and the local API start fresh)."""
+    global _api
+    _api = None
+
+
+__all__ = ["DICOM_JSON", "ApiSettings", "ResearchApi", "caller_from_claims", "handler", "reset_api"]
