@@ -359,6 +359,137 @@ def cmd_audit_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_profiles_or_exit(path: str, rules_file: str | None) -> Any:
+    from .research.profiles import load_profiles
+
+    rules = _load_rules_or_exit(rules_file)
+    try:
+        return load_profiles(path, known_labels=[name for name, _ in rules.labels])
+    except RulesError as exc:
+        print("deidflow: the profiles file is not valid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except OSError as exc:
+        print(f"deidflow: cannot read the profiles file: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def cmd_profiles_check(args: argparse.Namespace) -> int:
+    profiles = _load_profiles_or_exit(args.file, args.rules)
+    print(
+        f"{args.file}: valid - {len(profiles.profiles)} profile(s), {len(profiles.assignments)} assignment(s); "
+        f"version {profiles.version[:12]}"
+    )
+    return EXIT_OK
+
+
+def cmd_profiles_explain(args: argparse.Namespace) -> int:
+    """How much each profile grants, counted on a research folder's index: counts, never values."""
+    from .local.research_folder import FolderIndex
+    from .research.profiles import Caller
+    from .research.visibility import granted_counts
+
+    profiles = _load_profiles_or_exit(args.file, args.rules)
+    try:
+        index = FolderIndex(args.research)
+    except FileNotFoundError as exc:
+        print(f"deidflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    today = datetime.now(UTC).date()
+    if args.user or args.group:
+        caller = Caller(sub="-", username=args.user or "-", groups=frozenset([args.group] if args.group else []))
+        chosen = list(profiles.assigned(caller))
+        who = f"user {args.user}" if args.user else f"group {args.group}"
+    else:
+        chosen = [profiles.profiles[name] for name in sorted(profiles.profiles)]
+        who = "every profile"
+    studies = list(index.every_study())
+    print(f"{who}: counted on {args.research} ({sum(len(s) for s in studies)} instances)")
+    print(f"  {'PROFILE':<24} {'LEVEL':<8} {'STUDIES':>7} {'SERIES':>7} {'INSTANCES':>9}  ACTIONS / STATE")
+    for profile in chosen:
+        counts = granted_counts([profile], studies)
+        state = "active" if profile.active(today) else f"expired {profile.expires}"
+        print(
+            f"  {profile.name:<24} {profile.level:<8} {counts.studies:>7} {counts.series:>7} {counts.instances:>9}  "
+            f"{','.join(sorted(profile.actions))} / {state}"
+        )
+    if args.user or args.group:
+        total = granted_counts([p for p in chosen if p.active(today)], studies)
+        print(f"  {'together, today':<33} {total.studies:>7} {total.series:>7} {total.instances:>9}")
+        if not chosen:
+            print("  no profile is assigned: this caller sees nothing")
+    return EXIT_OK
+
+
+def cmd_local_api(args: argparse.Namespace) -> int:
+    """The research API on loopback over a research folder, with local users from the access file."""
+    try:
+        from .local.api import LocalResearchApi
+    except ImportError as exc:
+        print(f"deidflow: the local API needs the 'local' extra ({exc.name} is missing)", file=sys.stderr)
+        return EXIT_USAGE
+    _load_profiles_or_exit(str(_access_profiles(args.access)), args.rules)
+    state = Path(args.state) / "api.json"
+    try:
+        with (
+            _stopped_by_signals(),
+            LocalResearchApi(
+                Path(args.research),
+                Path(args.access),
+                project=Path(args.project) if args.project else None,
+                port=args.port,
+            ) as api,
+        ):
+            api.state().save(state)
+            print(
+                "the research API is up on loopback\n"
+                f"  DICOMweb:  {api.dicomweb_url}\n"
+                f"  me:        {api.base_url}/research/me\n"
+                f"  users:     {', '.join(sorted(api.passwords))} (deidflow local token USER prints a bearer token)\n"
+                f"  serving:   {args.research} ({api.instances} instances"
+                + (", indexed here without labels" if api.indexed_here else "")
+                + ")\nCtrl-C stops it.",
+                flush=True,
+            )
+            while True:
+                time.sleep(1.0)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"deidflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        state.unlink(missing_ok=True)
+
+
+def _access_profiles(access: str) -> Path:
+    try:
+        from .local.api import AccessFile
+
+        return AccessFile.load(Path(access)).profiles
+    except (OSError, ValueError) as exc:
+        print(f"deidflow: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def cmd_local_token(args: argparse.Namespace) -> int:
+    from .local.api import LocalState, local_token
+
+    path = Path(args.state) / "api.json"
+    try:
+        state = LocalState.load(path)
+    except FileNotFoundError:
+        print(f"deidflow: no local API is running ({path} is missing): start `deidflow local api`", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        print(local_token(state, args.user))
+    except KeyError as exc:
+        print(f"deidflow: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 @contextlib.contextmanager
 def _stopped_by_signals() -> Iterator[None]:
     """SIGTERM (kill, timeout, systemd, container runtimes) and SIGHUP (a closed terminal) stop
@@ -440,6 +571,40 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--project", help="checkout holding template.yaml, statemachines/ and functions/ (default: cwd)")
     up.add_argument("--detector", default="local", help="text detector for burned-in text (default: local OCR)")
     up.set_defaults(func=cmd_local_up)
+
+    api = local_sub.add_parser(
+        "api", help="serve the research API (DICOMweb) on loopback over a research folder, with local users"
+    )
+    api.add_argument("research", nargs="?", default="out/research", help="research folder (default: out/research)")
+    api.add_argument(
+        "--access", default="samples/research/access.yaml", help="users, groups and the profiles file (a YAML file)"
+    )
+    api.add_argument("--port", type=int, default=8043, help="port on 127.0.0.1 (default: 8043)")
+    api.add_argument("--state", default=".deidflow-local", help="where `local token` finds the running API")
+    api.add_argument("--rules", help="rules file whose labels the profiles may name (default: the built-in rules)")
+    api.add_argument("--project", help="checkout holding template.yaml and functions/ (default: cwd)")
+    api.set_defaults(func=cmd_local_api)
+    token = local_sub.add_parser("token", help="log a local user in to the running local API; print a bearer token")
+    token.add_argument("user")
+    token.add_argument("--state", default=".deidflow-local", help="as given to `local api`")
+    token.set_defaults(func=cmd_local_token)
+
+    profiles = sub.add_parser("profiles", help="the research API's permission profiles")
+    profiles_sub = profiles.add_subparsers(dest="profiles_command", required=True)
+    pcheck = profiles_sub.add_parser("check", help="validate a profiles file (errors name the line)")
+    pcheck.add_argument("file")
+    pcheck.add_argument("--rules", help="rules file whose labels the profiles may name (default: the built-in rules)")
+    pcheck.set_defaults(func=cmd_profiles_check)
+    pexplain = profiles_sub.add_parser(
+        "explain", help="how many studies, series and instances each profile grants, on a research folder's index"
+    )
+    pexplain.add_argument("file")
+    pexplain.add_argument("--research", default="out/research", help="research folder (default: out/research)")
+    who = pexplain.add_mutually_exclusive_group()
+    who.add_argument("--user", help="only the profiles assigned to this Cognito username")
+    who.add_argument("--group", help="only the profiles assigned to this Cognito group")
+    pexplain.add_argument("--rules", help="rules file whose labels the profiles may name")
+    pexplain.set_defaults(func=cmd_profiles_explain)
 
     audit_help = (
         "the research API's audit trail (AWS credentials and region as for the AWS CLI; "

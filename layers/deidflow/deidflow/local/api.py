@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +40,7 @@ import yaml
 from ..cloud.steps import catalog_items
 from ..index import DEFAULT_INLINE_BINARY_BYTES, frame_locations, index_entry
 from ..storage import CATALOG_DUMP, INDEX_DUMP
+from .research_folder import json_lines as _json_lines
 from .template import load_template, table_definition
 from .workflow import find_project, load_module
 
@@ -508,15 +509,6 @@ def _flattened(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + " ".join(str(v) for v in value) + "]"
     return str(value)
-
-
-def _json_lines(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
 
 
 def _free_port() -> int:

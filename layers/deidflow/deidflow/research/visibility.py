@@ -8,7 +8,7 @@ an index alone. A profile's `level` widens a match explicitly and the same way e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -59,3 +59,22 @@ def visible_in_study(profiles: Sequence[Profile], instances: Sequence[InstanceRe
         else:
             visible |= {i.sop_instance_uid for i in matched}
     return [i for i in instances if i.sop_instance_uid in visible]
+
+
+@dataclass(frozen=True)
+class GrantCounts:
+    studies: int = 0
+    series: int = 0
+    instances: int = 0
+
+
+def granted_counts(profiles: Sequence[Profile], studies: Iterable[Sequence[InstanceRecord]]) -> GrantCounts:
+    """How much `profiles` together make visible, over every study's instances (counts, no values)."""
+    counts = [0, 0, 0]
+    for instances in studies:
+        visible = visible_in_study(profiles, instances)
+        if visible:
+            counts[0] += 1
+            counts[1] += len({i.series_instance_uid for i in visible})
+            counts[2] += len(visible)
+    return GrantCounts(*counts)
