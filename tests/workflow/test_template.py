@@ -63,8 +63,17 @@ def test_queues_tables_and_logs_are_encrypted_and_recoverable(resources):
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
         assert props["SSESpecification"]["SSEType"] == "KMS", name
     assert resources["MappingTable"]["Properties"]["SSESpecification"]["KMSMasterKeyId"] == {"Ref": "MappingKey"}
-    for log_group in of_type(resources, "AWS::Logs::LogGroup").values():
-        assert log_group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
+    # The pipeline's logs (its functions, the state machine, the Pipe) are PHI side; the research
+    # side's own logs are under ResearchKey (tests/workflow/test_template_research.py).
+    substitutions = resources["DeidentifyStateMachine"]["Properties"]["DefinitionSubstitutions"]
+    steps = [arn["Fn::GetAtt"][0] for arn in substitutions.values()]
+    pipeline = {"StateMachineLogGroup", "PipeLogGroup"} | {
+        resources[step]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] for step in steps
+    }
+    assert len(pipeline) == 2 + len(substitutions)
+    for name, log_group in of_type(resources, "AWS::Logs::LogGroup").items():
+        expected = "DataKey" if name in pipeline else "ResearchKey"
+        assert log_group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [expected, "Arn"]}, name
 
 
 def test_only_the_honest_broker_can_read_the_mapping(resources):
