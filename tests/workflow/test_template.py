@@ -34,8 +34,12 @@ def statements(resource: dict) -> list[dict]:
 
 def test_data_buckets_are_kms_encrypted_versioned_private_and_tls_only(resources):
     policies = {r["Properties"]["Bucket"]["Ref"]: r for r in of_type(resources, "AWS::S3::BucketPolicy").values()}
-    for name, key in (("IngestBucket", "DataKey"), ("ResearchBucket", "ResearchKey")):
+    buckets = set(of_type(resources, "AWS::S3::Bucket")) - {"AccessLogBucket"}
+    assert buckets == {"IngestBucket", "ResearchBucket", "AuditBucket", "AccessConfigBucket"}
+    for name in sorted(buckets):
+        key = "DataKey" if name == "IngestBucket" else "ResearchKey"  # the PHI side is the ingest bucket
         props = resources[name]["Properties"]
+        assert props["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": "AccessLogBucket"}, name
         [rule] = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
         assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
         assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {"Fn::GetAtt": [key, "Arn"]}
