@@ -34,8 +34,12 @@ def statements(resource: dict) -> list[dict]:
 
 def test_data_buckets_are_kms_encrypted_versioned_private_and_tls_only(resources):
     policies = {r["Properties"]["Bucket"]["Ref"]: r for r in of_type(resources, "AWS::S3::BucketPolicy").values()}
-    for name, key in (("IngestBucket", "DataKey"), ("ResearchBucket", "ResearchKey")):
+    buckets = set(of_type(resources, "AWS::S3::Bucket")) - {"AccessLogBucket"}
+    assert buckets == {"IngestBucket", "ResearchBucket", "AuditBucket", "AccessConfigBucket"}
+    for name in sorted(buckets):
+        key = "DataKey" if name == "IngestBucket" else "ResearchKey"  # the PHI side is the ingest bucket
         props = resources[name]["Properties"]
+        assert props["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": "AccessLogBucket"}, name
         [rule] = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
         assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
         assert rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"] == {"Fn::GetAtt": [key, "Arn"]}
@@ -63,8 +67,17 @@ def test_queues_tables_and_logs_are_encrypted_and_recoverable(resources):
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
         assert props["SSESpecification"]["SSEType"] == "KMS", name
     assert resources["MappingTable"]["Properties"]["SSESpecification"]["KMSMasterKeyId"] == {"Ref": "MappingKey"}
-    for log_group in of_type(resources, "AWS::Logs::LogGroup").values():
-        assert log_group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
+    # The pipeline's logs (its functions, the state machine, the Pipe) are PHI side; the research
+    # side's own logs are under ResearchKey (tests/workflow/test_template_research.py).
+    substitutions = resources["DeidentifyStateMachine"]["Properties"]["DefinitionSubstitutions"]
+    steps = [arn["Fn::GetAtt"][0] for arn in substitutions.values()]
+    pipeline = {"StateMachineLogGroup", "PipeLogGroup"} | {
+        resources[step]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] for step in steps
+    }
+    assert len(pipeline) == 2 + len(substitutions)
+    for name, log_group in of_type(resources, "AWS::Logs::LogGroup").items():
+        expected = "DataKey" if name in pipeline else "ResearchKey"
+        assert log_group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [expected, "Arn"]}, name
 
 
 def test_only_the_honest_broker_can_read_the_mapping(resources):
