@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-
 from deidflow.research.header import JsonHeader
 from deidflow.research.profiles import Caller, load_profiles_text
 from deidflow.rules import RulesError
@@ -78,7 +77,7 @@ def test_errors_name_the_line(edit, line, words):
 
 def test_an_empty_scope_is_refused_rather_than_granting_everything():
     text = GOOD.replace("    scope: {filter: Modality StrEquals US}", "    scope: {}")
-    with pytest.raises(RulesError, match="should be non-empty|does not have enough properties"):
+    with pytest.raises(RulesError, match=r"should be non-empty|does not have enough properties"):
         load_profiles_text(text, "p.yaml")
 
 

@@ -41,7 +41,7 @@ from ..cloud.steps import catalog_items
 from ..index import DEFAULT_INLINE_BINARY_BYTES, frame_locations, index_entry
 from ..storage import CATALOG_DUMP, INDEX_DUMP
 from .research_folder import json_lines as _json_lines
-from .template import load_template, table_definition
+from .template import function_environment, load_template, table_definition
 from .workflow import find_project, load_module
 
 REGION = "us-east-1"
@@ -83,7 +83,6 @@ class LocalNames:
     audit_bucket: str = "deidflow-audit"
     audit_head_parameter: str = "/deidflow/local/audit-chain-head"
     profiles_bucket: str = "deidflow-access-config"
-    profiles_key: str = "profiles.yaml"
 
 
 @dataclass
@@ -180,22 +179,31 @@ class LocalResearchApi:
     # -- what the handler sees ------------------------------------------------------------------
 
     def _environment(self) -> dict[str, str]:
+        """The research API function's environment as the template writes it (Globals and its
+        own), with this stack's local names; plus where AWS is (the moto server)."""
+        assert self.project is not None
         n = self.names
+        unused = "-"  # the PHI side's names reach every function through Globals; here they name nothing
         return {
+            **function_environment(
+                load_template(self.project / "template.yaml"),
+                {
+                    "ResearchBucket": n.research_bucket,
+                    "IndexTable": n.index_table,
+                    "CatalogTable": n.catalog_table,
+                    "AuditTable": n.audit_table,
+                    "AccessConfigBucket": n.profiles_bucket,
+                    "MappingTable": unused,
+                    "StatusTable": unused,
+                    "PseudonymKeySecret": unused,
+                },
+                stack_name="local",
+                function="ResearchApiFunction",
+            ),
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_DEFAULT_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
-            "RESEARCH_BUCKET": n.research_bucket,
-            "INDEX_TABLE": n.index_table,
-            "CATALOG_TABLE": n.catalog_table,
-            "AUDIT_TABLE": n.audit_table,
-            "AUDIT_BUCKET": n.audit_bucket,
-            "AUDIT_HEAD_PARAMETER": n.audit_head_parameter,
-            "PROFILES_BUCKET": n.profiles_bucket,
-            "PROFILES_KEY": n.profiles_key,
-            "PRESIGN_SECONDS": "60",
-            "POWERTOOLS_SERVICE_NAME": "deidflow-research-api",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
             "POWERTOOLS_TRACE_DISABLED": "true",
         }
@@ -237,7 +245,7 @@ class LocalResearchApi:
         ):
             dynamodb.create_table(**table_definition(template, logical_id, name))
         self.client("ssm").put_parameter(Name=n.audit_head_parameter, Value="{}", Type="String")
-        s3.put_object(Bucket=n.profiles_bucket, Key=n.profiles_key, Body=self.access.profiles.read_bytes())
+        s3.put_object(Bucket=n.profiles_bucket, Key=os.environ["PROFILES_KEY"], Body=self.access.profiles.read_bytes())
 
     def _load_research_folder(self) -> None:
         """The research objects into S3; their index and catalog items from the dumps a local run

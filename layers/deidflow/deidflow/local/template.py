@@ -50,10 +50,13 @@ def table_definition(template: dict[str, Any], logical_id: str, table_name: str)
     return definition
 
 
-def function_environment(template: dict[str, Any], resources: dict[str, str], stack_name: str) -> dict[str, str]:
-    """The environment the template gives every function (Globals), as a local run resolves it:
-    a parameter at its default, a resource by its local name in `resources`, `${AWS::StackName}`
-    as `stack_name`. The template stays the one place the Lambdas' settings are written."""
+def function_environment(
+    template: dict[str, Any], resources: dict[str, str], stack_name: str, function: str | None = None
+) -> dict[str, str]:
+    """The environment the template gives every function (Globals), and `function`'s own on top,
+    as a local run resolves it: a parameter at its default, a resource by its local name in
+    `resources`, `${AWS::StackName}` as `stack_name`. The template stays the one place the Lambdas'
+    settings are written."""
     parameters = template.get("Parameters", {})
 
     def resolve(value: Any) -> str:
@@ -68,5 +71,8 @@ def function_environment(template: dict[str, Any], resources: dict[str, str], st
             return str(value)
         raise ValueError(f"cannot resolve {value!r} locally")
 
-    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    variables = dict(template["Globals"]["Function"]["Environment"]["Variables"])
+    if function is not None:
+        own = template["Resources"][function]["Properties"].get("Environment", {}).get("Variables", {})
+        variables.update(own)
     return {name: resolve(value) for name, value in variables.items()}
