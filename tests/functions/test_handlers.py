@@ -12,7 +12,7 @@ from deidflow.cloud.errors import ProcessingError, RejectedObject, TransientErro
 from deidflow.local.workflow import LambdaContext
 from deidflow.testing.synthetic import make_burned_in_ultrasound, make_corpus
 
-from tests.conftest import dicom_bytes
+from tests.conftest import REPO, dicom_bytes
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +297,21 @@ def test_handlers_log_keys_and_reasons_never_header_values(workflow, corpus, cap
     assert "incoming/p0/img.dcm" in text  # the key is logged...
     for value in corpus.planted_values():
         assert value not in text  # ...values never are
+
+
+def test_every_function_the_template_deploys_has_an_importable_handler():
+    """sam build packages a folder whatever it holds: an app.py that does not import would fail
+    only in the cloud, at the first invocation."""
+    from deidflow.local.template import load_template
+    from deidflow.local.workflow import load_module
+
+    template = load_template(REPO / "template.yaml")
+    functions = {
+        logical_id: resource["Properties"]["CodeUri"]
+        for logical_id, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+    assert {"ResearchApiFunction", "AuditSealerFunction"} <= set(functions)
+    for logical_id, code_uri in functions.items():
+        module = load_module(REPO / code_uri / "app.py")
+        assert callable(module.handler), logical_id

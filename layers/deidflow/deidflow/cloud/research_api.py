@@ -214,8 +214,11 @@ class ResearchApi:
     def __post_init__(self) -> None:
         import boto3
 
+        from botocore.config import Config
+
         session = self.session or boto3.session.Session()
-        s3 = session.client("s3")
+        # Signature V4: presigned links to KMS-encrypted objects need it (V2 links are refused).
+        s3 = session.client("s3", config=Config(signature_version="s3v4"))
         dynamodb = session.resource("dynamodb")
         self.index = DynamoResearchIndex(dynamodb, s3, self.settings)
         self.store = S3Store(s3, self.settings.research_bucket)
