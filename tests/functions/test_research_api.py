@@ -22,10 +22,10 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-
 from deidflow.local.api import LocalResearchApi
 from deidflow.local.workflow import run_local
 from deidflow.testing.synthetic import make_instance, make_patient, make_series, make_sr, make_study
+
 from tests.conftest import REPO, TEST_KEY
 
 RULES = """\

@@ -213,7 +213,6 @@ class ResearchApi:
 
     def __post_init__(self) -> None:
         import boto3
-
         from botocore.config import Config
 
         session = self.session or boto3.session.Session()
