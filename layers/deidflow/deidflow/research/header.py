@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from pydicom.valuerep import STR_VR
+
 from ..index import FrameLocations
 
 # Item attributes the API never returns: the labels are decided on the original header and may
@@ -98,7 +100,8 @@ class JsonHeader:
         if vr == "SQ":
             return JsonElement(vr, [JsonHeader(item) for item in values or ()])
         if not values:
-            return JsonElement(vr, None)
+            # As pydicom holds an empty element: text VRs as "", the others as None.
+            return JsonElement(vr, "" if vr in STR_VR else None)
         if vr == "PN":
             values = [v.get("Alphabetic", "") if isinstance(v, Mapping) else v for v in values]
         return JsonElement(vr, values[0] if len(values) == 1 else list(values))
