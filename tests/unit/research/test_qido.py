@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from deidflow.cloud.research_api import ProfilesSource, caller_from_claims
 from deidflow.research.qido import BadQuery, parse_query
 
