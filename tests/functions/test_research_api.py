@@ -352,3 +352,60 @@ def test_a_request_whose_audit_record_cannot_be_written_is_refused(api, data):
         running.audit = working
     assert answer.status_code == 503
     assert data.a not in answer.text, "nothing of the answer is served"
+
+
+def test_rendered_frames_and_thumbnails_follow_the_same_visibility(api, data):
+    from PIL import Image
+
+    ct = Client(api, "ctuser")
+    sop = sorted(data.sops(data.c, "CT"))[0]
+    where = f"/studies/{data.c}/series/{data.sop[sop]['series']}/instances/{sop}"
+    jpeg = ct.get(where + "/rendered")
+    assert jpeg.status_code == 200 and jpeg.headers["Content-Type"] == "image/jpeg"
+    image = Image.open(__import__("io").BytesIO(jpeg.content))
+    stored = pydicom.dcmread(data.research / data.sop[sop]["key"])
+    assert image.size == (stored.Columns, stored.Rows)
+    png = ct.get(where + "/frames/1/rendered", headers={"Accept": "image/png"})
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    thumb = Image.open(__import__("io").BytesIO(ct.get(f"/studies/{data.c}/thumbnail").content))
+    assert max(thumb.size) <= 128
+    assert ct.get(where + "/rendered?viewport=abc").status_code == 400
+    assert ct.get(where + "/frames/2/rendered").status_code == 404, "a single-frame image has no frame 2"
+    localizer = data.sops(data.a, localizer=True).pop()
+    hidden = f"/studies/{data.a}/series/{data.sop[localizer]['series']}/instances/{localizer}"
+    assert ct.get(hidden + "/rendered").status_code == 404
+    assert Client(api, "oncuser").get(where + "/thumbnail").status_code == 404
+
+
+def test_every_route_writes_its_audit_record(api, data):
+    ct = Client(api, "ctuser")
+    sop = sorted(data.sops(data.c, "CT"))[0]
+    series = data.sop[sop]["series"]
+    instance = f"/studies/{data.c}/series/{series}/instances/{sop}"
+    routes = {
+        "/studies": "qido.studies",
+        "/series": "qido.series",
+        "/instances": "qido.instances",
+        f"/studies/{data.c}/series": "qido.series",
+        f"/studies/{data.c}/instances": "qido.instances",
+        f"/studies/{data.c}/series/{series}/instances": "qido.instances",
+        f"/studies/{data.c}/metadata": "wado.metadata",
+        f"/studies/{data.c}/series/{series}/metadata": "wado.metadata",
+        f"{instance}/metadata": "wado.metadata",
+        f"{instance}/frames/1": "wado.frames",
+        f"{instance}/bulkdata/7FE00010": "wado.bulkdata",
+        f"{instance}/rendered": "wado.rendered",
+        f"{instance}/thumbnail": "wado.thumbnail",
+        instance: "wado.instance",
+        f"/studies/{data.c}/series/{series}": "wado.instance",
+        f"/studies/{data.c}": "wado.instance",
+    }
+    before = {i["sk"] for i in _audit_items(api)}
+    statuses = {path: ct.get(path).status_code for path in routes}
+    assert all(s in (200, 303) for s in statuses.values()), statuses
+    me = requests.get(api.base_url + "/research/me", headers=ct.session.headers)
+    assert me.status_code == 200
+    new = [i for i in _audit_items(api) if i["sk"] not in before]
+    assert sorted(i["action"] for i in new) == sorted([*routes.values(), "research.me"])
+    frames = next(i for i in new if i["action"] == "wado.frames")
+    assert frames["instance"] == sop and [int(f) for f in frames["frames"]] == [1] and int(frames["bytes"]) > 0

@@ -9,14 +9,13 @@ import json
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
-
 from deidflow.cloud.research_api import MAX_BINARY_BODY_BYTES, MAX_TEXT_BODY_BYTES, fitted
 from deidflow.index import index_entry
 from deidflow.research.header import InstanceRecord
 from deidflow.research.profiles import Caller, load_profiles_text
 from deidflow.research.service import Answer, ApiError, ResearchService
 from deidflow.research.visibility import Access
+from pydicom.data import get_testdata_file
 
 EVERYTHING = load_profiles_text(
     "version: 1\nprofiles:\n  all: {description: all, scope: {labels: [ALL]}, level: study, actions: [view]}\n"

@@ -287,6 +287,34 @@ class ResearchApi:
                 "wado.bulkdata", lambda s, a: s.bulkdata(a, study, series, sop, path, self._header("accept"))
             )
 
+        def rendered(study: str, series: str | None, sop: str | None, frame: str | None, thumb: bool) -> Response:
+            return self._answer(
+                "wado.thumbnail" if thumb else "wado.rendered",
+                lambda s, a: s.rendered(
+                    a, study, series, sop, frame, self._params(), self._header("accept"), thumbnail=thumb
+                ),
+            )
+
+        @app.get(f"{base}/studies/<study>/series/<series>/instances/<sop>/rendered")
+        def instance_rendered(study: str, series: str, sop: str) -> Response:
+            return rendered(study, series, sop, None, False)
+
+        @app.get(f"{base}/studies/<study>/series/<series>/instances/<sop>/frames/<frames>/rendered")
+        def frame_rendered(study: str, series: str, sop: str, frames: str) -> Response:
+            return rendered(study, series, sop, frames, False)
+
+        @app.get(f"{base}/studies/<study>/series/<series>/instances/<sop>/thumbnail")
+        def instance_thumbnail(study: str, series: str, sop: str) -> Response:
+            return rendered(study, series, sop, None, True)
+
+        @app.get(f"{base}/studies/<study>/series/<series>/thumbnail")
+        def series_thumbnail(study: str, series: str) -> Response:
+            return rendered(study, series, None, None, True)
+
+        @app.get(f"{base}/studies/<study>/thumbnail")
+        def study_thumbnail(study: str) -> Response:
+            return rendered(study, None, None, None, True)
+
         @app.get(f"{base}/studies/<study>")
         def retrieve_study(study: str) -> Response:
             return self._answer("wado.instance", lambda s, a: s.retrieve(a, study, None, None, self._header("accept")))
@@ -416,8 +444,7 @@ def fitted(answer: Answer, accept_encoding: str) -> Answer:
     if len(answer.body) > (MAX_BINARY_BODY_BYTES if binary else MAX_TEXT_BODY_BYTES):
         raise ApiError(
             413,
-            "the answer is too large for one response: ask with Accept-Encoding: gzip, or per series or "
-            "instance",
+            "the answer is too large for one response: ask with Accept-Encoding: gzip, or per series or instance",
         )
     return answer
 

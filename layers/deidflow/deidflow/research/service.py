@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from .header import InstanceRecord
 from .profiles import ProfilesFile
 from .qido import BadQuery, QidoQuery, ResultBuilder, parse_query
+from .rendered import RenderError, chosen_media, quality_of, render, viewport_of
 from .visibility import Access, visible_in_study
 from .wado import (
     OCTET_STREAM,
@@ -243,6 +244,50 @@ class ResearchService:
             return Answer(200, value, OCTET_STREAM, **facts)
         body, content_type = multipart_related([value], OCTET_STREAM, type_param=OCTET_STREAM)
         return Answer(200, body, content_type, **facts)
+
+    def rendered(
+        self,
+        access: Access,
+        study: str,
+        series: str | None,
+        sop: str | None,
+        frame: str | None,
+        params: Mapping[str, Sequence[str]],
+        accept: str,
+        *,
+        thumbnail: bool = False,
+    ) -> Answer:
+        """A frame as a viewer shows it (JPEG or PNG); for a series or study thumbnail, the middle
+        visible instance of the (first) series."""
+        visible = self.visible(access, "view", study, series, sop)
+        if sop is None:
+            first_series = [r for r in visible if r.series_instance_uid == visible[0].series_instance_uid]
+            visible = [first_series[len(first_series) // 2]]
+        (record,) = visible
+        try:
+            media = chosen_media(accept)
+            viewport = viewport_of(params, thumbnail)
+            quality = quality_of(params)
+            number = parse_frame_list(frame or "1", record.number_of_frames)
+            if len(number) != 1:
+                raise RenderError(400, "one frame at a time is rendered")
+            body = render(self.store.read(record.research_key), number[0], media, viewport, quality)
+        except RenderError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        except LookupError as exc:
+            raise ApiError(404, str(exc)) from None
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        return Answer(
+            200,
+            body,
+            media,
+            studies=(study,),
+            series=(record.series_instance_uid,),
+            instance=record.sop_instance_uid,
+            frames=tuple(number),
+            count=1,
+        )
 
     def retrieve(self, access: Access, study: str, series: str | None, sop: str | None, accept: str) -> Answer:
         """Whole instances (the `download` action): one instance single-part through a just-signed
