@@ -409,3 +409,26 @@ def test_every_route_writes_its_audit_record(api, data):
     assert sorted(i["action"] for i in new) == sorted([*routes.values(), "research.me"])
     frames = next(i for i in new if i["action"] == "wado.frames")
     assert frames["instance"] == sop and [int(f) for f in frames["frames"]] == [1] and int(frames["bytes"]) > 0
+
+
+def test_a_failing_backend_is_a_500_that_quotes_nothing(api, data, capfd):
+    from deidflow.cloud import research_api
+
+    assert Client(api, "ctuser").get("/studies").status_code == 200  # the container is warm
+    running = research_api._api
+    assert running is not None
+    working = running.index
+
+    class Broken:
+        def studies(self):
+            raise RuntimeError(f"table said something about {data.a}")
+
+    running.index = Broken()  # type: ignore[assignment]
+    try:
+        answer = Client(api, "ctuser").get("/studies")
+    finally:
+        running.index = working
+    assert answer.status_code == 500 and data.a not in answer.text
+    printed = capfd.readouterr()
+    assert data.a not in printed.out + printed.err, "no log line quotes what the backend said"
+    assert "RuntimeError" in printed.out + printed.err

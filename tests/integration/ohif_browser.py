@@ -304,9 +304,7 @@ class OhifBrowser:
         if expect_rows is None or expect_rows > 0:
             page.wait_for_selector(rows_selector)
         if expect_rows is not None:
-            page.wait_for_function(
-                f"document.querySelectorAll({json.dumps(rows_selector)}).length >= {expect_rows}"
-            )
+            page.wait_for_function(f"document.querySelectorAll({json.dumps(rows_selector)}).length >= {expect_rows}")
         rows = []
         for row in page.query_selector_all(rows_selector):
             cells = [c.inner_text().strip() for c in row.query_selector_all("td")]

@@ -110,7 +110,7 @@ def fake_npm(folder: Path, tarball: Path, integrity: str) -> Path:
         'case "$1" in\n'
         f"  view) echo '{json.dumps(integrity)}' ;;\n"
         f'  pack) cp "{tarball}" ./ohif-app-9.9.9.tgz && '
-        f"echo '[{{\"filename\": \"ohif-app-9.9.9.tgz\", \"integrity\": {json.dumps(integrity)}}}]' ;;\n"
+        f'echo \'[{{"filename": "ohif-app-9.9.9.tgz", "integrity": {json.dumps(integrity)}}}]\' ;;\n'
         "  *) exit 2 ;;\n"
         "esac\n"
     )

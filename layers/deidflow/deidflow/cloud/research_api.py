@@ -237,6 +237,12 @@ class ResearchApi:
         app = self.app
         base = "/dicomweb"
 
+        @app.exception_handler(Exception)
+        def failed(exc: Exception) -> Response:
+            # The type only: a traceback or a botocore message can quote keys and query values.
+            logger.error("research_request_failed", extra={"error": type(exc).__name__})
+            return _error(500, "the request failed; it was not served")
+
         @app.get(f"{base}/studies")
         def studies() -> Response:
             return self._answer("qido.studies", lambda s, a: s.search(a, "study", self._params()))
