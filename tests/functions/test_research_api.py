@@ -411,7 +411,9 @@ def test_every_route_writes_its_audit_record(api, data):
     assert frames["instance"] == sop and [int(f) for f in frames["frames"]] == [1] and int(frames["bytes"]) > 0
 
 
-def test_a_failing_backend_is_a_500_that_quotes_nothing(api, data, capfd):
+def test_a_failing_backend_is_a_500_that_quotes_nothing(api, data):
+    import io
+
     from deidflow.cloud import research_api
 
     assert Client(api, "ctuser").get("/studies").status_code == 200  # the container is warm
@@ -424,11 +426,14 @@ def test_a_failing_backend_is_a_500_that_quotes_nothing(api, data, capfd):
             raise RuntimeError(f"table said something about {data.a}")
 
     running.index = Broken()  # type: ignore[assignment]
+    log = io.StringIO()
+    handler = research_api.logger.registered_handler
+    previous = handler.setStream(log)  # type: ignore[attr-defined]
     try:
         answer = Client(api, "ctuser").get("/studies")
     finally:
         running.index = working
+        handler.setStream(previous)  # type: ignore[attr-defined]
     assert answer.status_code == 500 and data.a not in answer.text
-    printed = capfd.readouterr()
-    assert data.a not in printed.out + printed.err, "no log line quotes what the backend said"
-    assert "RuntimeError" in printed.out + printed.err
+    assert "RuntimeError" in log.getvalue() and "research_request_failed" in log.getvalue()
+    assert data.a not in log.getvalue(), "no log line quotes what the backend said"
