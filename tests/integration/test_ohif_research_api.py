@@ -225,3 +225,45 @@ def test_ohif_can_send_the_token_itself(
         assert {e.authorization for e in requests} == {"Bearer"}
         assert {p.authorization for p in server.proxied} == {"Bearer"}
         assert_clean(browser, server)
+
+
+def test_the_local_api_command_serves_ohif_with_a_users_token(
+    research_folder: Path, dist: Path, tmp_path: Path, instances: list[Instance]
+) -> None:
+    """`deidflow local api --ohif`: the printed viewer URL serves OHIF, configured with its own
+    same-origin DICOMweb root, whose proxy answers as alice (the access file's first user)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    deidflow = [sys.executable, "-c", "import sys; from deidflow.cli import main; sys.exit(main())"]
+    command = [*deidflow, "local", "api", str(research_folder), "--access", str(ACCESS)]
+    command += ["--port", "0", "--ohif", "--ohif-port", "0", "--state", str(tmp_path / "state"), "--project", str(REPO)]
+    env = {**os.environ, "DEIDFLOW_OHIF_CACHE": str(dist.parents[1])}
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        printed = []
+        for line in process.stdout:
+            printed.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        urls = {k.strip(): v.split()[0] for k, _, v in (p.partition(":") for p in printed if p.startswith("  "))}
+        print(f"local api --ohif up in {time.monotonic() - started:.1f} s: {''.join(printed)}")
+        assert "(OHIF as alice)" in "".join(printed)
+        viewer = urls["viewer"].rstrip("/")
+        with urllib.request.urlopen(viewer + "/") as page:
+            assert b"<html" in page.read().lower()
+        with urllib.request.urlopen(viewer + "/app-config.js") as config:
+            assert f"{viewer}/dicomweb".encode() in config.read()
+        with urllib.request.urlopen(viewer + "/dicomweb/studies") as answer:  # no token: the proxy adds alice's
+            found = sorted(s["0020000D"]["Value"][0] for s in json.loads(answer.read()))
+        assert found == studies_with(instances, "CT")
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    assert not (tmp_path / "state" / "api.json").exists()
