@@ -198,6 +198,8 @@ class OhifBrowser:
         self.timeout_ms = timeout * 1000
         self.log = RequestLog()
         self.console_errors: list[str] = []
+        self.page_errors: list[str] = []  # uncaught exceptions in the page
+        self.search_status: int | None = None  # the study list's QIDO answer, last time it was opened
         self._playwright: Any = None
         self._context: Any = None
         self._page: Any = None
@@ -229,6 +231,7 @@ class OhifBrowser:
             self._context.on("requestfailed", self._on_failed)
             self._page = self._context.pages[0] if self._context.pages else self._context.new_page()
             self._page.on("console", self._on_console)
+            self._page.on("pageerror", self._on_page_error)
         except BaseException:
             self.close()
             raise
@@ -284,6 +287,9 @@ class OhifBrowser:
         if message.type == "error":
             self.console_errors.append(message.text[:500])
 
+    def _on_page_error(self, error: Any) -> None:
+        self.page_errors.append(str(error)[:500])
+
     # -- pages ---------------------------------------------------------------------------------------
 
     def screenshot(self, name: str) -> Path:
@@ -299,7 +305,10 @@ class OhifBrowser:
         with page.expect_response(lambda r: urllib.parse.urlsplit(r.url).path.endswith("/studies")) as answer:
             page.goto(self.base_url + "/")
         response = answer.value
-        uids = [str(study["0020000D"]["Value"][0]) for study in json.loads(response.body() or b"[]")]
+        self.search_status = response.status
+        # An error answer (a 403's {"error": …}) lists no study.
+        found = json.loads(response.body() or b"[]") if response.status == 200 else []
+        uids = [str(study["0020000D"]["Value"][0]) for study in found]
         rows_selector = "tbody tr[aria-selected]"
         if expect_rows is None or expect_rows > 0:
             page.wait_for_selector(rows_selector)

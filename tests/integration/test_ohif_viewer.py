@@ -12,17 +12,16 @@ with the reason when one is missing.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
-from deidflow.local.ohif import NpmMissing, OhifServer, app_config, ohif_dist
+from deidflow.local.ohif import OhifServer, app_config
 from deidflow.local.orthanc import LocalOrthanc, OrthancNotInstalled, _auth_header, find_orthanc, stow_rs
 
-from .ohif_browser import CHROMIUM, OhifBrowser, dicomweb_sequence
+from .ohif_browser import OhifBrowser, dicomweb_sequence
 
 pytestmark = pytest.mark.integration
 
@@ -35,18 +34,6 @@ SAMPLE_FILES = [
     SAMPLES / "ultrasound" / "echo0000.dcm",
 ]
 TOKEN = "deidflow-test-token"  # what OHIF sends; the proxy swaps it for Orthanc's own credentials
-
-
-@pytest.fixture(scope="module")
-def dist() -> Path:
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        pytest.skip(f"no Chromium at {CHROMIUM}: sudo apt-get install -y chromium")
-    pytest.importorskip("playwright", reason="the playwright package (requirements-dev.txt) is not installed")
-    cache = Path(os.environ.get("DEIDFLOW_OHIF_CACHE", REPO / ".cache" / "ohif"))
-    try:
-        return ohif_dist(cache)  # once per machine (about 50 MB from the npm registry), then the cache
-    except NpmMissing as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +76,9 @@ def viewer(dist: Path, orthanc: LocalOrthanc) -> Iterator[OhifServer]:
 
 
 @pytest.fixture(scope="module")
-def browser(viewer: OhifServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OhifBrowser]:
-    artifacts = Path(os.environ.get("DEIDFLOW_TEST_ARTIFACTS") or tmp_path_factory.mktemp("ohif-artifacts"))
-    print(f"ohif artifacts: {artifacts}")
+def browser(viewer: OhifServer, ohif_artifacts: Path) -> Iterator[OhifBrowser]:
     started = time.monotonic()
-    with OhifBrowser(viewer.url, artifacts=artifacts) as session:
+    with OhifBrowser(viewer.url, artifacts=ohif_artifacts) as session:
         yield session
     print(f"ohif browser session: {time.monotonic() - started:.1f} s")
 

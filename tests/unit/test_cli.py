@@ -156,3 +156,11 @@ def test_explain_shows_the_pixel_stage_and_every_marker_as_the_output_has_them(t
     out = pydicom.dcmread(io.BytesIO(laptop_engine(load_rules(), TEST_KEY).process(sample).data))
     assert out.BurnedInAnnotation == "NO" and out.PatientIdentityRemoved == "YES"
     assert not [tag for tag in out.keys() if 0x6000 <= tag >> 16 <= 0x601E]
+
+
+def test_local_api_ohif_user_must_be_a_user_of_the_access_file(tmp_path, capsys):
+    access = Path(__file__).resolve().parents[2] / "samples" / "research" / "access.yaml"
+    arguments = ["local", "api", str(tmp_path), "--access", str(access), "--state", str(tmp_path / "state")]
+    code = main([*arguments, "--ohif", "--ohif-user", "mallory"])
+    assert code == 2
+    assert "names no user 'mallory'" in capsys.readouterr().err

@@ -425,23 +425,47 @@ def cmd_profiles_explain(args: argparse.Namespace) -> int:
 def cmd_local_api(args: argparse.Namespace) -> int:
     """The research API on loopback over a research folder, with local users from the access file."""
     try:
-        from .local.api import LocalResearchApi
+        from .local.api import AccessFile, LocalResearchApi
     except ImportError as exc:
         print(f"deidflow: the local API needs the 'local' extra ({exc.name} is missing)", file=sys.stderr)
         return EXIT_USAGE
     _load_profiles_or_exit(str(_access_profiles(args.access)), args.rules)
     state = Path(args.state) / "api.json"
+    viewer_user = None
+    if args.ohif:
+        users = [u.username for u in AccessFile.load(Path(args.access)).users]
+        viewer_user = args.ohif_user or (users[0] if users else None)
+        if viewer_user not in users:
+            print(f"deidflow: --ohif-user: {args.access} names no user {viewer_user!r}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         with (
             _stopped_by_signals(),
-            LocalResearchApi(
-                Path(args.research),
-                Path(args.access),
-                project=Path(args.project) if args.project else None,
-                port=args.port,
-            ) as api,
+            contextlib.ExitStack() as stack,
         ):
+            dist = _ohif_dist_or_exit(args.project) if args.ohif else None
+            api = stack.enter_context(
+                LocalResearchApi(
+                    Path(args.research),
+                    Path(args.access),
+                    project=Path(args.project) if args.project else None,
+                    port=args.port,
+                )
+            )
             api.state().save(state)
+            viewer = None
+            if dist is not None and viewer_user is not None:
+                from .local.ohif import OhifServer
+
+                # The proxy holds the user's token; the browser never sees it.
+                viewer = stack.enter_context(
+                    OhifServer(
+                        dist,
+                        upstream=api.dicomweb_url,
+                        upstream_authorization=f"Bearer {api.token(viewer_user)}",
+                        port=args.ohif_port,
+                    )
+                )
             print(
                 "the research API is up on loopback\n"
                 f"  DICOMweb:  {api.dicomweb_url}\n"
@@ -449,11 +473,17 @@ def cmd_local_api(args: argparse.Namespace) -> int:
                 f"  users:     {', '.join(sorted(api.passwords))} (deidflow local token USER prints a bearer token)\n"
                 f"  serving:   {args.research} ({api.instances} instances"
                 + (", indexed here without labels" if api.indexed_here else "")
-                + ")\nCtrl-C stops it.",
+                + ")\n"
+                + (f"  viewer:    {viewer.url}/ (OHIF as {viewer_user})\n" if viewer is not None else "")
+                + "Ctrl-C stops it.",
                 flush=True,
             )
+            logged_in = time.monotonic()
             while True:
                 time.sleep(1.0)
+                if viewer is not None and viewer_user is not None and time.monotonic() - logged_in > OHIF_RELOGIN:
+                    viewer.upstream_authorization = f"Bearer {api.token(viewer_user)}"  # before it expires
+                    logged_in = time.monotonic()
     except (FileNotFoundError, ValueError) as exc:
         print(f"deidflow: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -461,6 +491,23 @@ def cmd_local_api(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         state.unlink(missing_ok=True)
+
+
+# The viewer's token is an hour's Cognito access token: the proxy logs in again well before that.
+OHIF_RELOGIN = 30 * 60.0
+
+
+def _ohif_dist_or_exit(project: str | None) -> Path:
+    """OHIF's dist, fetched with npm once into <project>/.cache/ohif ($DEIDFLOW_OHIF_CACHE)."""
+    from .local.ohif import OhifUnavailable, ohif_dist
+    from .local.workflow import find_project
+
+    cache = os.environ.get("DEIDFLOW_OHIF_CACHE") or find_project(Path(project) if project else None) / ".cache/ohif"
+    try:
+        return ohif_dist(Path(cache))
+    except OhifUnavailable as exc:
+        print(f"deidflow: no OHIF viewer: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def _access_profiles(access: str) -> Path:
@@ -583,6 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--state", default=".deidflow-local", help="where `local token` finds the running API")
     api.add_argument("--rules", help="rules file whose labels the profiles may name (default: the built-in rules)")
     api.add_argument("--project", help="checkout holding template.yaml and functions/ (default: cwd)")
+    api.add_argument(
+        "--ohif", action="store_true", help="also serve a stock OHIF viewer (npm's, fetched once into .cache/ohif)"
+    )
+    api.add_argument(
+        "--ohif-user", metavar="USER", help="whose token the viewer's proxy sends (default: the access file's first)"
+    )
+    api.add_argument("--ohif-port", type=int, default=8044, help="the viewer's port on 127.0.0.1 (default: 8044)")
     api.set_defaults(func=cmd_local_api)
     token = local_sub.add_parser("token", help="log a local user in to the running local API; print a bearer token")
     token.add_argument("user")

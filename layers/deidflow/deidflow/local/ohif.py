@@ -313,7 +313,7 @@ class ProxiedRequest:
 
 
 class OhifServer:
-    """The OHIF dist plus a generated app-config.js on http://127.0.0.1:<free port>, in a thread.
+    """The OHIF dist plus a generated app-config.js on http://127.0.0.1:<port> (a free one by default), in a thread.
 
     Unknown paths without a file extension answer index.html (OHIF's routes: /viewer?…); with
     `upstream`, `/dicomweb/<rest>` is proxied to `<upstream>/<rest>`, adding `upstream_authorization`
@@ -331,6 +331,7 @@ class OhifServer:
         upstream_authorization: str | None = None,
         config: str | Callable[[str], str] | None = None,
         timeout: float = 60.0,
+        port: int = 0,
     ):
         self.dist = Path(dist).resolve()
         if not (self.dist / "index.html").is_file():
@@ -339,6 +340,7 @@ class OhifServer:
         self.upstream_authorization = upstream_authorization
         self._config = config
         self.timeout = timeout
+        self.port = port  # on 127.0.0.1; 0: a free one
         self.config_js = ""
         self.proxied: list[ProxiedRequest] = []
         self._lock = threading.Lock()
@@ -366,7 +368,7 @@ class OhifServer:
         self.stop()
 
     def start(self) -> None:
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), _handler_for(self))
+        self._server = ThreadingHTTPServer((LOOPBACK, self.port), _handler_for(self))
         self._server.daemon_threads = True
         config = self._config
         if config is None:
