@@ -437,3 +437,31 @@ def test_a_failing_backend_is_a_500_that_quotes_nothing(api, data):
     assert answer.status_code == 500 and data.a not in answer.text
     assert "RuntimeError" in log.getvalue() and "research_request_failed" in log.getvalue()
     assert data.a not in log.getvalue(), "no log line quotes what the backend said"
+
+
+def test_profiles_explain_counts_the_same_on_the_folder_and_on_the_cloud_index(api, data, capsys, monkeypatch):
+    from deidflow.cli import main
+
+    profiles = str(data.research.parent / "profiles.yaml")
+    rules = str(data.research.parent / "rules.yaml")
+    assert main(["profiles", "explain", profiles, "--rules", rules, "--research", str(data.research)]) == 0
+    folder = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[2:5] for line in folder.splitlines()[2:]}
+    assert rows == {
+        "onc-series": ["1", "1", "3"],  # the localizer counts: series level
+        "ct-no-localizer": ["2", "2", "4"],
+        "mr-search": ["1", "2", "3"],  # the MR series and the SR: study level
+        "expired": ["3", "5", "9"],
+    }
+    monkeypatch.setenv("AWS_ENDPOINT_URL", api.endpoint)
+    n = api.names
+    cloud = ["--index-table", n.index_table, "--catalog-table", n.catalog_table, "--research-bucket", n.research_bucket]
+    assert main(["profiles", "explain", profiles, "--rules", rules, *cloud]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == folder.splitlines()[1:]
+    assert (
+        main(["profiles", "explain", profiles, "--rules", rules, "--research", str(data.research), "--user", "old"])
+        == 0
+    )
+    together = capsys.readouterr().out.splitlines()[-1].split()
+    assert together[-3:] == ["0", "0", "0"], "an expired profile grants nothing today"
+    assert "Oncology" not in folder, "counts and names, never a label's meaning or a value"

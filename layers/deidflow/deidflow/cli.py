@@ -391,11 +391,30 @@ def cmd_profiles_explain(args: argparse.Namespace) -> int:
     from .research.visibility import granted_counts
 
     profiles = _load_profiles_or_exit(args.file, args.rules)
-    try:
-        index = FolderIndex(args.research)
-    except FileNotFoundError as exc:
-        print(f"deidflow: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    index: Any
+    if args.index_table:
+        if not (args.catalog_table and args.research_bucket):
+            print("deidflow: --index-table needs --catalog-table and --research-bucket", file=sys.stderr)
+            return EXIT_USAGE
+        import boto3
+
+        from .cloud.research_api import DynamoResearchIndex
+
+        index = DynamoResearchIndex(
+            boto3.resource("dynamodb"),
+            boto3.client("s3"),
+            index_table=args.index_table,
+            catalog_table=args.catalog_table,
+            research_bucket=args.research_bucket,
+        )
+        where = f"the index table {args.index_table}"
+    else:
+        try:
+            index = FolderIndex(args.research)
+        except FileNotFoundError as exc:
+            print(f"deidflow: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        where = args.research
     today = datetime.now(UTC).date()
     if args.user or args.group:
         caller = Caller(sub="-", username=args.user or "-", groups=frozenset([args.group] if args.group else []))
@@ -404,8 +423,8 @@ def cmd_profiles_explain(args: argparse.Namespace) -> int:
     else:
         chosen = [profiles.profiles[name] for name in sorted(profiles.profiles)]
         who = "every profile"
-    studies = list(index.every_study())
-    print(f"{who}: counted on {args.research} ({sum(len(s) for s in studies)} instances)")
+    studies = [index.study_instances(uid) for uid, _ in index.studies()]
+    print(f"{who}: counted on {where} ({sum(len(s) for s in studies)} instances)")
     print(f"  {'PROFILE':<24} {'LEVEL':<8} {'STUDIES':>7} {'SERIES':>7} {'INSTANCES':>9}  ACTIONS / STATE")
     for profile in chosen:
         counts = granted_counts([profile], studies)
@@ -658,6 +677,13 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", help="only the profiles assigned to this Cognito username")
     who.add_argument("--group", help="only the profiles assigned to this Cognito group")
     pexplain.add_argument("--rules", help="rules file whose labels the profiles may name")
+    pexplain.add_argument(
+        "--index-table",
+        help="count on the cloud's index instead (with --catalog-table and --research-bucket; AWS credentials "
+        "as for the AWS CLI)",
+    )
+    pexplain.add_argument("--catalog-table")
+    pexplain.add_argument("--research-bucket")
     pexplain.set_defaults(func=cmd_profiles_explain)
 
     audit_help = (

@@ -86,12 +86,13 @@ def caller_from_claims(claims: Mapping[str, Any]) -> Caller:
 class DynamoResearchIndex:
     """The index and catalog tables (and header sidecars in the research bucket)."""
 
-    def __init__(self, dynamodb: Any, s3: Any, settings: ApiSettings):
+    def __init__(self, dynamodb: Any, s3: Any, *, index_table: str, catalog_table: str, research_bucket: str):
         self._dynamodb = dynamodb
-        self._index = dynamodb.Table(settings.index_table)
-        self._catalog = dynamodb.Table(settings.catalog_table)
+        self._index = dynamodb.Table(index_table)
+        self._catalog = dynamodb.Table(catalog_table)
         self._s3 = s3
-        self._settings = settings
+        self._index_name = index_table
+        self._bucket = research_bucket
 
     def studies(self) -> Iterable[tuple[str, Mapping[str, Any]]]:
         # A scan of the study items: fine for the catalogs of tens of thousands of studies this
@@ -133,7 +134,7 @@ class DynamoResearchIndex:
 
     def _get_items(self, keys: Sequence[str]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
-        name = self._settings.index_table
+        name = self._index_name
         for start in range(0, len(keys), 100):
             request: dict[str, Any] = {name: {"Keys": [{"sop_instance_uid": k} for k in keys[start : start + 100]]}}
             for attempt in range(8):
@@ -151,7 +152,7 @@ class DynamoResearchIndex:
         sidecar = item.get("dicom_json_sidecar")
         text = None
         if sidecar and "dicom_json" not in item:
-            text = self._s3.get_object(Bucket=self._settings.research_bucket, Key=sidecar)["Body"].read().decode()
+            text = self._s3.get_object(Bucket=self._bucket, Key=sidecar)["Body"].read().decode()
         return InstanceRecord.from_item(item, text)
 
 
@@ -220,7 +221,13 @@ class ResearchApi:
         # Signature V4: presigned links to KMS-encrypted objects need it (V2 links are refused).
         s3 = session.client("s3", config=Config(signature_version="s3v4"))
         dynamodb = session.resource("dynamodb")
-        self.index = DynamoResearchIndex(dynamodb, s3, self.settings)
+        self.index = DynamoResearchIndex(
+            dynamodb,
+            s3,
+            index_table=self.settings.index_table,
+            catalog_table=self.settings.catalog_table,
+            research_bucket=self.settings.research_bucket,
+        )
         self.store = S3Store(s3, self.settings.research_bucket)
         self.profiles = ProfilesSource(s3, self.settings.profiles_bucket, self.settings.profiles_key)
         self.audit = AuditLog(dynamodb.Table(self.settings.audit_table))

@@ -37,9 +37,6 @@ class FolderIndex:
     def study_instances(self, study_uid: str) -> list[InstanceRecord]:
         return list(self._by_study.get(study_uid, []))
 
-    def every_study(self) -> Iterator[Sequence[InstanceRecord]]:
-        return iter(self._by_study.values())
-
 
 class FolderStore:
     """`ObjectStore` over the folder's files (no presigned links: a laptop reads its own disk)."""

@@ -69,7 +69,7 @@ class GrantCounts:
 
 
 def granted_counts(profiles: Sequence[Profile], studies: Iterable[Sequence[InstanceRecord]]) -> GrantCounts:
-    """How much `profiles` together make visible, over every study's instances (counts, no values)."""
+    """`studies`: each study's instances (every one of them: a level widens over them)."""
     counts = [0, 0, 0]
     for instances in studies:
         visible = visible_in_study(profiles, instances)
