@@ -465,3 +465,46 @@ def test_profiles_explain_counts_the_same_on_the_folder_and_on_the_cloud_index(a
     together = capsys.readouterr().out.splitlines()[-1].split()
     assert together[-3:] == ["0", "0", "0"], "an expired profile grants nothing today"
     assert "Oncology" not in folder, "counts and names, never a label's meaning or a value"
+
+
+def test_concurrent_requests_of_two_users_never_get_each_others_answers(api, data):
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = {"ctuser": Client(api, "ctuser"), "mruser": Client(api, "mruser")}
+    # Each asks for a study the other may not see: a mixed-up request shows up as a wrong answer.
+    asked = {"ctuser": data.c, "mruser": data.b}
+
+    def ask(user: str) -> tuple[str, list[str]]:
+        answer = clients[user].get(f"/studies?StudyInstanceUID={asked[user]}&includefield=all")
+        return user, [r["0020000D"]["Value"][0] for r in answer.json()]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, ["ctuser", "mruser"] * 40))
+    assert all(seen == [asked[user]] for user, seen in answers)
+
+
+def test_a_viewer_reading_every_frame_of_a_study_costs_one_read_of_the_study(api, data):
+    """Each frame request decides on the whole study: the container reuses what it read."""
+    from deidflow.cloud import research_api
+
+    ct = Client(api, "ctuser")
+    assert ct.get("/studies").status_code == 200
+    running = research_api._api
+    assert running is not None
+    index = running.index
+    calls: list[str] = []
+    real = index._read_study
+
+    def counted(study_uid: str):
+        calls.append(study_uid)
+        return real(study_uid)
+
+    index._studies_read.clear()
+    index._read_study = counted  # type: ignore[method-assign]
+    try:
+        for sop in sorted(data.sops(data.a, "CT", localizer=False)) * 3:
+            path = f"/studies/{data.a}/series/{data.sop[sop]['series']}/instances/{sop}/frames/1"
+            assert ct.get(path).status_code == 200
+    finally:
+        del index._read_study
+    assert calls == [data.a]

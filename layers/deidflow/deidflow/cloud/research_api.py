@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,18 +84,62 @@ def caller_from_claims(claims: Mapping[str, Any]) -> Caller:
     )
 
 
-class DynamoResearchIndex:
-    """The index and catalog tables (and header sidecars in the research bucket)."""
+# How long a container reuses what it read of a study and of the catalog. A viewer asks for the
+# same study once per frame (hundreds of times for a CT series), and each decision needs all of the
+# study's instances; the profiles are still applied afresh to every request. The price: a
+# re-published or corrected instance may be seen as it was for this long.
+INDEX_CACHE_SECONDS = 60.0
+INDEX_CACHE_INSTANCES = 50_000  # records held per container (~50 KB each at most, parsed)
 
-    def __init__(self, dynamodb: Any, s3: Any, *, index_table: str, catalog_table: str, research_bucket: str):
+
+class DynamoResearchIndex:
+    """The index and catalog tables (and header sidecars in the research bucket), read through a
+    short-lived per-container cache."""
+
+    def __init__(
+        self,
+        dynamodb: Any,
+        s3: Any,
+        *,
+        index_table: str,
+        catalog_table: str,
+        research_bucket: str,
+        clock: Callable[[], float] = time.monotonic,
+        cache_seconds: float = INDEX_CACHE_SECONDS,
+    ):
         self._dynamodb = dynamodb
         self._index = dynamodb.Table(index_table)
         self._catalog = dynamodb.Table(catalog_table)
         self._s3 = s3
         self._index_name = index_table
         self._bucket = research_bucket
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        self._catalog_read: tuple[float, list[tuple[str, Mapping[str, Any]]]] | None = None
+        self._studies_read: OrderedDict[str, tuple[float, list[InstanceRecord]]] = OrderedDict()
 
     def studies(self) -> Iterable[tuple[str, Mapping[str, Any]]]:
+        now = self._clock()
+        if self._catalog_read is None or now - self._catalog_read[0] >= self._cache_seconds:
+            self._catalog_read = (now, self._scan_catalog())
+        return list(self._catalog_read[1])
+
+    def study_instances(self, study_uid: str) -> list[InstanceRecord]:
+        now = self._clock()
+        cached = self._studies_read.get(study_uid)
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            self._studies_read.move_to_end(study_uid)
+            return list(cached[1])
+        records = self._read_study(study_uid)
+        self._studies_read[study_uid] = (now, records)
+        self._studies_read.move_to_end(study_uid)
+        while (
+            sum(len(r) for _, r in self._studies_read.values()) > INDEX_CACHE_INSTANCES and len(self._studies_read) > 1
+        ):
+            self._studies_read.popitem(last=False)
+        return list(records)
+
+    def _scan_catalog(self) -> list[tuple[str, Mapping[str, Any]]]:
         # A scan of the study items: fine for the catalogs of tens of thousands of studies this
         # phase serves (docs/research-api.md); a grants table replaces it when archives grow.
         items: list[dict[str, Any]] = []
@@ -112,7 +157,7 @@ class DynamoResearchIndex:
         items.sort(key=lambda i: (str(i.get("study_date", "")), str(i["study_instance_uid"])), reverse=True)
         return [(str(i["study_instance_uid"]), json.loads(i.get("summary") or "{}")) for i in items]
 
-    def study_instances(self, study_uid: str) -> list[InstanceRecord]:
+    def _read_study(self, study_uid: str) -> list[InstanceRecord]:
         keys: list[str] = []
         kwargs: dict[str, Any] = {
             "IndexName": "by_study",

@@ -321,6 +321,7 @@ class LocalResearchApi:
         assert self.project is not None
         self._handler = load_module(self.project / "functions" / "research_api" / "app.py").handler
         self._stop = threading.Event()
+        self._invoking = threading.Lock()
         api = self
 
         class Handler(_ApiRequestHandler):
@@ -442,7 +443,11 @@ class LocalResearchApi:
         }
 
     def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._handler(event, _Context()))
+        # One request at a time, as one Lambda container serves them: the handler keeps the
+        # current event on its resolver, which two threads at once would mix up (one caller's
+        # claims on another's request).
+        with self._invoking:
+            return dict(self._handler(event, _Context()))
 
 
 class _ApiRequestHandler(BaseHTTPRequestHandler):
