@@ -273,9 +273,13 @@ def costs(api: LocalResearchApi, rows: dict[str, Any], layout: dict[str, Any], b
 
     small_rru = study_rru(small_study)
     mean_small = statistics.mean(item_size(i) for i in small_study)
+    # limit=10 reads the instances of the first 11 studies in the catalog's order (newest first; one
+    # more, to say whether there are more), whatever their size.
+    newest = [i for i in catalog if i.get("item") == "study"]
+    newest.sort(key=lambda i: (str(i.get("study_date", "")), str(i["study_instance_uid"])), reverse=True)
+    qido_rru = scan_rru + sum(study_rru(by_study[str(i["study_instance_uid"])]) for i in newest[:11])
     requests_ = {
-        # limit=10 reads 11 studies' instances (one more, to say whether there are more)
-        "QIDO /studies?limit=10": (scan_rru + 11 * small_rru, 0),
+        "QIDO /studies?limit=10": (qido_rru, 0),
         "series metadata (20 instances)": (small_rru, 0),  # the whole study's items (one series here)
         "WADO frames/1 (32 KB)": (small_rru, 1),  # + one ranged S3 GET
     }
