@@ -55,6 +55,24 @@ _EXTRA_MATCH_KEYS: dict[str, tuple[int, ...]] = {
 }
 # Parents' UIDs that results carry when the path does not fix them (/series, /instances).
 _PARENT_UIDS = {"study": (), "series": (STUDY_UID,), "instance": (STUDY_UID, SERIES_UID)}
+# includefield=all (PS3.18 10.6.3.3): the level's own optional keys (PS3.4 C.6.2.1), not whatever
+# the first instance happens to carry. Study: the Patient, General Study and Patient Study modules
+# (every group 0010 attribute too); series: General Series, General Equipment, Frame of Reference.
+_OPTIONAL_KEYS: dict[str, tuple[int, ...]] = {
+    "study": (
+        0x00080020, 0x00080030, 0x00080050, 0x00080051, 0x00080090, 0x00080096, 0x00081030, 0x00081032,
+        0x00081048, 0x00081049, 0x00081060, 0x00081062, 0x00081080, 0x00081110, 0x00200010, 0x00201070,
+        0x00321032, 0x00321033, 0x00321060, 0x00324000, 0x00380010, 0x00380014, 0x00380060, 0x00400244,
+        0x00400245,
+    ),
+    "series": (
+        0x00080021, 0x00080031, 0x00080060, 0x00080068, 0x00080070, 0x00080080, 0x00081010, 0x00081040,
+        0x00081050, 0x00081052, 0x00081070, 0x00081072, 0x00081090, 0x0008103E, 0x0008103F, 0x00081111,
+        0x00081250, 0x00180015, 0x00181000, 0x00181020, 0x00181030, 0x00185100, 0x00200011, 0x00200052,
+        0x00200060, 0x00201040, 0x00280108, 0x00280109, 0x00400244, 0x00400245, 0x00400253, 0x00400254,
+        0x00400260, 0x00400275, 0x00400280,
+    ),
+}  # fmt: skip
 _COMPUTED = {STUDY_SERIES_COUNT, STUDY_INSTANCE_COUNT, SERIES_INSTANCE_COUNT, MODALITIES_IN_STUDY}
 _RANGE_VRS = {"DA", "TM", "DT"}
 _NUMBER_VRS = {"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"}
@@ -106,6 +124,7 @@ class QidoQuery:
     offset: int
     warnings: tuple[str, ...] = ()
     normalized: str = ""
+    fixed: frozenset[int] = frozenset()  # the UIDs the path sets (/studies/{study}/...)
 
     def match_tags(self) -> set[int]:
         return {m.tag for m in self.matches}
@@ -182,6 +201,7 @@ def parse_query(params: Mapping[str, Sequence[str]], level: str, *, fixed: Itera
         offset=offset,
         warnings=tuple(warnings),
         normalized="&".join(f"{k}={v}" for k, v in normal),
+        fixed=frozenset(fixed),
     )
 
 
@@ -200,10 +220,15 @@ class ResultBuilder:
     def record(self) -> dict[str, Any]:
         level = self.query.level
         wanted = set(RETURN_ATTRIBUTES[level]) | set(_PARENT_UIDS[level]) | self.query.match_tags()
+        # PS3.18 10.6.3.3.2-3: /series carries the study's attributes, /studies/{s}/instances the
+        # series', /instances both (each parent's own computed counts and URL stay with the parent).
+        for parent in _parents_shown(level, self.query.fixed):
+            wanted |= set(RETURN_ATTRIBUTES[parent]) - _COMPUTED - {RETRIEVE_URL, INSTANCE_AVAILABILITY}
         if self.query.include is None:
-            wanted |= {int(k, 16) for k in self._source if not self._source[k].get("BulkDataURI")}
+            wanted |= _optional_keys(level, self._source)
         else:
-            wanted |= self.query.include
+            # Attributes of a level below this one are never returned (PS3.18 10.6.3.3.1-2).
+            wanted |= self.query.include - _below(level)
         out: dict[str, Any] = {}
         for tag in sorted(wanted):
             if tag in _COMPUTED or tag in (RETRIEVE_URL, INSTANCE_AVAILABILITY):
@@ -224,6 +249,37 @@ class ResultBuilder:
         out["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
         out["00081190"] = {"vr": "UR", "Value": [self.retrieve_url]}
         return dict(sorted(out.items()))
+
+
+def _parents_shown(level: str, fixed: frozenset[int]) -> tuple[str, ...]:
+    if level == "series":
+        return () if STUDY_UID in fixed else ("study",)
+    if level == "instance":
+        return tuple(p for p, uid in (("study", STUDY_UID), ("series", SERIES_UID)) if uid not in fixed)
+    return ()
+
+
+def _level_keys(level: str) -> set[int]:
+    return set(RETURN_ATTRIBUTES[level]) | set(_EXTRA_MATCH_KEYS[level]) | set(_OPTIONAL_KEYS.get(level, ()))
+
+
+def _below(level: str) -> set[int]:
+    """The known attributes of the levels under `level` (and not of it or its parents)."""
+    order = LEVELS.index(level)
+    own = set().union(*(_level_keys(lv) for lv in LEVELS[: order + 1]))
+    return set().union(set(), *(_level_keys(lv) for lv in LEVELS[order + 1 :])) - own - {0x00080005}
+
+
+def _optional_keys(level: str, source: Mapping[str, Any]) -> set[int]:
+    """includefield=all: every attribute of this level the header has (at the instance level,
+    every attribute that is not bulk data)."""
+    present = {int(k, 16) for k in source if not source[k].get("BulkDataURI")}
+    if level == "instance":
+        return present
+    keys = set(_OPTIONAL_KEYS[level])
+    if level == "study":
+        keys |= {t for t in present if t >> 16 == 0x0010}
+    return keys & present
 
 
 def study_summary(header: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,8 +22,9 @@ from .rendered import RenderError, chosen_media, quality_of, render, viewport_of
 from .visibility import Access, visible_in_study
 from .wado import (
     OCTET_STREAM,
-    accepted_transfer_syntax,
+    accepted_frame_type,
     bulk_path,
+    frame_media_type,
     frame_part_type,
     instance_metadata,
     instance_url,
@@ -201,11 +202,14 @@ class ResearchService:
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         chunks, syntax = self._frame_bytes(record, numbers)
-        if not accepted_transfer_syntax(accept, syntax):
-            raise ApiError(406, f"the frames are stored as {syntax}; this server does not transcode")
+        media_type = accepted_frame_type(accept, syntax)
+        if media_type is None:
+            raise ApiError(
+                406, f"the frames are stored as {syntax} ({frame_media_type(syntax)}); this server does not transcode"
+            )
         if sum(len(c) for c in chunks) > MAX_INLINE_BYTES:
             raise ApiError(413, "the frames are too large for one answer: ask for fewer frames at a time")
-        body, content_type = multipart_related(chunks, frame_part_type(syntax), type_param=OCTET_STREAM)
+        body, content_type = multipart_related(chunks, frame_part_type(syntax, media_type), type_param=media_type)
         return Answer(
             200,
             body,

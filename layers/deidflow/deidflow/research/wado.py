@@ -77,21 +77,57 @@ def parse_frame_list(text: str, number_of_frames: int) -> list[int]:
     return frames
 
 
-def accepted_transfer_syntax(accept: str, stored: str) -> bool:
-    """Whether an Accept header of a frames request takes the stored transfer syntax (no transcoding
-    here): absent, `*/*`, `transfer-syntax=*`, no transfer-syntax parameter, or the stored one."""
+# PS3.18 Table 8.7.3-5: the media type of a compressed frame's bytes, by transfer syntax. Native
+# (and any other) frames are application/octet-stream.
+_FRAME_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+
+
+def frame_media_type(stored: str) -> str:
+    return _FRAME_MEDIA_TYPES.get(stored, OCTET_STREAM)
+
+
+def accepted_frame_type(accept: str, stored: str) -> str | None:
+    """The part media type to answer a frames request with, or None (406: no transcoding here).
+
+    Frames are served as stored. An Accept option takes them when its media type (a multipart's
+    `type` parameter) is `*/*`, the stored syntax's own media type (image/jpeg for JPEG, ...), or
+    application/octet-stream, and its transfer-syntax is absent, `*` or the stored one; except that
+    application/octet-stream without a transfer-syntax means Explicit VR Little Endian (PS3.18
+    8.7.3.5.2), so it takes native frames only. No Accept at all takes them as stored."""
+    natural = frame_media_type(stored)
     if not accept.strip():
-        return True
+        return natural
     for option in accept.split(","):
-        params = {}
+        params: dict[str, str] = {}
         media, *rest = option.split(";")
         for param in rest:
             name, _, value = param.strip().partition("=")
             params[name.strip().lower()] = value.strip().strip('"')
+        media = media.strip().lower()
+        if media == "multipart/related":
+            media = params.get("type", "*/*").lower()
+        elif media != "*/*":
+            continue  # a single-part frame answer is not offered
         syntax = params.get("transfer-syntax")
-        if media.strip() in ("*/*", "multipart/related") and syntax in (None, "*", stored):
-            return True
-    return False
+        if syntax not in (None, "*", stored):
+            continue
+        if media in ("*/*", natural):
+            return natural
+        if media == OCTET_STREAM and (syntax is not None or natural == OCTET_STREAM):
+            return OCTET_STREAM
+    return None
 
 
 def multipart_related(parts: Iterable[bytes], part_type: str, *, type_param: str) -> tuple[bytes, str]:
@@ -113,5 +149,5 @@ def multipart_related(parts: Iterable[bytes], part_type: str, *, type_param: str
     return bytes(body), f'multipart/related; type="{type_param}"; boundary={boundary}'
 
 
-def frame_part_type(transfer_syntax: str) -> str:
-    return f"{OCTET_STREAM}; transfer-syntax={transfer_syntax}"
+def frame_part_type(transfer_syntax: str, media_type: str = OCTET_STREAM) -> str:
+    return f"{media_type}; transfer-syntax={transfer_syntax}"
