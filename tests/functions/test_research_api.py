@@ -483,28 +483,35 @@ def test_concurrent_requests_of_two_users_never_get_each_others_answers(api, dat
     assert all(seen == [asked[user]] for user, seen in answers)
 
 
-def test_a_viewer_reading_every_frame_of_a_study_costs_one_read_of_the_study(api, data):
-    """Each frame request decides on the whole study: the container reuses what it read."""
+def test_a_viewer_reading_frames_reads_one_item_per_frame_and_a_series_only_to_widen(api, data):
+    """A viewer asks once per frame: the decision reads the instance's own item when a profile
+    covers it, its series (once per container) when only a series level widens to it."""
     from deidflow.cloud import research_api
 
-    ct = Client(api, "ctuser")
-    assert ct.get("/studies").status_code == 200
+    assert Client(api, "ctuser").get("/studies").status_code == 200
     running = research_api._api
     assert running is not None
     index = running.index
-    calls: list[str] = []
-    real = index._read_study
+    groups: list[str] = []
+    real = index._read_group
 
-    def counted(study_uid: str):
-        calls.append(study_uid)
-        return real(study_uid)
+    def counted(gsi: str, attribute: str, uid: str):
+        groups.append(gsi)
+        return real(gsi, attribute, uid)
 
-    index._studies_read.clear()
-    index._read_study = counted  # type: ignore[method-assign]
+    index._groups_read.clear()
+    index._read_group = counted  # type: ignore[method-assign]
     try:
+        ct = Client(api, "ctuser")
         for sop in sorted(data.sops(data.a, "CT", localizer=False)) * 3:
             path = f"/studies/{data.a}/series/{data.sop[sop]['series']}/instances/{sop}/frames/1"
             assert ct.get(path).status_code == 200
+        assert groups == [], "instances in scope themselves: no study or series read"
+        onc = Client(api, "oncuser")
+        localizer = data.sops(data.a, localizer=True).pop()
+        path = f"/studies/{data.a}/series/{data.sop[localizer]['series']}/instances/{localizer}/frames/1"
+        for _ in range(3):
+            assert onc.get(path).status_code == 200
+        assert groups == ["by_series"], "widened by its series, read once"
     finally:
-        del index._read_study
-    assert calls == [data.a]
+        del index._read_group

@@ -116,7 +116,8 @@ class DynamoResearchIndex:
         self._clock = clock
         self._cache_seconds = cache_seconds
         self._catalog_read: tuple[float, list[tuple[str, Mapping[str, Any]]]] | None = None
-        self._studies_read: OrderedDict[str, tuple[float, list[InstanceRecord]]] = OrderedDict()
+        # ("study" | "series", UID) -> (when read, its instances)
+        self._groups_read: OrderedDict[tuple[str, str], tuple[float, list[InstanceRecord]]] = OrderedDict()
 
     def studies(self) -> Iterable[tuple[str, Mapping[str, Any]]]:
         now = self._clock()
@@ -125,18 +126,41 @@ class DynamoResearchIndex:
         return list(self._catalog_read[1])
 
     def study_instances(self, study_uid: str) -> list[InstanceRecord]:
-        now = self._clock()
-        cached = self._studies_read.get(study_uid)
-        if cached is not None and now - cached[0] < self._cache_seconds:
-            self._studies_read.move_to_end(study_uid)
-            return list(cached[1])
-        records = self._read_study(study_uid)
-        self._studies_read[study_uid] = (now, records)
-        self._studies_read.move_to_end(study_uid)
-        while (
-            sum(len(r) for _, r in self._studies_read.values()) > INDEX_CACHE_INSTANCES and len(self._studies_read) > 1
-        ):
-            self._studies_read.popitem(last=False)
+        return self._group(("study", study_uid), lambda: self._read_group("by_study", "study_instance_uid", study_uid))
+
+    def series_instances(self, study_uid: str, series_uid: str) -> list[InstanceRecord]:
+        cached = self._fresh(("study", study_uid))
+        if cached is not None:
+            return [r for r in cached if r.series_instance_uid == series_uid]
+        records = self._group(
+            ("series", series_uid), lambda: self._read_group("by_series", "series_instance_uid", series_uid)
+        )
+        return [r for r in records if r.study_instance_uid == study_uid]
+
+    def instance(self, sop_uid: str) -> InstanceRecord | None:
+        for (_, _), (_, records) in self._groups_read.items():
+            for record in records:
+                if record.sop_instance_uid == sop_uid:
+                    return record
+        item = self._index.get_item(Key={"sop_instance_uid": sop_uid}).get("Item")
+        return None if item is None else self._record(item)
+
+    def _fresh(self, key: tuple[str, str]) -> list[InstanceRecord] | None:
+        cached = self._groups_read.get(key)
+        if cached is None or self._clock() - cached[0] >= self._cache_seconds:
+            return None
+        self._groups_read.move_to_end(key)
+        return cached[1]
+
+    def _group(self, key: tuple[str, str], read: Callable[[], list[InstanceRecord]]) -> list[InstanceRecord]:
+        cached = self._fresh(key)
+        if cached is not None:
+            return list(cached)
+        records = read()
+        self._groups_read[key] = (self._clock(), records)
+        held = sum(len(r) for _, r in self._groups_read.values())
+        while held > INDEX_CACHE_INSTANCES and len(self._groups_read) > 1:
+            held -= len(self._groups_read.popitem(last=False)[1][1])
         return list(records)
 
     def _scan_catalog(self) -> list[tuple[str, Mapping[str, Any]]]:
@@ -157,12 +181,13 @@ class DynamoResearchIndex:
         items.sort(key=lambda i: (str(i.get("study_date", "")), str(i["study_instance_uid"])), reverse=True)
         return [(str(i["study_instance_uid"]), json.loads(i.get("summary") or "{}")) for i in items]
 
-    def _read_study(self, study_uid: str) -> list[InstanceRecord]:
+    def _read_group(self, index: str, attribute: str, uid: str) -> list[InstanceRecord]:
+        """The instances a GSI lists under `uid` (their keys, then the items), in index order."""
         keys: list[str] = []
         kwargs: dict[str, Any] = {
-            "IndexName": "by_study",
-            "KeyConditionExpression": "study_instance_uid = :s",
-            "ExpressionAttributeValues": {":s": study_uid},
+            "IndexName": index,
+            "KeyConditionExpression": f"{attribute} = :u",
+            "ExpressionAttributeValues": {":u": uid},
             "ProjectionExpression": "sop_instance_uid",
         }
         while True:
@@ -172,8 +197,8 @@ class DynamoResearchIndex:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         records = [self._record(item) for item in self._get_items(keys)]
-        # The GSI may briefly list an instance whose item moved to another study (a corrected UID).
-        records = [r for r in records if r.study_instance_uid == study_uid]
+        # A GSI may briefly list an instance whose item moved elsewhere (a corrected UID).
+        records = [r for r in records if getattr(r, attribute) == uid]
         records.sort(key=lambda r: r.sort_key)
         return records
 

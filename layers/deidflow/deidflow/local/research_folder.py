@@ -37,6 +37,13 @@ class FolderIndex:
     def study_instances(self, study_uid: str) -> list[InstanceRecord]:
         return list(self._by_study.get(study_uid, []))
 
+    def series_instances(self, study_uid: str, series_uid: str) -> list[InstanceRecord]:
+        return [r for r in self._by_study.get(study_uid, []) if r.series_instance_uid == series_uid]
+
+    def instance(self, sop_uid: str) -> InstanceRecord | None:
+        found = (r for records in self._by_study.values() for r in records if r.sop_instance_uid == sop_uid)
+        return next(found, None)
+
 
 class FolderStore:
     """`ObjectStore` over the folder's files (no presigned links: a laptop reads its own disk)."""

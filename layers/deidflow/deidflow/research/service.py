@@ -19,7 +19,7 @@ from .header import InstanceRecord
 from .profiles import ProfilesFile
 from .qido import BadQuery, QidoQuery, ResultBuilder, parse_query
 from .rendered import RenderError, chosen_media, quality_of, render, viewport_of
-from .visibility import Access, visible_in_study
+from .visibility import Access, visible_in_study, widest_level
 from .wado import (
     OCTET_STREAM,
     accepted_frame_type,
@@ -67,6 +67,14 @@ class ResearchIndex(Protocol):
 
     def study_instances(self, study_uid: str) -> list[InstanceRecord]:
         """Every instance of the study, in series then instance order ([] when unknown)."""
+        ...
+
+    def series_instances(self, study_uid: str, series_uid: str) -> list[InstanceRecord]:
+        """Every instance of the series (of that study), in instance order ([] when unknown)."""
+        ...
+
+    def instance(self, sop_uid: str) -> InstanceRecord | None:
+        """One instance, or None when the index has no such SOP Instance UID."""
         ...
 
 
@@ -170,12 +178,36 @@ class ResearchService:
     def visible(
         self, access: Access, action: str, study: str, series: str | None = None, sop: str | None = None
     ) -> list[InstanceRecord]:
-        """The caller's visible instances under `action` at a study/series/instance path; 404 if none."""
-        visible = visible_in_study(access.allowing(action), self.index.study_instances(study))
-        if series is not None:
-            visible = [i for i in visible if i.series_instance_uid == series]
-        if sop is not None:
-            visible = [i for i in visible if i.sop_instance_uid == sop]
+        """The caller's visible instances under `action` at a study/series/instance path; 404 if none.
+
+        Reads no more than the decision needs: one item when the instance is in a profile's scope
+        itself, its series when only a series level can widen to it, the study when a study level
+        can (a viewer asks once per frame: hundreds of times for one CT series)."""
+        profiles = access.allowing(action)
+        visible: list[InstanceRecord] = []
+        widest = widest_level(profiles)
+        if profiles and sop is not None:
+            record = self.index.instance(sop)
+            if (
+                record is not None
+                and record.study_instance_uid == study
+                and series in (None, record.series_instance_uid)
+            ):
+                if any(p.in_scope(record) for p in profiles):
+                    visible = [record]
+                elif widest != "instance":
+                    group = (
+                        self.index.series_instances(study, record.series_instance_uid)
+                        if widest == "series"
+                        else self.index.study_instances(study)
+                    )
+                    visible = [r for r in visible_in_study(profiles, group) if r.sop_instance_uid == sop]
+        elif profiles and series is not None and widest != "study":
+            visible = visible_in_study(profiles, self.index.series_instances(study, series))
+        elif profiles:
+            visible = visible_in_study(profiles, self.index.study_instances(study))
+            if series is not None:
+                visible = [i for i in visible if i.series_instance_uid == series]
         if not visible:
             raise ApiError(404, "no such " + ("instance" if sop else "series" if series else "study"))
         return visible

@@ -61,6 +61,12 @@ def visible_in_study(profiles: Sequence[Profile], instances: Sequence[InstanceRe
     return [i for i in instances if i.sop_instance_uid in visible]
 
 
+def widest_level(profiles: Sequence[Profile]) -> str:
+    """The widest unit any of `profiles` opens on one match: what a decision must read."""
+    levels = {p.level for p in profiles}
+    return "study" if "study" in levels else "series" if "series" in levels else "instance"
+
+
 @dataclass(frozen=True)
 class GrantCounts:
     studies: int = 0
