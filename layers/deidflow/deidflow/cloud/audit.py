@@ -39,6 +39,7 @@ from ..research.audit import (
     sha256_hex,
     verify_chain,
 )
+from .services import environment_reader
 
 BY_DAY_INDEX = "by_day"
 DEFAULT_MARGIN = timedelta(minutes=2)
@@ -337,11 +338,8 @@ class SealerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SealerSettings:
-        env = os.environ if env is None else env
-        missing = [name for name in ("AUDIT_TABLE", "AUDIT_BUCKET", "AUDIT_HEAD_PARAMETER") if not env.get(name)]
-        if missing:
-            raise RuntimeError(f"environment variable(s) not set: {', '.join(missing)}")
-        return cls(env["AUDIT_TABLE"], env["AUDIT_BUCKET"], env["AUDIT_HEAD_PARAMETER"])
+        need = environment_reader(env)
+        return cls(need("AUDIT_TABLE"), need("AUDIT_BUCKET"), need("AUDIT_HEAD_PARAMETER"))
 
 
 # A run seals at most this many windows: enough to catch up a month after an outage, bounded so one

@@ -30,6 +30,7 @@ from ..research.profiles import Caller, ProfilesFile, load_profiles_text
 from ..research.service import DICOM_JSON, Answer, ApiError, ResearchService, me
 from ..research.visibility import Access
 from .audit import AuditLog
+from .services import environment_reader
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow-research-api"))
 
@@ -49,14 +50,7 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
-        env = os.environ if env is None else env
-
-        def need(name: str) -> str:
-            value = env.get(name, "")
-            if not value:
-                raise RuntimeError(f"environment variable {name} is not set")
-            return value
-
+        need = environment_reader(env)
         return cls(
             research_bucket=need("RESEARCH_BUCKET"),
             index_table=need("INDEX_TABLE"),

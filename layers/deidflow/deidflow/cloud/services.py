@@ -8,7 +8,7 @@ workflow hand in moto-backed clients and the steps stay plain functions.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -51,6 +51,21 @@ def edge_detector(name: str, session: Any = None) -> TextDetector:
     return make_detector(name)
 
 
+def environment_reader(env: Mapping[str, str] | None = None) -> Callable[[str], str]:
+    """`need(NAME)`: a variable of the function's environment (os.environ by default), or a
+    RuntimeError naming it. template.yaml sets every variable a function reads, so a missing one
+    is a deploy bug, reported as such rather than as a KeyError deep inside a step."""
+    values = os.environ if env is None else env
+
+    def need(name: str) -> str:
+        value = values.get(name, "")
+        if not value:
+            raise RuntimeError(f"environment variable {name} is not set")
+        return value
+
+    return need
+
+
 @dataclass(frozen=True)
 class Settings:
     research_bucket: str
@@ -72,13 +87,7 @@ class Settings:
         place they are written; the local workflow reads them from there), so a missing one is a
         deploy bug."""
         env = os.environ if env is None else env
-
-        def need(name: str) -> str:
-            value = env.get(name, "")
-            if not value:
-                raise RuntimeError(f"environment variable {name} is not set")
-            return value
-
+        need = environment_reader(env)
         return cls(
             research_bucket=need("RESEARCH_BUCKET"),
             index_table=need("INDEX_TABLE"),

@@ -42,7 +42,7 @@ from ..index import DEFAULT_INLINE_BINARY_BYTES, frame_locations, index_entry
 from ..storage import CATALOG_DUMP, INDEX_DUMP
 from .research_folder import json_lines as _json_lines
 from .template import function_environment, load_template, table_definition
-from .workflow import find_project, load_module
+from .workflow import LocalNames, find_project, load_module
 
 REGION = "us-east-1"
 ACCESS_SCHEMA_KEYS = {"profiles", "users"}
@@ -72,17 +72,6 @@ class AccessFile:
                 raise ValueError(f"{path}: every user has a username")
             users.append(LocalUser(str(entry["username"]), tuple(str(g) for g in entry.get("groups") or ())))
         return cls((path.parent / str(data["profiles"])).resolve(), tuple(users))
-
-
-@dataclass(frozen=True)
-class LocalNames:
-    research_bucket: str = "deidflow-research"
-    index_table: str = "deidflow-index"
-    catalog_table: str = "deidflow-catalog"
-    audit_table: str = "deidflow-audit"
-    audit_bucket: str = "deidflow-audit"
-    audit_head_parameter: str = "/deidflow/local/audit-chain-head"
-    profiles_bucket: str = "deidflow-access-config"
 
 
 @dataclass

@@ -48,6 +48,8 @@ TEMPLATE_PATH = Path("template.yaml")
 
 @dataclass(frozen=True)
 class LocalNames:
+    """What each of the template's resources is called on this machine."""
+
     ingest_bucket: str = "deidflow-ingest"
     research_bucket: str = "deidflow-research"
     ingest_prefix: str = "incoming/"
@@ -60,6 +62,11 @@ class LocalNames:
     status_table: str = "deidflow-status"
     key_secret: str = "deidflow/pseudonymisation-key"
     state_machine: str = "deidflow-deidentify"
+    # the research API's own (deidflow local api)
+    audit_table: str = "deidflow-audit"
+    audit_bucket: str = "deidflow-audit"
+    audit_head_parameter: str = "/deidflow/local/audit-chain-head"
+    profiles_bucket: str = "deidflow-access-config"
 
 
 @dataclass
