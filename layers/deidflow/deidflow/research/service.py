@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol
@@ -104,7 +104,6 @@ class ResearchService:
         study: str | None = None,
         series: str | None = None,
     ) -> Answer:
-        profiles = access.allowing("search")
         fixed = {0x0020000D} if study else set()
         if series:
             fixed.add(0x0020000E)
@@ -114,30 +113,11 @@ class ResearchService:
             raise ApiError(400, str(exc)) from None
         wanted = query.offset + (query.limit if query.limit is not None else 1000) + 1
         results: list[dict[str, Any]] = []
-        studies: list[str] = []
-        series_seen: list[str] = []
-        if study:
-            candidates = [study]
-        else:
-            candidates = [
-                uid for uid, summary in self.index.studies() if level != "study" or _may_match(query, summary)
-            ]
-        for uid in candidates:
-            visible = visible_in_study(profiles, self.index.study_instances(uid))
-            if series:
-                visible = [i for i in visible if i.series_instance_uid == series]
-            if not visible:
-                if study:
-                    raise ApiError(404, "no such study or series")
-                continue
+        for visible in self._searched(access, query, study, series):
             for group_url, group in self._groups(level, visible):
                 record = ResultBuilder(query, group_url, group).record()
                 if query.accepts(record):
                     results.append(record)
-                    if uid not in studies:
-                        studies.append(uid)
-                    if level != "study" and group[0].series_instance_uid not in series_seen:
-                        series_seen.append(group[0].series_instance_uid)
             if len(results) >= wanted:
                 break
         page, more = query.page(results)
@@ -147,7 +127,7 @@ class ResearchService:
             notes.append("There are additional results that can be requested")
         if notes:
             headers["Warning"] = ", ".join(f'299 deidflow "{n}"' for n in notes)
-        returned_studies = _uids(page, "0020000D") or (tuple(studies[:1]) if study else ())
+        returned_studies = _uids(page, "0020000D") or ((study,) if study else ())
         return Answer(
             200,
             json.dumps(page, separators=(",", ":")).encode("utf-8"),
@@ -158,6 +138,22 @@ class ResearchService:
             count=len(page),
             query=query.normalized,
         )
+
+    def _searched(
+        self, access: Access, query: QidoQuery, study: str | None, series: str | None
+    ) -> Iterator[list[InstanceRecord]]:
+        """The visible instances of each study a search looks at, newest study first; under a
+        study (or series) path, that one (404 when the caller sees none of it)."""
+        if study:
+            yield self.visible(access, "search", study, series)
+            return
+        profiles = access.allowing("search")
+        for uid, summary in self.index.studies():
+            if query.level == "study" and not _may_match(query, summary):
+                continue
+            visible = visible_in_study(profiles, self.index.study_instances(uid))
+            if visible:
+                yield visible
 
     def _groups(self, level: str, visible: list[InstanceRecord]) -> list[tuple[str, list[InstanceRecord]]]:
         first = visible[0]
