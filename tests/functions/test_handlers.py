@@ -36,12 +36,14 @@ def call(workflow, step: str, event):
 
 
 def source(workflow, key: str) -> dict:
-    return {"source": {"bucket": workflow.names.ingest_bucket, "key": key, "version_id": None, "size": None}}
+    bucket = workflow.names.ingest_bucket
+    ref = workflow.object_ref(key)
+    return {"source": {"bucket": bucket, "key": key, "version_id": None, "size": None, "ref": ref}}
 
 
 def status_of(workflow, key: str) -> dict:
     items = workflow.table_items(workflow.names.status_table)
-    return next(i for i in items if i["object_key"] == f"{workflow.names.ingest_bucket}/{key}")
+    return next(i for i in items if i["object_ref"] == workflow.object_ref(key))
 
 
 # -- expand_batch -----------------------------------------------------------------------------------
@@ -283,7 +285,7 @@ def test_quarantine_names_timeouts_and_internal_errors():
     assert reason_from_error(internal) == ("internal_error", "PutItem: AccessDenied")
 
 
-def test_handlers_log_keys_and_reasons_never_header_values(workflow, corpus, caplog):
+def test_handlers_log_references_and_reasons_never_keys_or_header_values(workflow, corpus, caplog):
     from deidflow.cloud import handler
 
     handler.logger.setLevel("INFO")

@@ -1,6 +1,9 @@
+import hashlib
+import hmac
 import re
 
-from deidflow.pseudonym import Pseudonymizer
+import pytest
+from deidflow.pseudonym import Pseudonymizer, object_ref
 
 from ..conftest import OTHER_KEY, TEST_KEY
 
@@ -42,3 +45,19 @@ def test_date_shift_stays_in_the_configured_window_with_sub_day_part_under_twelv
         shift = p.date_shift(f"patient-{n}")
         assert -60 <= shift.days <= -30
         assert abs(shift.seconds) <= 43200
+
+
+def test_an_object_ref_is_a_keyed_hmac_of_bucket_and_key_that_never_echoes_them():
+    ref = object_ref(TEST_KEY, "ingest", "incoming/Quixfeldt^Zebulon/img.dcm")
+    expected = hmac.new(
+        TEST_KEY, b"deidflow/object-ref/v1\x1fingest/incoming/Quixfeldt^Zebulon/img.dcm", hashlib.sha256
+    ).hexdigest()[:32]
+    assert ref == "obj-" + expected
+    assert re.fullmatch(r"obj-[0-9a-f]{32}", ref)
+    assert object_ref(TEST_KEY, "ingest", "incoming/Quixfeldt^Zebulon/img.dcm") == ref  # deterministic
+    assert object_ref(OTHER_KEY, "ingest", "incoming/Quixfeldt^Zebulon/img.dcm") != ref
+    assert object_ref(TEST_KEY, "other", "incoming/Quixfeldt^Zebulon/img.dcm") != ref
+    # Not the pseudonymisation derivation under another name.
+    assert ref[4:] not in Pseudonymizer(TEST_KEY).digest("uid", "ingest/incoming/Quixfeldt^Zebulon/img.dcm").hex()
+    with pytest.raises(ValueError):
+        object_ref(b"short", "ingest", "k")

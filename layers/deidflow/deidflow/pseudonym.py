@@ -31,6 +31,9 @@ class DateShift:
 
 
 MIN_KEY_BYTES = 16  # 128 bits: below that a keyed pseudonym can be brute-forced
+# Domain of object references (object_ref): versioned, so a new derivation never collides with this one.
+OBJECT_REF_DOMAIN = "deidflow/object-ref/v1"
+OBJECT_REF_PREFIX = "obj-"
 # The default range of a patient's date shift, in days (1 to 10 years back).
 MIN_SHIFT_DAYS, MAX_SHIFT_DAYS = 365, 3650
 
@@ -89,3 +92,17 @@ class Pseudonymizer:
         """research-pacs ShiftDateTime: an offset in [-bound, +bound], keyed by the reuse context."""
         value = int.from_bytes(self.digest(f"shift:{context}", original)[:8], "big")
         return value % (2 * bound + 1) - bound
+
+
+def object_ref(key: bytes, bucket: str, object_key: str) -> str:
+    """The name logs and the status table give an ingest object: `obj-` + 128 bits of
+    HMAC-SHA256(key, domain | bucket/key). Object keys are PHI (users name folders after
+    patients); the reference is not, and whoever holds the key (an operator, `deidflow
+    object-ref`) can compute it from a key to find the object's status and log lines.
+
+    Its key is the object-reference key (ObjectRefKeySecret), not the pseudonymisation key: every
+    pipeline function that logs may read it, and holding it recomputes no pseudonym."""
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"object-reference key must be at least {MIN_KEY_BYTES} bytes")
+    message = f"{OBJECT_REF_DOMAIN}\x1f{bucket}/{object_key}".encode()
+    return OBJECT_REF_PREFIX + hmac.new(key, message, hashlib.sha256).hexdigest()[:32]

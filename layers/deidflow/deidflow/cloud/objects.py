@@ -17,12 +17,17 @@ from urllib.parse import unquote_plus
 
 @dataclass(frozen=True)
 class ObjectRef:
-    """A pointer to one object version: what the states pass instead of DICOM bytes."""
+    """A pointer to one object version: what the states pass instead of DICOM bytes.
+
+    `ref` is the object's keyed reference (pseudonym.object_ref), computed once where the object
+    enters (ExpandBatch) and carried from there: what logs and the status table name the object
+    by, since the key itself is PHI."""
 
     bucket: str
     key: str
     version_id: str | None = None
     size: int | None = None
+    ref: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -35,12 +40,16 @@ class ObjectRef:
             key=str(source["key"]),
             version_id=source.get("version_id") or None,
             size=int(source["size"]) if source.get("size") is not None else None,
+            ref=source.get("ref") or None,
         )
 
     @property
     def status_key(self) -> str:
-        """The processing-status table's partition key: bucket and key (the version is the sort key)."""
-        return f"{self.bucket}/{self.key}"
+        """The status table's partition key (`object_ref`): the keyed reference, never the key
+        (the version is the sort key)."""
+        if not self.ref:
+            raise ValueError("the object has no reference (source.ref); ExpandBatch gives every object one")
+        return self.ref
 
 
 @dataclass(frozen=True)

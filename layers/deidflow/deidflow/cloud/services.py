@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 from ..engine import Engine
 from ..index import DEFAULT_MAX_ITEM_BYTES
 from ..keys import parse_key
+from ..pseudonym import object_ref
 from ..pixels import TextDetector, make_detector
 from ..rules import RuleSet, load_rules
+from .objects import ObjectRef
 
 
 def make_rekognition_client(
@@ -74,6 +76,7 @@ class Settings:
     mapping_table: str
     status_table: str
     key_secret_id: str
+    object_ref_secret_id: str
     staging_prefix: str
     max_object_bytes: int
     text_detector: str
@@ -95,6 +98,7 @@ class Settings:
             mapping_table=need("MAPPING_TABLE"),
             status_table=need("STATUS_TABLE"),
             key_secret_id=need("KEY_SECRET_ID"),
+            object_ref_secret_id=need("OBJECT_REF_KEY_SECRET_ID"),
             staging_prefix=need("STAGING_PREFIX"),
             rules_file=env.get("RULES_FILE") or None,
             max_object_bytes=int(need("MAX_OBJECT_MB")) * 1024**2,
@@ -137,10 +141,25 @@ class Services:
 
     @cached_property
     def key(self) -> bytes:
-        secret = self.client("secretsmanager").get_secret_value(SecretId=self.settings.key_secret_id)
+        return self._secret_key(self.settings.key_secret_id)
+
+    @cached_property
+    def object_ref_key(self) -> bytes:
+        """The object-reference key (ObjectRefKeySecret): names objects in logs and the status table."""
+        return self._secret_key(self.settings.object_ref_secret_id)
+
+    def _secret_key(self, secret_id: str) -> bytes:
+        secret = self.client("secretsmanager").get_secret_value(SecretId=secret_id)
         # The same format as the local key file (base64 or hex); the template generates 64
         # alphanumerics, which decode as base64.
         return parse_key(secret["SecretString"])
+
+    def with_ref(self, obj: ObjectRef) -> ObjectRef:
+        """`obj` with its keyed reference: ExpandBatch computes it; a later step finds it in the
+        payload and only computes it for a payload made before references existed."""
+        if obj.ref:
+            return obj
+        return replace(obj, ref=object_ref(self.object_ref_key, obj.bucket, obj.key))
 
     @cached_property
     def engine(self) -> Engine:

@@ -28,6 +28,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,18 +52,20 @@ def expand_batch(messages: Any, services: Services) -> dict[str, Any]:
     if isinstance(messages, Mapping):  # a single message, or {"Records": [...]} from a test
         messages = messages.get("Records") if "Records" in messages and "body" not in messages else [messages]
     batch = parse_batch(messages or [], services.settings.skip_suffixes)
-    for skipped in batch.skipped:
-        if skipped.ref is not None:
-            record_status(services, skipped.ref, "skipped", reason=skipped.reason)
+    # Each object gets its keyed reference here, once: later steps log and record it from the payload.
+    skipped = [replace(s, ref=services.with_ref(s.ref)) if s.ref is not None else s for s in batch.skipped]
+    for skip in skipped:
+        if skip.ref is not None:
+            record_status(services, skip.ref, "skipped", reason=skip.reason)
     return {
-        "objects": [{"source": ref.as_dict()} for ref in batch.objects],
-        "skipped": [s.as_dict() for s in batch.skipped],
+        "objects": [{"source": services.with_ref(ref).as_dict()} for ref in batch.objects],
+        "skipped": [s.as_dict() for s in skipped],
     }
 
 
 def deidentify_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Header de-identification; instances whose pixels need a scan go on to the redaction step."""
-    ref = ObjectRef.from_event(event)
+    ref = services.with_ref(ObjectRef.from_event(event))
     try:
         processed = _process_original(services, ref, scan_pixels=False)
     except PixelScanRequired:
@@ -72,7 +75,7 @@ def deidentify_header(event: Mapping[str, Any], services: Services) -> dict[str,
 
 def redact_burned_in_text(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Pixels first (the policy reads the original header), then the header, in one engine pass."""
-    ref = ObjectRef.from_event(event)
+    ref = services.with_ref(ObjectRef.from_event(event))
     processed = _process_original(services, ref, scan_pixels=True)
     result = _stage(services, ref, processed, needs_pixel_scan=True)
     pixels = processed.pixels
@@ -131,7 +134,7 @@ def catalog_items(entry: IndexEntry) -> list[dict[str, Any]]:
 
 def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Staging -> research bucket (server-side copy), then the staging copy goes."""
-    ref = ObjectRef.from_event(event)
+    ref = services.with_ref(ObjectRef.from_event(event))
     staged = event["staged"]
     status = "duplicate" if staged.get("duplicate_of") else "published"
     bucket = services.settings.research_bucket
@@ -148,7 +151,7 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
 
 def quarantine(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Record why the object failed and mark the original; the original itself stays where it is."""
-    ref = ObjectRef.from_event(event)
+    ref = services.with_ref(ObjectRef.from_event(event))
     reason, detail, research_key = rejection_from_error(event.get("error") or {})
     staged = event.get("staged") or {}
     if staged.get("sop_instance_uid"):
@@ -179,7 +182,7 @@ def record_status(services: Services, ref: ObjectRef, status: str, **fields: Any
             removes.append(f"#f{i}")  # a reprocessed object drops its old quarantine reason
     expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
     services.table(services.settings.status_table).update_item(
-        Key={"object_key": ref.status_key, "version_id": ref.version_id or "null"},
+        Key={"object_ref": ref.status_key, "version_id": ref.version_id or "null"},
         UpdateExpression=expression,
         ExpressionAttributeNames=names,
         ExpressionAttributeValues=values,
@@ -239,12 +242,12 @@ def _stage(
 
 
 def _claim_key(sop_uid: str) -> dict[str, str]:
-    return {"object_key": f"sop:{sop_uid}", "version_id": "claim"}
+    return {"object_ref": f"sop:{sop_uid}", "version_id": "claim"}
 
 
 def _claim(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> str | None:
     """Claim the research SOP Instance UID for this object (any version of it), first come first
-    served. Returns None when it is ours, the holder's status key when this object is a
+    served. Returns None when it is ours, the holder's reference when this object is a
     byte-identical duplicate of it; raises RejectedObject when the holder has other bytes."""
     table = services.table(services.settings.status_table)
     digest = hashlib.sha256(processed.data).hexdigest()

@@ -185,6 +185,7 @@ class LocalResearchApi:
                     "MappingTable": unused,
                     "StatusTable": unused,
                     "PseudonymKeySecret": unused,
+                    "ObjectRefKeySecret": unused,
                 },
                 stack_name="local",
                 function="ResearchApiFunction",

@@ -15,6 +15,7 @@ import importlib.util
 import io
 import json
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -28,6 +29,7 @@ from urllib.parse import unquote
 
 from ..cloud import handler
 from ..cloud.handler import reset_services
+from ..pseudonym import object_ref
 from ..storage import CATALOG_DUMP, INDEX_DUMP, LocalStore
 from .template import function_environment, load_template, table_definition
 
@@ -61,6 +63,7 @@ class LocalNames:
     mapping_table: str = "deidflow-mapping"
     status_table: str = "deidflow-status"
     key_secret: str = "deidflow/pseudonymisation-key"
+    object_ref_secret: str = "deidflow/object-ref-key"
     state_machine: str = "deidflow-deidentify"
     # the research API's own (deidflow local api)
     audit_table: str = "deidflow-audit"
@@ -155,10 +158,14 @@ class LocalWorkflow:
         workflow_type: str = "EXPRESS",
         batch_size: int = 10,
         log_level: str = "WARNING",
+        object_ref_key: bytes | None = None,
     ):
         self.project = find_project(project)
         self.names = names or LocalNames()
         self.key = key
+        # The key of the objects' references (ObjectRefKeySecret): a fresh one per run unless given
+        # (`deidflow object-ref --key-file` computes a reference with a given one).
+        self.object_ref_key = object_ref_key if object_ref_key is not None else secrets.token_bytes(32)
         self.batch_size = batch_size
         self.log_level = log_level
         self.workflow_type = workflow_type
@@ -175,6 +182,7 @@ class LocalWorkflow:
                     "MappingTable": self.names.mapping_table,
                     "StatusTable": self.names.status_table,
                     "PseudonymKeySecret": self.names.key_secret,
+                    "ObjectRefKeySecret": self.names.object_ref_secret,
                 },
                 stack_name="local",
             ),
@@ -274,9 +282,10 @@ class LocalWorkflow:
             self.dynamodb.create_table(**table_definition(template, logical_id, name))
         import boto3
 
-        boto3.client("secretsmanager").create_secret(
-            Name=n.key_secret, SecretString=base64.b64encode(self.key).decode()
-        )
+        for secret_name, secret_key in ((n.key_secret, self.key), (n.object_ref_secret, self.object_ref_key)):
+            boto3.client("secretsmanager").create_secret(
+                Name=secret_name, SecretString=base64.b64encode(secret_key).decode()
+            )
         substitutions = {f"{name}FunctionArn": self.function_arn(name) for name in FUNCTIONS}
         definition = (self.project / ASL_PATH).read_text()
         for name, value in substitutions.items():
@@ -321,6 +330,10 @@ class LocalWorkflow:
         body = json.dumps(payload).encode()
         response["Payload"] = StreamingBody(io.BytesIO(body), len(body))
         return AWSResponse(arn, 200, {}, None), response
+
+    def object_ref(self, key: str, bucket: str | None = None) -> str:
+        """The reference logs and the status table give an ingest object (what `deidflow object-ref` prints)."""
+        return object_ref(self.object_ref_key, bucket or self.names.ingest_bucket, key)
 
     # -- feeding and draining -------------------------------------------------------------------
 
