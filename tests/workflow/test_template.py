@@ -101,6 +101,32 @@ def test_the_pseudonymisation_key_is_a_generated_secret_under_its_own_key(resour
     assert secret["DeletionPolicy"] == "Retain"
 
 
+def test_the_object_reference_key_is_a_generated_phi_side_secret_read_by_the_functions_that_log_status(resources):
+    secret = resources["ObjectRefKeySecret"]
+    assert secret["Properties"]["KmsKeyId"] == {"Ref": "DataKey"}
+    assert secret["Properties"]["GenerateSecretString"] == {"PasswordLength": 64, "ExcludePunctuation": True}
+    assert secret["DeletionPolicy"] == "Retain"
+    readers = {"ref": set(), "pseudonym": set()}
+    for name, resource in resources.items():
+        for policy in resource.get("Properties", {}).get("Policies", []) or []:
+            for statement in policy.get("Statement", []) if isinstance(policy, dict) else []:
+                if "secretsmanager:GetSecretValue" in json.dumps(statement.get("Action")):
+                    granted = json.dumps(statement.get("Resource"))
+                    if "ObjectRefKeySecret" in granted:
+                        readers["ref"].add(name)
+                    if "PseudonymKeySecret" in granted:
+                        readers["pseudonym"].add(name)
+    # IndexHeader (research side) gets the reference in its payload, never a key.
+    assert readers["ref"] == {
+        "ExpandBatchFunction",
+        "DeidentifyHeaderFunction",
+        "RedactBurnedInTextFunction",
+        "PublishFunction",
+        "QuarantineFunction",
+    }
+    assert readers["pseudonym"] == {"DeidentifyHeaderFunction", "RedactBurnedInTextFunction"}
+
+
 def test_functions_are_arm64_python_traced_and_the_workflow_logs_and_traces():
     template = load_template(REPO / "template.yaml")
     function_globals = template["Globals"]["Function"]

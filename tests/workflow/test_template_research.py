@@ -17,7 +17,15 @@ from tests.conftest import REPO
 
 # The roles that serve researchers. Any function behind the HTTP API must be one of them.
 RESEARCH_FUNCTIONS = ("ResearchApiFunction", "AuditSealerFunction")
-PHI_SIDE = {"IngestBucket", "StatusTable", "MappingTable", "PseudonymKeySecret", "DataKey", "MappingKey"}
+PHI_SIDE = {
+    "IngestBucket",
+    "StatusTable",
+    "MappingTable",
+    "PseudonymKeySecret",
+    "ObjectRefKeySecret",
+    "DataKey",
+    "MappingKey",
+}
 RESEARCH_KEY_ARN = {"Fn::GetAtt": ["ResearchKey", "Arn"]}
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from ..engine import Engine
 from ..index import DEFAULT_MAX_ITEM_BYTES
 from ..keys import parse_key
-from ..pseudonym import object_ref
 from ..pixels import TextDetector, make_detector
+from ..pseudonym import object_ref
 from ..rules import RuleSet, load_rules
 from .objects import ObjectRef
 
