@@ -296,9 +296,26 @@ def test_handlers_log_references_and_reasons_never_keys_or_header_values(workflo
         call(workflow, "DeidentifyHeader", source(workflow, workflow.drop("p0/bad.dcm", b"\0" * 128 + b"DICM")))
     # Every record with every extra field: what the JSON log line is made of.
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
-    assert "incoming/p0/img.dcm" in text  # the key is logged...
+    assert workflow.object_ref(key) in text  # the object's reference is logged...
+    assert "p0/img.dcm" not in text and "p0/bad.dcm" not in text  # ...its key never is...
     for value in corpus.planted_values():
-        assert value not in text  # ...values never are
+        assert value not in text  # ...nor are header values
+
+
+def test_xray_records_no_s3_key_because_the_tracer_patches_nothing():
+    """A patched botocore records whitelisted request parameters in X-Ray; for S3 those include
+    the object key. The tracer keeps the handler's segment and patches no module."""
+    from pathlib import Path
+
+    import aws_xray_sdk
+    from aws_xray_sdk.core import patcher
+    from deidflow.cloud import handler
+
+    whitelist = Path(aws_xray_sdk.__file__).parent / "ext" / "resources" / "aws_para_whitelist.json"
+    s3 = json.loads(whitelist.read_text())["services"]["s3"]["operations"]
+    assert "Key" in s3["GetObject"]["request_parameters"]  # why botocore must stay unpatched
+    assert handler.tracer.auto_patch is False
+    assert not {"botocore", "boto3"} & set(patcher._PATCHED_MODULES)
 
 
 def test_every_function_the_template_deploys_has_an_importable_handler():

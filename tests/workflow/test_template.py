@@ -136,6 +136,7 @@ def test_functions_are_arm64_python_traced_and_the_workflow_logs_and_traces():
     machine = template["Resources"]["DeidentifyStateMachine"]["Properties"]
     assert machine["Tracing"] == {"Enabled": True}
     assert machine["Logging"]["Level"] == "ALL"
+    assert machine["Logging"]["IncludeExecutionData"] is False  # payloads carry S3 keys (PHI)
     assert machine["Type"] == {"Ref": "WorkflowType"}
     assert template["Parameters"]["WorkflowType"]["AllowedValues"] == ["EXPRESS", "STANDARD"]
 

@@ -1,7 +1,8 @@
 """One Lambda handler shape for every step: powertools logging, tracing and metrics around a step.
 
-`functions/<step>/app.py` is `handler = lambda_handler(steps.<step>)`. Logs carry the object's key,
-the step's outcome and reasons; never header values (the steps never return any).
+`functions/<step>/app.py` is `handler = lambda_handler(steps.<step>)`. Logs carry the object's keyed
+reference (`object_ref`, never its S3 key: keys are PHI), the step's outcome and reasons; never
+header values (the steps never return any). Traces and metrics carry no key either.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ Step = Callable[[Any, Services], dict[str, Any]]
 # The template sets POWERTOOLS_SERVICE_NAME and POWERTOOLS_METRICS_NAMESPACE; these defaults keep
 # tests and the local workflow working without them.
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow"))
-tracer = Tracer(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow"))
+# No auto-patching: a patched botocore would record S3 calls' parameters in X-Ray, the object key
+# among them (aws_xray_sdk's whitelist: GetObject, PutObject, CopyObject, *ObjectTagging carry Key).
+# The handler's own segment (duration, cold start, errors) is still traced.
+tracer = Tracer(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow"), auto_patch=False)
 metrics = Metrics(
     namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "deidflow"),
     service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow"),  # the alarms' dimension
@@ -69,7 +73,7 @@ def _observe(step_name: str, result: Mapping[str, Any]) -> None:
     logger.info(
         step_name,
         extra={
-            "object_key": source.get("key"),
+            "object_ref": source.get("ref"),
             "version_id": source.get("version_id"),
             "status": result.get("status"),
             "reason": result.get("reason"),
