@@ -22,7 +22,8 @@ from .batch import BatchSummary, DestinationInUse, Limits, ReportLine, iter_inpu
 from .cloud.services import edge_detector
 from .engine import Engine
 from .intake import Rejected
-from .keys import load_key
+from .keys import load_key, parse_key
+from .pseudonym import object_ref
 from .rules import RulesError, RuleSet, load_rules, parse_yaml
 from .rules.research_pacs import convert_research_pacs, looks_like_research_pacs
 
@@ -329,6 +330,32 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(problem)
     print(report.summary(), file=sys.stderr)
     return EXIT_FAILED
+
+
+def cmd_object_ref(args: argparse.Namespace) -> int:
+    """The reference logs and the status table give an ingest object (they never hold its key)."""
+    location = args.url
+    if not location.startswith("s3://") or "/" not in location[5:] or location.endswith("/"):
+        print("deidflow: expected s3://BUCKET/KEY (the key as S3 lists it, not URL-encoded)", file=sys.stderr)
+        return EXIT_USAGE
+    bucket, key = location[5:].split("/", 1)
+    try:
+        if args.key_file:
+            text = Path(args.key_file).read_text()
+        else:
+            (secrets,) = _audit_clients_or_exit("secretsmanager")
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                text = secrets.get_secret_value(SecretId=args.secret_id)["SecretString"]
+            except (ClientError, BotoCoreError) as exc:
+                return _aws_failed(exc)
+        ref_key = parse_key(text)
+    except (OSError, ValueError) as exc:
+        print(f"deidflow: cannot load the object-reference key: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(object_ref(ref_key, bucket, key))
+    return EXIT_OK
 
 
 def _day(value: str) -> str:
@@ -686,6 +713,18 @@ def build_parser() -> argparse.ArgumentParser:
     pexplain.add_argument("--research-bucket")
     pexplain.set_defaults(func=cmd_profiles_explain)
 
+    ref_help = (
+        "print the reference (obj-...) that logs and the status table give an ingest object: its "
+        "status item's object_ref, and the object_ref of its log lines"
+    )
+    ref = sub.add_parser("object-ref", help=ref_help, description=ref_help)
+    ref.add_argument("url", metavar="s3://BUCKET/KEY")
+    ref_key = ref.add_mutually_exclusive_group(required=True)
+    ref_key.add_argument("--key-file", help="a file holding the object-reference key (base64 or hex)")
+    ref_key.add_argument(
+        "--secret-id", help="the stack's ObjectRefKeySecret (AWS credentials and region as for the AWS CLI)"
+    )
+    ref.set_defaults(func=cmd_object_ref)
     audit_help = (
         "the research API's audit trail (AWS credentials and region as for the AWS CLI; "
         "AWS_ENDPOINT_URL=http://127.0.0.1:5000 points it at a local moto server)"
