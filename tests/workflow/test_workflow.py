@@ -318,3 +318,58 @@ def test_an_event_claiming_a_huge_size_does_not_quarantine_a_good_object(workflo
     assert report.status == "SUCCEEDED"
     assert [o.status for o in report.objects] == ["published"]
     assert len(workflow.research_objects()) == 1
+
+
+def test_no_status_item_log_line_or_metric_holds_an_object_key(workflow, tmp_path, caplog, capsys):
+    """Keys are PHI: users name folders after patients. After a run over the samples dropped under
+    a patient's name, the status table, the Lambdas' log lines and the EMF metric documents name
+    objects by reference only; `deidflow object-ref` finds an object's status item from its key."""
+    import base64
+    import logging
+
+    from deidflow.cli import main
+    from deidflow.cloud import handler
+
+    patient = "Quixfeldt^Zebulon"
+    samples = sorted((REPO / "samples" / "drop").rglob("*.dcm"))
+    assert samples
+    keys = [workflow.drop(f"{patient}/{path.parent.name}-{path.name}", path.read_bytes()) for path in samples]
+    keys.append(workflow.drop(f"{patient}/letter.dcm", b"Dear Dr Zebulon"))  # quarantined
+    keys.append(workflow.drop(f"{patient}/attachment.json", b"{}"))  # skipped
+    lines = io.StringIO()
+    handler.logger.setLevel("INFO")
+    stream = handler.logger.registered_handler
+    saved = stream.setStream(lines)
+    try:
+        with caplog.at_level(logging.INFO):
+            reports = workflow.run_pipe()
+            # A duplicate (same_as, the claim's holder), in its own batch: a second run over a copy.
+            keys.insert(-2, workflow.drop(f"{patient}/copy.dcm", samples[0].read_bytes()))
+            reports += workflow.run_pipe()
+    finally:
+        stream.setStream(saved)
+    assert {o.status for r in reports for o in r.objects} >= {"published", "duplicate", "quarantined", "skipped"}
+
+    items = json.dumps(workflow.table_items(workflow.names.status_table), default=str)
+    logged = lines.getvalue() + "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    metrics = json.dumps(workflow.metrics)
+    assert workflow.metrics and logged.count("\n") >= len(keys)
+    for text in (items, logged, metrics):
+        for needle in (patient, "Quixfeldt", "Zebulon", *keys):
+            assert needle not in text
+    assert all(workflow.object_ref(key) in logged for key in keys[:-1])  # ExpandBatch logs no skip line
+    claims = [i for i in workflow.table_items(workflow.names.status_table) if i["object_ref"].startswith("sop:")]
+    assert claims and all(c["holder"].startswith("obj-") for c in claims)
+
+    key_file = tmp_path / "object-ref-key"
+    key_file.write_text(base64.b64encode(workflow.object_ref_key).decode())
+    capsys.readouterr()
+    assert main(["object-ref", f"s3://{workflow.names.ingest_bucket}/{keys[0]}", "--key-file", str(key_file)]) == 0
+    ref = capsys.readouterr().out.strip()
+    from boto3.dynamodb.conditions import Key
+
+    table = workflow.dynamodb.Table(workflow.names.status_table)
+    [item] = table.query(KeyConditionExpression=Key("object_ref").eq(ref))["Items"]
+    assert item["status"] == "published"
+    copy = statuses(workflow)[keys[-3]]
+    assert copy["status"] == "duplicate" and copy["same_as"] == ref
