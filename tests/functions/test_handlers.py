@@ -334,3 +334,14 @@ def test_every_function_the_template_deploys_has_an_importable_handler():
     for logical_id, code_uri in functions.items():
         module = load_module(REPO / code_uri / "app.py")
         assert callable(module.handler), logical_id
+
+
+def test_a_payload_from_before_references_gets_one_computed_where_status_is_written(workflow, corpus):
+    """ExpandBatch gives every object its reference; a payload without one (an execution started
+    before the upgrade, an old sample event) is given it by the step that writes status."""
+    key = workflow.drop("p0/old.dcm", dicom_bytes(corpus.instances[0].dataset))
+    event = source(workflow, key)
+    del event["source"]["ref"]
+    out = call(workflow, "DeidentifyHeader", event)
+    assert out["source"]["ref"] == workflow.object_ref(key)
+    assert status_of(workflow, key)["status"] == "deidentified"

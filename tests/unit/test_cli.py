@@ -164,3 +164,36 @@ def test_local_api_ohif_user_must_be_a_user_of_the_access_file(tmp_path, capsys)
     code = main([*arguments, "--ohif", "--ohif-user", "mallory"])
     assert code == 2
     assert "names no user 'mallory'" in capsys.readouterr().err
+
+
+def test_object_ref_prints_the_reference_from_a_key_file_or_the_stacks_secret(key_file, capsys, monkeypatch):
+    from deidflow.keys import parse_key
+    from deidflow.pseudonym import object_ref
+
+    expected = object_ref(parse_key(key_file.read_text()), "ingest", "incoming/Doe^Jane/img 1.dcm")
+    assert main(["object-ref", "s3://ingest/incoming/Doe^Jane/img 1.dcm", "--key-file", str(key_file)]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+    from moto import mock_aws
+
+    for name, value in {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        import boto3
+
+        boto3.client("secretsmanager").create_secret(Name="ref-key", SecretString=key_file.read_text())
+        assert main(["object-ref", "s3://ingest/incoming/Doe^Jane/img 1.dcm", "--secret-id", "ref-key"]) == 0
+        assert capsys.readouterr().out == expected + "\n"
+        assert main(["object-ref", "s3://ingest/k", "--secret-id", "no-such-secret"]) == 1
+    # Not an object location, no key source, or a key too short: usage errors.
+    assert main(["object-ref", "ingest/k", "--key-file", str(key_file)]) == 2
+    assert main(["object-ref", "s3://ingest/", "--key-file", str(key_file)]) == 2
+    short = key_file.with_name("short")
+    short.write_text("00112233")
+    assert main(["object-ref", "s3://ingest/k", "--key-file", str(short)]) == 2
+    with pytest.raises(SystemExit):
+        main(["object-ref", "s3://ingest/k"])
