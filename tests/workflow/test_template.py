@@ -137,6 +137,8 @@ def test_functions_are_arm64_python_traced_and_the_workflow_logs_and_traces():
     assert machine["Tracing"] == {"Enabled": True}
     assert machine["Logging"]["Level"] == "ALL"
     assert machine["Logging"]["IncludeExecutionData"] is False  # payloads carry S3 keys (PHI)
+    pipe_log = template["Resources"]["IngestPipe"]["Properties"]["LogConfiguration"]
+    assert "IncludeExecutionData" not in pipe_log  # nor does the Pipe log the messages (S3 keys)
     assert machine["Type"] == {"Ref": "WorkflowType"}
     assert template["Parameters"]["WorkflowType"]["AllowedValues"] == ["EXPRESS", "STANDARD"]
 
