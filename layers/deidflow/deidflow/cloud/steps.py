@@ -1,6 +1,6 @@
 """What each state of the workflow does, on pointers in and small dicts out.
 
-The states pass `{"source": {bucket, key, version_id, size}, ...}` and add a few fields each; DICOM
+The states pass `{"source": {bucket, key, version_id, size, ref}, ...}` and add a few fields each; DICOM
 bytes only ever travel between S3 and a function, never through the state machine (256 KB limit).
 
     expand_batch           SQS messages -> objects to process + skipped (recorded with a reason)
