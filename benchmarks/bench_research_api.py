@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import requests
 from deidflow.cloud.steps import catalog_items
-from deidflow.index import DEFAULT_INLINE_BINARY_BYTES, frame_locations, index_entry, item_size
+from deidflow.index import index_file, item_size
 from deidflow.local.api import LocalResearchApi
 from deidflow.local.orthanc import LocalOrthanc, OrthancNotInstalled, _auth_header, find_orthanc, stow_rs
 from deidflow.storage import CATALOG_DUMP, INDEX_DUMP
@@ -109,12 +108,7 @@ def write_dumps(folder: Path) -> None:
     batch writes, much faster on moto than indexing each file there)."""
     index, catalog = [], {}
     for path in sorted((folder / "studies").rglob("*.dcm")):
-        entry = index_entry(
-            pydicom.dcmread(path, defer_size=DEFAULT_INLINE_BINARY_BYTES),
-            path.relative_to(folder).as_posix(),
-            frames=frame_locations(str(path)),
-            object_bytes=path.stat().st_size,
-        )
+        entry = index_file(path, path.relative_to(folder).as_posix())
         index.append(json.dumps(entry.item, sort_keys=True) + "\n")
         for item in catalog_items(entry):
             catalog[(item["study_instance_uid"], item["item"])] = json.dumps(item, sort_keys=True) + "\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping
@@ -255,6 +256,28 @@ def index_entry(
     if size > max_item_bytes:
         raise ValueError(f"the index item is {size} bytes without its DICOM JSON (limit {max_item_bytes})")
     return IndexEntry(item, sidecar=text.encode("utf-8"))
+
+
+def index_file(
+    path: str | os.PathLike[str],
+    research_key: str,
+    *,
+    labels: Iterable[str] = (),
+    max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+) -> IndexEntry:
+    """`index_entry` for the stored object at `path`: read with large values left in the file (so
+    Pixel Data is referenced, never read), with its frame locations and its size."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, defer_size=DEFAULT_INLINE_BINARY_BYTES)
+    return index_entry(
+        ds,
+        research_key,
+        labels=labels,
+        frames=frame_locations(str(path)),
+        object_bytes=os.path.getsize(path),
+        max_item_bytes=max_item_bytes,
+    )
 
 
 def query_attributes(ds: Dataset) -> dict[str, Any]:

@@ -32,11 +32,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import pydicom
 from botocore.exceptions import ClientError
 
 from ..engine import PixelScanRequired, ProcessedInstance
-from ..index import DEFAULT_INLINE_BINARY_BYTES, SIDECAR_CONTENT_TYPE, IndexEntry, frame_locations, index_entry
+from ..index import SIDECAR_CONTENT_TYPE, IndexEntry, index_file
 from ..research.qido import study_summary
 from ..rules import ALL_LABEL
 from .errors import MISSING_CODES, RejectedObject, rejection_from_error
@@ -93,14 +92,10 @@ def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]
     staged = event["staged"]
     research_key = staged["research_key"]
     with _downloaded(services, ObjectRef(services.settings.research_bucket, staged["staging_key"])) as path:
-        # Large values stay in the file (deferred), so Pixel Data is referenced, never read.
-        ds = pydicom.dcmread(path, defer_size=DEFAULT_INLINE_BINARY_BYTES)
-        entry = index_entry(
-            ds,
+        entry = index_file(
+            path,
             research_key,
             labels=staged.get("labels") or (),
-            frames=frame_locations(path),
-            object_bytes=os.path.getsize(path),
             max_item_bytes=services.settings.max_index_item_bytes,
         )
     if entry.sidecar is not None:

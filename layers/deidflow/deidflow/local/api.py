@@ -25,7 +25,6 @@ import os
 import secrets
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from ..cloud.steps import catalog_items
-from ..index import DEFAULT_INLINE_BINARY_BYTES, frame_locations, index_entry
+from ..index import index_file
 from ..storage import CATALOG_DUMP, INDEX_DUMP
 from .research_folder import json_lines as _json_lines
 from .template import function_environment, load_template, table_definition
@@ -138,8 +137,9 @@ class LocalResearchApi:
         self._moto.start()
         host, port = self._moto.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
-        self._saved_env = {k: os.environ.get(k) for k in self._environment()}
-        os.environ.update(self._environment())
+        environment = self._environment()
+        self._saved_env = {k: os.environ.get(k) for k in environment}
+        os.environ.update(environment)
         try:
             self._create_resources()
             self._load_research_folder()
@@ -264,16 +264,8 @@ class LocalResearchApi:
                 for item in _json_lines(root / CATALOG_DUMP):
                     writer.put_item(Item=item)
         else:
-            import pydicom
-
             for path in files:
-                key = path.relative_to(root).as_posix()
-                entry = index_entry(
-                    pydicom.dcmread(path, defer_size=DEFAULT_INLINE_BINARY_BYTES),
-                    key,
-                    frames=frame_locations(str(path)),
-                    object_bytes=path.stat().st_size,
-                )
+                entry = index_file(path, path.relative_to(root).as_posix())
                 if entry.sidecar is not None:
                     s3.put_object(Bucket=n.research_bucket, Key=entry.sidecar_key, Body=entry.sidecar)
                 index.put_item(Item=entry.item)
@@ -518,8 +510,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_forever(api: LocalResearchApi, poll: float = 1.0) -> None:
-    while True:
-        time.sleep(poll)
