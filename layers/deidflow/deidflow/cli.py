@@ -9,10 +9,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from tqdm import tqdm
@@ -27,6 +27,8 @@ from .pseudonym import object_ref
 from .rules import RulesError, RuleSet, load_rules, parse_yaml
 from .rules.research_pacs import convert_research_pacs, looks_like_research_pacs
 
+T = TypeVar("T")
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2  # what the command was given (arguments, a rules file, a key) cannot be used
@@ -40,17 +42,23 @@ def laptop_engine(rules: RuleSet, key: bytes) -> Engine:
     return Engine(rules, key, detectors=edge_detector)
 
 
-def _load_rules_or_exit(path: str | None) -> RuleSet:
+def _loaded_or_exit(what: str, load: Callable[[], T]) -> T:
+    """`load()`, or every line-numbered problem of the `what` file (or why it cannot be read) and
+    the usage exit: a rules or profiles file that cannot be used is the caller's to fix."""
     try:
-        return load_rules(path)
+        return load()
     except RulesError as exc:
-        print("deidflow: the rules file is not valid:", file=sys.stderr)
+        print(f"deidflow: the {what} file is not valid:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     except OSError as exc:
-        print(f"deidflow: cannot read rules file: {exc}", file=sys.stderr)
+        print(f"deidflow: cannot read the {what} file: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+
+
+def _load_rules_or_exit(path: str | None) -> RuleSet:
+    return _loaded_or_exit("rules", lambda: load_rules(path))
 
 
 def _load_key_or_exit(key_file: str | None) -> bytes:
@@ -389,17 +397,8 @@ def cmd_audit_query(args: argparse.Namespace) -> int:
 def _load_profiles_or_exit(path: str, rules_file: str | None) -> Any:
     from .research.profiles import load_profiles
 
-    rules = _load_rules_or_exit(rules_file)
-    try:
-        return load_profiles(path, known_labels=[name for name, _ in rules.labels])
-    except RulesError as exc:
-        print("deidflow: the profiles file is not valid:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
-    except OSError as exc:
-        print(f"deidflow: cannot read the profiles file: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+    labels = [name for name, _ in _load_rules_or_exit(rules_file).labels]
+    return _loaded_or_exit("profiles", lambda: load_profiles(path, known_labels=labels))
 
 
 def cmd_profiles_check(args: argparse.Namespace) -> int:

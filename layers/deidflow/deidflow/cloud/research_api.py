@@ -456,8 +456,6 @@ class ResearchApi:
                 answer = fitted(operation(service, access), self._header("accept-encoding"))
         except ApiError as exc:
             answer = Answer(exc.status, json.dumps({"error": exc.reason}).encode("utf-8"), "application/json")
-        if operation is not None and answer.status < 400 and not answer.query:
-            answer.query = self._normalized_query()
         record = AuditRecord(
             ts=format_ts(started),
             request_id=str(context.get("requestId") or ""),

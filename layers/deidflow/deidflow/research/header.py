@@ -17,10 +17,6 @@ from pydicom.valuerep import STR_VR
 
 from ..index import FrameLocations
 
-# Item attributes the API never returns: the labels are decided on the original header and may
-# carry facts the research copy no longer holds.
-INTERNAL_ATTRIBUTES = frozenset({"rule_labels"})
-
 
 @dataclass(frozen=True)
 class InstanceRecord:

@@ -26,7 +26,7 @@ LEVELS = ("study", "series", "instance")
 MAX_LIMIT = 1000
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 
-STUDY_UID, SERIES_UID, SOP_UID = 0x0020000D, 0x0020000E, 0x00080018
+STUDY_UID, SERIES_UID = 0x0020000D, 0x0020000E
 MODALITIES_IN_STUDY, MODALITY = 0x00080061, 0x00080060
 STUDY_SERIES_COUNT, STUDY_INSTANCE_COUNT, SERIES_INSTANCE_COUNT = 0x00201206, 0x00201208, 0x00201209
 RETRIEVE_URL, INSTANCE_AVAILABILITY = 0x00081190, 0x00080056
@@ -128,6 +128,11 @@ class QidoQuery:
 
     def match_tags(self) -> set[int]:
         return {m.tag for m in self.matches}
+
+    def may_match(self, summary: Mapping[str, Any]) -> bool:
+        """Whether a study could match, from its catalog summary (`study_summary`): the counts and
+        ModalitiesInStudy, which depend on what the caller sees, are decided on the result."""
+        return all(m.matches(summary.get(f"{m.tag:08X}")) for m in self.matches if m.tag not in _COMPUTED)
 
     def accepts(self, record: Mapping[str, Any]) -> bool:
         return all(m.matches(record.get(f"{m.tag:08X}")) for m in self.matches)

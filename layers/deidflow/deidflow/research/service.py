@@ -149,7 +149,7 @@ class ResearchService:
             return
         profiles = access.allowing("search")
         for uid, summary in self.index.studies():
-            if query.level == "study" and not _may_match(query, summary):
+            if query.level == "study" and not query.may_match(summary):
                 continue
             visible = visible_in_study(profiles, self.index.study_instances(uid))
             if visible:
@@ -373,13 +373,6 @@ def me(access: Access, profiles: ProfilesFile, today: date) -> dict[str, Any]:
             for p in profiles.assigned(access.caller)
         ],
     }
-
-
-def _may_match(query: QidoQuery, summary: Mapping[str, Any]) -> bool:
-    """Whether a study could match, from its study-level attributes (counts and modalities, which
-    depend on what the caller sees, are decided on the result)."""
-    computed = {0x00080061, 0x00201206, 0x00201208}
-    return all(m.matches(summary.get(f"{m.tag:08X}")) for m in query.matches if m.tag not in computed)
 
 
 def _uids(records: Sequence[Mapping[str, Any]], tag: str) -> tuple[str, ...]:
