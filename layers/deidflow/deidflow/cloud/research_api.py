@@ -26,10 +26,12 @@ from aws_lambda_powertools.event_handler.api_gateway import CORSConfig
 
 from ..research.audit import AuditRecord, format_ts
 from ..research.header import InstanceRecord
+from ..research.jobs import Job, JobRequestError, Selection, available_destinations
 from ..research.profiles import Caller, ProfilesFile, load_profiles_text
 from ..research.service import DICOM_JSON, Answer, ApiError, ResearchService, me
 from ..research.visibility import Access
 from .audit import AuditLog
+from .research_jobs import JobsApi, JobStore
 from .services import environment_reader
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow-research-api"))
@@ -47,6 +49,12 @@ class ApiSettings:
     profiles_bucket: str
     profiles_key: str
     presign_seconds: int
+    jobs_table: str
+    exports_bucket: str
+    export_buckets: tuple[str, ...]
+    cohort_state_machine: str
+    export_state_machine: str
+    auditor_group: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -59,6 +67,12 @@ class ApiSettings:
             profiles_bucket=need("PROFILES_BUCKET"),
             profiles_key=need("PROFILES_KEY"),
             presign_seconds=int(need("PRESIGN_SECONDS")),
+            jobs_table=need("JOBS_TABLE"),
+            exports_bucket=need("EXPORTS_BUCKET"),
+            export_buckets=tuple(b for b in (env or os.environ).get("EXPORT_BUCKETS", "").split(",") if b.strip()),
+            cohort_state_machine=need("COHORT_STATE_MACHINE_ARN"),
+            export_state_machine=need("EXPORT_STATE_MACHINE_ARN"),
+            auditor_group=need("AUDITOR_GROUP"),
         )
 
 
@@ -252,13 +266,14 @@ class ProfilesSource:
     bucket: str
     key: str
     clock: Callable[[], float] = time.monotonic
+    recheck_seconds: float = PROFILES_RECHECK_SECONDS
     _profiles: ProfilesFile | None = field(default=None, init=False)
     _etag: str = field(default="", init=False)
     _checked: float = field(default=float("-inf"), init=False)
 
     def current(self) -> ProfilesFile:
         now = self.clock()
-        if self._profiles is None or now - self._checked >= PROFILES_RECHECK_SECONDS:
+        if self._profiles is None or now - self._checked >= self.recheck_seconds:
             head = self.s3.head_object(Bucket=self.bucket, Key=self.key)
             if self._profiles is None or head["ETag"] != self._etag:
                 body = self.s3.get_object(Bucket=self.bucket, Key=self.key)
@@ -295,8 +310,22 @@ class ResearchApi:
         self.store = S3Store(s3, self.settings.research_bucket)
         self.profiles = ProfilesSource(s3, self.settings.profiles_bucket, self.settings.profiles_key)
         self.audit = AuditLog(dynamodb.Table(self.settings.audit_table))
+        self.audit_table = dynamodb.Table(self.settings.audit_table)
+        self.jobs = JobsApi(
+            JobStore(dynamodb.Table(self.settings.jobs_table)),
+            session.client("stepfunctions"),
+            s3,
+            self.settings.exports_bucket,
+            self.settings.export_buckets,
+            self.settings.cohort_state_machine,
+            self.settings.export_state_machine,
+        )
         # CORS preflight is answered by the HTTP API itself; these headers serve the local API.
-        self.app = APIGatewayHttpResolver(cors=CORSConfig(allow_origin="*", allow_headers=["Authorization"]))
+        self.app = APIGatewayHttpResolver(
+            cors=CORSConfig(allow_origin="*", allow_headers=["Authorization"]),
+            # Bodies are made here (gzip-compressed JSON included): never serialized again.
+            serializer=_already_serialized,
+        )
         self._routes()
 
     def handle(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
@@ -410,6 +439,75 @@ class ResearchApi:
         def my_permissions() -> Response:
             return self._answer("research.me", None)
 
+        @app.post("/research/search")
+        def quick_search() -> Response:
+            def run(s: ResearchService, a: Access) -> Answer:
+                body = self._body()
+                limit = _bounded(body.get("limit"), default=25, upper=100, name="limit")
+                return s.quick_search(a, _selection(body), limit, QUICK_SEARCH_STUDIES)
+
+            return self._answer("research.search", run)
+
+        @app.post("/research/cohorts")
+        def start_cohort() -> Response:
+            return self._answer(
+                "job.cohort", lambda s, a: _job_answer(self.jobs.create("cohort", a, self._body()), 202)
+            )
+
+        @app.post("/research/exports")
+        def start_export() -> Response:
+            return self._answer(
+                "job.export", lambda s, a: _job_answer(self.jobs.create("export", a, self._body()), 202)
+            )
+
+        @app.get("/research/jobs")
+        def my_jobs() -> Response:
+            return self._answer(
+                "job.list", lambda s, a: _json_answer({"jobs": [j.public() for j in self.jobs.owned(a)]})
+            )
+
+        @app.get("/research/jobs/<job_id>")
+        def my_job(job_id: str) -> Response:
+            return self._answer("job.status", lambda s, a: _job_answer(self.jobs.get(a, job_id)))
+
+        @app.post("/research/jobs/<job_id>/resume")
+        def resume_job(job_id: str) -> Response:
+            return self._answer("job.resume", lambda s, a: _job_answer(self.jobs.resume(a, job_id), 202))
+
+        @app.get("/research/jobs/<job_id>/manifest")
+        def job_manifest(job_id: str) -> Response:
+            def run(s: ResearchService, a: Access) -> Answer:
+                params = self._params()
+                offset = _bounded((params.get("offset") or ["0"])[0], default=0, upper=10**9, name="offset")
+                limit = _bounded((params.get("limit") or ["1000"])[0], default=1000, upper=1000, name="limit")
+                return _json_answer(self.jobs.manifest(a, job_id, offset, limit))
+
+            return self._answer("job.manifest", run)
+
+        @app.get("/research/jobs/<job_id>/file")
+        def job_file(job_id: str) -> Response:
+            def run(s: ResearchService, a: Access) -> Answer:
+                path = (self._params().get("path") or [""])[0]
+                url, listed = self.jobs.file_url(a, job_id, path, self.settings.presign_seconds)
+                # A browser's fetch cannot follow a redirect to another origin and keep the
+                # answer: a client that asks for JSON gets the link in the body instead.
+                if "application/json" in self._header("accept"):
+                    answer = _json_answer({"url": url, "expires_in": self.settings.presign_seconds})
+                else:
+                    answer = Answer(303, b"", "text/plain", headers={"Location": url})
+                answer.count = 1
+                answer.studies = (listed.study,) if listed.study else ()
+                answer.series = (listed.series,) if listed.series else ()
+                answer.instance = listed.sop or None
+                answer.query = f"job={job_id}&path={path}"
+                return answer
+
+            return self._answer("export.download", run)
+
+        @app.get("/research/audit")
+        def audit_trail() -> Response:
+            return self._answer("audit.query", self._audit_trail, require_profile=False)
+
     # -- one request ----------------------------------------------------------------------------
 
     def _params(self) -> dict[str, list[str]]:
@@ -433,7 +531,13 @@ class ResearchApi:
         prefix = "" if stage in ("$default", "") else f"/{stage}"
         return f"{proto}://{host}{prefix}/dicomweb"
 
-    def _answer(self, action: str, operation: Callable[[ResearchService, Access], Answer] | None) -> Response:
+    def _answer(
+        self,
+        action: str,
+        operation: Callable[[ResearchService, Access], Answer] | None,
+        *,
+        require_profile: bool = True,
+    ) -> Response:
         event = self.app.current_event.raw_event
         context = event.get("requestContext", {})
         claims = (context.get("authorizer") or {}).get("jwt", {}).get("claims") or {}
@@ -448,9 +552,12 @@ class ResearchApi:
         service = ResearchService(self.index, self.store, self._base_url(), self.settings.presign_seconds)
         try:
             if operation is None:
-                body = json.dumps(me(access, profiles, today), separators=(",", ":")).encode("utf-8")
+                mine = me(access, profiles, today)
+                mine["destinations"] = available_destinations(access)
+                mine["auditor"] = self.settings.auditor_group in caller.groups
+                body = json.dumps(mine, separators=(",", ":")).encode("utf-8")
                 answer = Answer(200, body, "application/json")
-            elif not access.profiles:
+            elif require_profile and not access.profiles:
                 raise ApiError(403, "no permission profile grants you anything today: ask your data manager")
             else:
                 answer = fitted(operation(service, access), self._header("accept-encoding"))
@@ -495,6 +602,44 @@ class ResearchApi:
         )
         return Response(answer.status, answer.content_type, payload, headers=headers)
 
+    def _body(self) -> dict[str, Any]:
+        raw = self.app.current_event.raw_event.get("body") or ""
+        if self.app.current_event.raw_event.get("isBase64Encoded"):
+            import base64
+
+            raw = base64.b64decode(raw).decode("utf-8", "replace")
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise ApiError(413, f"the request body is larger than {MAX_REQUEST_BYTES} bytes")
+        try:
+            body = json.loads(raw or "{}")
+        except ValueError:
+            raise ApiError(400, "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body is a JSON object")
+        return body
+
+    def _audit_trail(self, service: ResearchService, access: Access) -> Answer:
+        """The audit trail, for the auditor group only: records of a day range, by user or study."""
+        from .audit import days_between, query_records
+
+        if self.settings.auditor_group not in access.caller.groups:
+            raise ApiError(403, "the audit trail is for the auditor group")
+        params = self._params()
+        today = self.today().date().isoformat()
+        since = (params.get("since") or [today])[0]
+        until = (params.get("until") or [since])[0]
+        try:
+            days = days_between(since, until)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        if len(days) > 31:
+            raise ApiError(400, "ask for at most 31 days at a time")
+        sub = (params.get("sub") or [""])[0] or None
+        study = (params.get("study") or [""])[0] or None
+        records = query_records(self.audit_table, days=days, sub=sub, study=study)
+        shown = [r.to_dict() for r in records[-1000:]]
+        return _json_answer({"records": shown, "total": len(records), "days": [days[0], days[-1]]})
+
     def _normalized_query(self) -> str:
         params = self._params()
         return "&".join(f"{k}={v}" for k in sorted(params) for v in params[k])
@@ -522,6 +667,44 @@ def fitted(answer: Answer, accept_encoding: str) -> Answer:
             "the answer is too large for one response: ask with Accept-Encoding: gzip, or per series or instance",
         )
     return answer
+
+
+MAX_REQUEST_BYTES = 1_000_000
+# How many studies a quick search looks at before it answers "not complete: start a cohort".
+QUICK_SEARCH_STUDIES = 2000
+
+
+def _already_serialized(body: Any) -> Any:
+    return body if isinstance(body, bytes | str) else json.dumps(body, separators=(",", ":"))
+
+
+def _json_answer(body: Mapping[str, Any], status: int = 200) -> Answer:
+    return Answer(status, json.dumps(body, separators=(",", ":")).encode("utf-8"), "application/json")
+
+
+def _job_answer(job: Job, status: int = 200) -> Answer:
+    answer = _json_answer({"job": job.public()}, status)
+    answer.query = f"job={job.job_id}"
+    return answer
+
+
+def _selection(body: Mapping[str, Any]) -> Selection:
+    try:
+        return Selection.parse(body)
+    except JobRequestError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _bounded(value: Any, *, default: int, upper: int, name: str) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"{name} is a whole number") from None
+    if not 0 <= number <= upper:
+        raise ApiError(400, f"{name} is from 0 to {upper}")
+    return number
 
 
 def _error(status: int, reason: str) -> Response:

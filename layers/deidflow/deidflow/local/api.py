@@ -14,6 +14,10 @@ The access file names the users, their groups and the profiles file (docs/resear
     users:
       - {username: alice, groups: [ct-team]}
       - {username: carol}            # no group, no profile: sees nothing
+    buckets: [lung-team-exports]     # team export destinations (optional)
+
+Cohort and export jobs run on their real state machines (local/jobs.py), and the researcher portal
+(`portal/`) is served at /portal/ with a laptop login (`POST /local/token`, loopback only).
 """
 
 from __future__ import annotations
@@ -39,12 +43,13 @@ import yaml
 from ..cloud.steps import catalog_items
 from ..index import index_file
 from ..storage import CATALOG_DUMP, INDEX_DUMP
+from .jobs import JOBS_FUNCTION, STATE_MACHINES, LocalJobRunner
 from .research_folder import json_lines as _json_lines
 from .template import function_environment, load_template, table_definition
 from .workflow import LocalNames, find_project, load_module
 
 REGION = "us-east-1"
-ACCESS_SCHEMA_KEYS = {"profiles", "users"}
+ACCESS_SCHEMA_KEYS = {"profiles", "users", "buckets"}
 # What a local token is good for: the portal-like public client of the user pool.
 LOCAL_CLIENT_NAME = "deidflow-local"
 
@@ -59,6 +64,7 @@ class LocalUser:
 class AccessFile:
     profiles: Path
     users: tuple[LocalUser, ...]
+    buckets: tuple[str, ...] = ()  # team export buckets, created here and registered (ExportDestinationBuckets)
 
     @classmethod
     def load(cls, path: Path) -> AccessFile:
@@ -70,7 +76,8 @@ class AccessFile:
             if not isinstance(entry, dict) or not entry.get("username"):
                 raise ValueError(f"{path}: every user has a username")
             users.append(LocalUser(str(entry["username"]), tuple(str(g) for g in entry.get("groups") or ())))
-        return cls((path.parent / str(data["profiles"])).resolve(), tuple(users))
+        buckets = tuple(str(b) for b in data.get("buckets") or ())
+        return cls((path.parent / str(data["profiles"])).resolve(), tuple(users), buckets)
 
 
 @dataclass
@@ -126,6 +133,7 @@ class LocalResearchApi:
     names: LocalNames = field(default_factory=LocalNames)
     seal_every: float = 60.0  # the audit sealer's schedule here (the cloud's is 5 minutes)
     requests: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status): the access log
+    viewer_url: str | None = None  # a DICOMweb viewer's study URL with {study} in it (OHIF's, with --ohif)
 
     def __enter__(self) -> LocalResearchApi:
         from moto.server import ThreadedMotoServer
@@ -137,10 +145,14 @@ class LocalResearchApi:
         self._moto.start()
         host, port = self._moto.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
+        self.jobs = LocalJobRunner(self.project, self.client("stepfunctions"))
         environment = self._environment()
+        # moto's interpreter reaches S3 (the Map's ItemReader) and Lambda through this server.
+        environment["MOTO_PORT"] = str(port)
         self._saved_env = {k: os.environ.get(k) for k in environment}
         os.environ.update(environment)
         try:
+            self._start_jobs()
             self._create_resources()
             self._load_research_folder()
             self._create_users()
@@ -155,6 +167,11 @@ class LocalResearchApi:
             self._stop.set()
             self._http.shutdown()
             self._http.server_close()
+        if getattr(self, "_jobs_session", None) is not None:
+            from moto.core.config import default_user_config
+
+            self.jobs.uninstall(self._jobs_session)
+            default_user_config["stepfunctions"]["execute_state_machine"] = self._executed_before
         self._moto.stop()
         for name, value in self._saved_env.items():
             if value is None:
@@ -162,8 +179,23 @@ class LocalResearchApi:
             else:
                 os.environ[name] = value
         from ..cloud.research_api import reset_api
+        from ..cloud.research_jobs import reset_steps
 
         reset_api()
+        reset_steps()
+
+    def _start_jobs(self) -> None:
+        """moto runs state machines only when told to (in this process, for this server); the
+        interpreter's lambda:Invoke goes through boto3's default session, which the runner answers."""
+        import boto3
+        from moto.core.config import default_user_config
+
+        self._executed_before = default_user_config["stepfunctions"]["execute_state_machine"]
+        default_user_config["stepfunctions"]["execute_state_machine"] = True
+        if boto3.DEFAULT_SESSION is None:
+            boto3.setup_default_session()
+        self._jobs_session = boto3.DEFAULT_SESSION
+        self.jobs.install(self._jobs_session)
 
     # -- what the handler sees ------------------------------------------------------------------
 
@@ -173,23 +205,34 @@ class LocalResearchApi:
         assert self.project is not None
         n = self.names
         unused = "-"  # the PHI side's names reach every function through Globals; here they name nothing
+        template = load_template(self.project / "template.yaml")
+        resources = {
+            "ResearchBucket": n.research_bucket,
+            "IndexTable": n.index_table,
+            "CatalogTable": n.catalog_table,
+            "AuditTable": n.audit_table,
+            "AccessConfigBucket": n.profiles_bucket,
+            "JobsTable": n.jobs_table,
+            "ExportsBucket": n.exports_bucket,
+            "MappingTable": unused,
+            "StatusTable": unused,
+            "PseudonymKeySecret": unused,
+            "ObjectRefKeySecret": unused,
+            **{logical_id: self.jobs.state_machine_arn(logical_id) for logical_id in STATE_MACHINES},
+        }
+        # The API and the jobs' steps run in this one process, so they share one environment: the
+        # union of both functions', which must agree on every name they share.
+        environment: dict[str, str] = {}
+        for function in ("ResearchApiFunction", JOBS_FUNCTION):
+            own = function_environment(template, resources, stack_name="local", function=function)
+            own.pop("POWERTOOLS_SERVICE_NAME", None)
+            clash = {k for k in own if k in environment and environment[k] != own[k]}
+            if clash:
+                raise ValueError(f"the template gives the research functions different {', '.join(sorted(clash))}")
+            environment.update(own)
+        environment["EXPORT_BUCKETS"] = ",".join(self.access.buckets)
         return {
-            **function_environment(
-                load_template(self.project / "template.yaml"),
-                {
-                    "ResearchBucket": n.research_bucket,
-                    "IndexTable": n.index_table,
-                    "CatalogTable": n.catalog_table,
-                    "AuditTable": n.audit_table,
-                    "AccessConfigBucket": n.profiles_bucket,
-                    "MappingTable": unused,
-                    "StatusTable": unused,
-                    "PseudonymKeySecret": unused,
-                    "ObjectRefKeySecret": unused,
-                },
-                stack_name="local",
-                function="ResearchApiFunction",
-            ),
+            **environment,
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_DEFAULT_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "local",
@@ -201,7 +244,13 @@ class LocalResearchApi:
     def client(self, name: str) -> Any:
         import boto3
 
-        return boto3.client(name, endpoint_url=self.endpoint, region_name=REGION)
+        return boto3.client(
+            name,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
 
     def resource(self, name: str) -> Any:
         import boto3
@@ -213,7 +262,7 @@ class LocalResearchApi:
         n = self.names
         template = load_template(self.project / "template.yaml")
         s3 = self.client("s3")
-        for bucket in (n.research_bucket, n.profiles_bucket):
+        for bucket in (n.research_bucket, n.profiles_bucket, n.exports_bucket, *self.access.buckets):
             s3.create_bucket(Bucket=bucket)
             s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         lock = template["Resources"]["AuditBucket"]["Properties"]["ObjectLockConfiguration"]
@@ -232,8 +281,10 @@ class LocalResearchApi:
             ("IndexTable", n.index_table),
             ("CatalogTable", n.catalog_table),
             ("AuditTable", n.audit_table),
+            ("JobsTable", n.jobs_table),
         ):
             dynamodb.create_table(**table_definition(template, logical_id, name))
+        self.jobs.create_state_machines()
         self.client("ssm").put_parameter(Name=n.audit_head_parameter, Value="{}", Type="String")
         s3.put_object(Bucket=n.profiles_bucket, Key=os.environ["PROFILES_KEY"], Body=self.access.profiles.read_bytes())
 
@@ -327,6 +378,15 @@ class LocalResearchApi:
 
     def token(self, username: str) -> str:
         return local_token(self.state(), username)
+
+    def portal_config(self) -> dict[str, Any]:
+        """What the portal reads first (portal/config.json in the cloud, written at deploy)."""
+        return {
+            "api": self.base_url,
+            "dicomweb": self.dicomweb_url,
+            "viewer": self.viewer_url,
+            "auth": {"mode": "local", "users": [u.username for u in self.access.users]},
+        }
 
     def state(self) -> LocalState:
         return LocalState(self.endpoint, self.user_pool_id, self.client_id, dict(self.passwords), self.dicomweb_url)
@@ -453,10 +513,52 @@ class _ApiRequestHandler(BaseHTTPRequestHandler):
         )
 
     def do_GET(self) -> None:
-        self._serve("GET")
+        path = urlsplit(self.path).path
+        if path == "/portal" or path == "/":
+            self._reply(302, {"Location": "/portal/"}, b"")
+        elif path.startswith("/portal/"):
+            self._portal(path.removeprefix("/portal/") or "index.html")
+        else:
+            self._serve("GET")
 
     def do_POST(self) -> None:
-        self._serve("POST")
+        if urlsplit(self.path).path == "/local/token":
+            self._local_token()
+        else:
+            self._serve("POST")
+
+    def _portal(self, name: str) -> None:
+        """The portal's static files (no token needed, as CloudFront serves them), and its
+        config.json, which tells it where the API is and how to log in here."""
+        api = self.owner
+        if name == "config.json":
+            body = json.dumps(api.portal_config()).encode()
+            self._reply(200, {"Content-Type": "application/json", "Cache-Control": "no-store"}, body)
+            return
+        assert api.project is not None
+        root = (api.project / "portal").resolve()
+        target = (root / name).resolve()
+        if root not in target.parents or not target.is_file():
+            self._reply(404, {"Content-Type": "text/plain"}, b"not found")
+            return
+        self._reply(
+            200,
+            {"Content-Type": _CONTENT_TYPES.get(target.suffix, "application/octet-stream"), **PORTAL_HEADERS},
+            target.read_bytes(),
+        )
+
+    def _local_token(self) -> None:
+        """The laptop's login: a local user's access token (what `deidflow local token` prints).
+        The server listens on loopback only; in the cloud the portal logs in through Cognito."""
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            username = str(json.loads(self.rfile.read(length) or b"{}").get("username", ""))
+            token = self.owner.token(username)
+        except (ValueError, KeyError):
+            self._reply(403, {"Content-Type": "application/json"}, b'{"error":"no such local user"}')
+            return
+        body = json.dumps({"access_token": token, "token_type": "Bearer"}).encode()
+        self._reply(200, {"Content-Type": "application/json", "Cache-Control": "no-store"}, body)
 
     def _serve(self, method: str) -> None:
         api = self.owner
@@ -465,6 +567,13 @@ class _ApiRequestHandler(BaseHTTPRequestHandler):
             self._reply(401, {"Content-Type": "application/json"}, b'{"message":"Unauthorized"}')
             return
         event = api.lambda_event(method, self.path, dict(self.headers.items()), claims, self.client_address[0])
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            body = self.rfile.read(length)
+            try:
+                event["body"] = body.decode("utf-8")
+            except UnicodeDecodeError:
+                event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
         answer = api.invoke(event)
         body = answer.get("body") or ""
         data = base64.b64decode(body) if answer.get("isBase64Encoded") else str(body).encode("utf-8")
@@ -498,6 +607,23 @@ class _Context:
 
     def get_remaining_time_in_millis(self) -> int:
         return 29_000
+
+
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+# As CloudFront's response headers policy sends them (template.yaml), so the laptop shows the same
+# breakage a strict policy would cause.
+PORTAL_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _flattened(value: Any) -> str:

@@ -55,8 +55,8 @@ def function_environment(
 ) -> dict[str, str]:
     """The environment the template gives every function (Globals), and `function`'s own on top,
     as a local run resolves it: a parameter at its default, a resource by its local name in
-    `resources`, `${AWS::StackName}` as `stack_name`. The template stays the one place the Lambdas'
-    settings are written."""
+    `resources` (a Ref or a GetAtt of it alike), `${AWS::StackName}` as `stack_name`. The template
+    stays the one place the Lambdas' settings are written."""
     parameters = template.get("Parameters", {})
 
     def resolve(value: Any) -> str:
@@ -67,6 +67,12 @@ def function_environment(
             return resources[name]
         if isinstance(value, dict) and "Fn::Sub" in value and isinstance(value["Fn::Sub"], str):
             return value["Fn::Sub"].replace("${AWS::StackName}", stack_name)
+        if isinstance(value, dict) and "Fn::GetAtt" in value:
+            return resources[value["Fn::GetAtt"][0]]
+        if isinstance(value, dict) and "Fn::Join" in value:
+            separator, parts = value["Fn::Join"]
+            parts = parts if isinstance(parts, list) else [parts]
+            return str(separator).join(p for p in (resolve(part) for part in parts) if p != "")
         if isinstance(value, (str, int, float)):
             return str(value)
         raise ValueError(f"cannot resolve {value!r} locally")

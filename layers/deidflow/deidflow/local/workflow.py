@@ -70,6 +70,8 @@ class LocalNames:
     audit_bucket: str = "deidflow-audit"
     audit_head_parameter: str = "/deidflow/local/audit-chain-head"
     profiles_bucket: str = "deidflow-access-config"
+    jobs_table: str = "deidflow-jobs"
+    exports_bucket: str = "deidflow-exports"
 
 
 @dataclass
@@ -307,29 +309,19 @@ class LocalWorkflow:
     # -- the Lambda stand-in --------------------------------------------------------------------
 
     def _invoke(self, params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
-        from botocore.awsrequest import AWSResponse
-        from botocore.response import StreamingBody
-
         arn = unquote(params["url_path"].split("/functions/", 1)[1].split("/", 1)[0])
         name = next(n for n in FUNCTIONS if self.function_arn(n) == arn or arn.endswith(self.function_arn(n)))
         event = json.loads(params.get("body") or b"null")
         source = event.get("source", {}) if isinstance(event, dict) else {}
         self.invocations.append((name, str(source.get("key", ""))))
-        response: dict[str, Any] = {"StatusCode": 200, "ExecutedVersion": "$LATEST"}
         # One call at a time (the Map runs iterations on threads): handlers see one container each,
         # and the metrics they print (CloudWatch EMF on stdout) are collected, not shown.
         with self._lock, contextlib.redirect_stdout(io.StringIO()) as printed:
             started = time.perf_counter()
-            try:
-                payload = self.handlers[name](event, LambdaContext(arn))
-            except Exception as exc:  # noqa: BLE001 - becomes the Lambda error payload, as in AWS
-                payload = {"errorMessage": str(exc), "errorType": type(exc).__name__, "stackTrace": []}
-                response["FunctionError"] = "Unhandled"
+            answer = lambda_answer(arn, lambda: self.handlers[name](event, LambdaContext(arn)))
             self.durations.append((name, time.perf_counter() - started))
         self.metrics += [json.loads(line) for line in printed.getvalue().splitlines() if line.startswith('{"_aws"')]
-        body = json.dumps(payload).encode()
-        response["Payload"] = StreamingBody(io.BytesIO(body), len(body))
-        return AWSResponse(arn, 200, {}, None), response
+        return answer
 
     def object_ref(self, key: str, bucket: str | None = None) -> str:
         """The reference logs and the status table give an ingest object (what `deidflow object-ref` prints)."""
@@ -456,6 +448,23 @@ class LocalWorkflow:
             if "LastEvaluatedKey" not in page:
                 return items
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def lambda_answer(arn: str, call: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+    """What lambda:Invoke returns for `call()`: its result, or its exception as the Lambda error
+    payload (errorType is the exception's class name, which Retry and Catch match on, as in AWS)."""
+    from botocore.awsrequest import AWSResponse
+    from botocore.response import StreamingBody
+
+    response: dict[str, Any] = {"StatusCode": 200, "ExecutedVersion": "$LATEST"}
+    try:
+        payload = call()
+    except Exception as exc:  # noqa: BLE001 - becomes the Lambda error payload, as in AWS
+        payload = {"errorMessage": str(exc), "errorType": type(exc).__name__, "stackTrace": []}
+        response["FunctionError"] = "Unhandled"
+    body = json.dumps(payload).encode()
+    response["Payload"] = StreamingBody(io.BytesIO(body), len(body))
+    return AWSResponse(arn, 200, {}, None), response
 
 
 def _plain(value: Any) -> Any:

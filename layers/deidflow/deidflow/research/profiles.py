@@ -44,6 +44,30 @@ LEVELS = ("instance", "series", "study")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$"
 _names = {"type": "array", "items": {"type": "string", "pattern": _NAME}, "minItems": 1}
 
+# Where a profile's exports may go and how large one may be (research/jobs.py reads it).
+EXPORT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "max_instances": {"type": "integer", "minimum": 1},
+        "destinations": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]{0,62}$"},
+                    # An S3 bucket name (3-63 characters, lower case, digits, dots and hyphens).
+                    "bucket": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
+                },
+            },
+        },
+    },
+}
+
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -75,8 +99,7 @@ SCHEMA: dict[str, Any] = {
                     },
                     "level": {"enum": list(LEVELS)},
                     "actions": {"type": "array", "items": {"enum": list(ACTIONS)}, "minItems": 1},
-                    # Part 2 (exports) reads these; kept as written.
-                    "export": {"type": "object"},
+                    "export": EXPORT_SCHEMA,
                 },
             },
         },
@@ -214,6 +237,8 @@ def load_profiles_text(
         if labels_known is not None:
             for label in sorted(labels - labels_known):
                 problem((*base, "scope", "labels"), f"profile {name}: no rule defines the label {label!r}")
+        if raw.get("export") and "export" not in raw["actions"]:
+            problem((*base, "export"), f"profile {name}: export settings, but 'export' is not among its actions")
         expires = _expiry(raw.get("expires"))
         if raw.get("expires") is not None and expires is None:
             problem((*base, "expires"), f"profile {name}: expires must be a date (YYYY-MM-DD)")

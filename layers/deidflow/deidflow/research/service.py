@@ -16,6 +16,7 @@ from datetime import date
 from typing import Any, Protocol
 
 from .header import InstanceRecord
+from .jobs import Selection, cohort_rows
 from .profiles import ProfilesFile
 from .qido import BadQuery, QidoQuery, ResultBuilder, parse_query
 from .rendered import RenderError, chosen_media, quality_of, render, viewport_of
@@ -168,6 +169,36 @@ class ResearchService:
                 for uid, group in by_series.items()
             ]
         return [(instance_url(self.base_url, record), [record]) for record in visible]
+
+    def quick_search(self, access: Access, selection: Selection, limit: int, budget_studies: int) -> Answer:
+        """A cohort's query answered at once, by study, for the portal: the first `limit` studies
+        with a match, looking at no more than `budget_studies` studies (`complete` says whether
+        every study was looked at; a cohort job looks at all of them)."""
+        profiles = access.allowing("search")
+        studies: list[dict[str, Any]] = []
+        examined = 0
+        complete = True
+        if profiles:
+            for uid, summary in self.index.studies():
+                if len(studies) >= limit or examined >= budget_studies:
+                    complete = False
+                    break
+                examined += 1
+                if selection.qido is not None and not selection.qido.may_match(summary):
+                    continue
+                instances = self.index.study_instances(uid)
+                selected = {row["sop"] for row in cohort_rows(profiles, instances, selection)}
+                if selected:
+                    studies.append(_study_summary([i for i in instances if i.sop_instance_uid in selected]))
+        body = {"studies": studies, "examined": examined, "complete": complete}
+        return Answer(
+            200,
+            json.dumps(body, separators=(",", ":")).encode("utf-8"),
+            "application/json",
+            studies=tuple(s["study"] for s in studies),
+            count=sum(s["instances"] for s in studies),
+            query=json.dumps(selection.to_json(), sort_keys=True),
+        )
 
     # -- WADO-RS --------------------------------------------------------------------------------
 
@@ -371,6 +402,33 @@ def me(access: Access, profiles: ProfilesFile, today: date) -> dict[str, Any]:
                 "actions": sorted(p.actions),
             }
             for p in profiles.assigned(access.caller)
+        ],
+    }
+
+
+def _study_summary(selected: Sequence[InstanceRecord]) -> dict[str, Any]:
+    """A study of a quick search: its UID, a few study attributes and its series, from the selected
+    (visible) instances only."""
+    first = selected[0]
+    series: dict[str, list[InstanceRecord]] = {}
+    for record in selected:
+        series.setdefault(record.series_instance_uid, []).append(record)
+    return {
+        "study": first.study_instance_uid,
+        "date": first.value(0x00080020),
+        "description": first.value(0x00081030),
+        "modalities": sorted({str(r.value(0x00080060)) for r in selected if r.value(0x00080060)}),
+        "instances": len(selected),
+        "series": [
+            {
+                "series": uid,
+                "modality": group[0].value(0x00080060),
+                "description": group[0].value(0x0008103E),
+                "number": group[0].value(0x00200011),
+                "instances": len(group),
+                "first_instance": group[0].sop_instance_uid,
+            }
+            for uid, group in series.items()
         ],
     }
 
