@@ -569,11 +569,11 @@ class _ApiRequestHandler(BaseHTTPRequestHandler):
         event = api.lambda_event(method, self.path, dict(self.headers.items()), claims, self.client_address[0])
         length = int(self.headers.get("Content-Length") or 0)
         if length:
-            body = self.rfile.read(length)
+            sent = self.rfile.read(length)
             try:
-                event["body"] = body.decode("utf-8")
+                event["body"] = sent.decode("utf-8")
             except UnicodeDecodeError:
-                event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
+                event["body"], event["isBase64Encoded"] = base64.b64encode(sent).decode(), True
         answer = api.invoke(event)
         body = answer.get("body") or ""
         data = base64.b64decode(body) if answer.get("isBase64Encoded") else str(body).encode("utf-8")
