@@ -82,6 +82,7 @@ class JobsSettings:
     export_buckets: tuple[str, ...]
     event_bus: str
     segments: int = DEFAULT_SEGMENTS
+    chunk_instances: int = CHUNK_INSTANCES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> JobsSettings:
@@ -98,6 +99,7 @@ class JobsSettings:
             export_buckets=tuple(b for b in (values.get("EXPORT_BUCKETS") or "").split(",") if b.strip()),
             event_bus=values.get("EVENT_BUS_NAME") or "default",
             segments=int(values.get("COHORT_SEGMENTS") or DEFAULT_SEGMENTS),
+            chunk_instances=int(values.get("EXPORT_CHUNK_INSTANCES") or CHUNK_INSTANCES),
         )
 
 
@@ -406,7 +408,7 @@ class JobSteps:
             raise JobLimitError(
                 f"the export selects {len(planned)} instances; your profiles allow at most {limit} per export"
             )
-        chunks = chunked(planned, CHUNK_INSTANCES)
+        chunks = chunked(planned, self.settings.chunk_instances)
         for i, chunk in enumerate(chunks):
             body = json.dumps([p.to_json() for p in chunk], separators=(",", ":")).encode()
             self._put(chunk_plan_key(job.job_id, i), body, "application/json")

@@ -134,6 +134,7 @@ class LocalResearchApi:
     seal_every: float = 60.0  # the audit sealer's schedule here (the cloud's is 5 minutes)
     requests: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status): the access log
     viewer_url: str | None = None  # a DICOMweb viewer's study URL with {study} in it (OHIF's, with --ohif)
+    settings: dict[str, str] = field(default_factory=dict)  # environment set on top of the template's (tests)
 
     def __enter__(self) -> LocalResearchApi:
         from moto.server import ThreadedMotoServer
@@ -233,6 +234,7 @@ class LocalResearchApi:
         environment["EXPORT_BUCKETS"] = ",".join(self.access.buckets)
         return {
             **environment,
+            **self.settings,
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_DEFAULT_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "local",

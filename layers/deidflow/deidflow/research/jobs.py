@@ -98,7 +98,7 @@ class Selection:
     qido_params: dict[str, list[str]] = field(default_factory=dict)
     attributes: tuple[int, ...] = ()
     query: Query | None = field(default=None, compare=False, repr=False)
-    qido: QidoQuery | None = field(default=None, compare=False, repr=False)
+    qido: tuple[QidoQuery, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Selection:
@@ -122,12 +122,7 @@ class Selection:
             if not all(isinstance(v, str | int) for v in values):
                 raise JobRequestError(f"qido: {name} takes text values")
             params[str(name)] = [str(v) for v in values]
-        qido = None
-        if params:
-            try:
-                qido = parse_qido(params, "instance")
-            except BadQuery as exc:
-                raise JobRequestError(f"qido: {exc}") from None
+        qido = tuple(_qido_key(name, values) for name, values in params.items())
         attributes = _attribute_tags(body.get("attributes") or [])
         return cls(text.strip(), params, attributes, query, qido)
 
@@ -135,7 +130,8 @@ class Selection:
         # The header adapter answers the query language as a Dataset does (research/header.py).
         if self.query is not None and not self.query.evaluate(record.header):  # type: ignore[arg-type]
             return False
-        return self.qido is None or self.qido.accepts(record.json)
+        # An instance carries its study's and series' attributes: each key is matched on it.
+        return all(q.may_match(record.json) for q in self.qido)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,6 +139,17 @@ class Selection:
             "qido": self.qido_params,
             "attributes": [keyword_for_tag(t) or f"{t:08X}" for t in self.attributes],
         }
+
+
+def _qido_key(name: str, values: list[str]) -> QidoQuery:
+    """One QIDO key, at the lowest level that matches it (instance, series, study)."""
+    problem = ""
+    for level in ("instance", "series", "study"):
+        try:
+            return parse_qido({name: values}, level)
+        except BadQuery as exc:
+            problem = problem or str(exc)
+    raise JobRequestError(f"qido: {problem}")
 
 
 def _attribute_tags(names: Any) -> tuple[int, ...]:

@@ -184,7 +184,7 @@ class ResearchService:
                     complete = False
                     break
                 examined += 1
-                if selection.qido is not None and not selection.qido.may_match(summary):
+                if not all(q.may_match(summary) for q in selection.qido if q.level == "study"):
                     continue
                 instances = self.index.study_instances(uid)
                 selected = {row["sop"] for row in cohort_rows(profiles, instances, selection)}
