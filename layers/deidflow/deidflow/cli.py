@@ -511,10 +511,12 @@ def cmd_local_api(args: argparse.Namespace) -> int:
                         port=args.ohif_port,
                     )
                 )
+                api.viewer_url = viewer.url + "/viewer?StudyInstanceUIDs={study}"
             print(
                 "the research API is up on loopback\n"
                 f"  DICOMweb:  {api.dicomweb_url}\n"
                 f"  me:        {api.base_url}/research/me\n"
+                f"  portal:    {api.base_url}/portal/ (log in as a local user; cohorts and exports run here)\n"
                 f"  users:     {', '.join(sorted(api.passwords))} (deidflow local token USER prints a bearer token)\n"
                 f"  serving:   {args.research} ({api.instances} instances"
                 + (", indexed here without labels" if api.indexed_here else "")
