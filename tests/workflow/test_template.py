@@ -8,28 +8,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from deidflow.local.template import load_template
-
-from tests.conftest import REPO
-
-
-@pytest.fixture(scope="module")
-def resources() -> dict:
-    return load_template(REPO / "template.yaml")["Resources"]
-
-
-def of_type(resources: dict, kind: str) -> dict:
-    return {name: r for name, r in resources.items() if r["Type"] == kind}
-
-
-def statements(resource: dict) -> list[dict]:
-    found = []
-    for policy in resource["Properties"].get("Policies", []):
-        document = policy.get("PolicyDocument", policy)
-        if isinstance(document, dict):
-            found += document.get("Statement", [])
-    return found
+from tests.workflow.conftest import of_type, statements
 
 
 def test_data_buckets_are_kms_encrypted_versioned_private_and_tls_only(resources):
@@ -127,8 +106,7 @@ def test_the_object_reference_key_is_a_generated_phi_side_secret_read_by_the_fun
     assert readers["pseudonym"] == {"DeidentifyHeaderFunction", "RedactBurnedInTextFunction"}
 
 
-def test_functions_are_arm64_python_traced_and_the_workflow_logs_and_traces():
-    template = load_template(REPO / "template.yaml")
+def test_functions_are_arm64_python_traced_and_the_workflow_logs_and_traces(template):
     function_globals = template["Globals"]["Function"]
     assert function_globals["Architectures"] == ["arm64"]
     assert function_globals["Runtime"] == "python3.12"

@@ -6,89 +6,21 @@ granted to them, every route needs a Cognito token, the audit trail cannot be re
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from typing import Any
 
-import pytest
-from deidflow.local.template import load_template
-
-from tests.conftest import REPO
+from tests.workflow.conftest import (
+    PHI_SIDE,
+    RESEARCH_KEY_ARN,
+    as_list,
+    inline_statements,
+    of_type,
+    referenced,
+    roles,
+    statements,
+)
 
 # The roles that serve researchers. Any function behind the HTTP API must be one of them.
 RESEARCH_FUNCTIONS = ("ResearchApiFunction", "AuditSealerFunction")
-PHI_SIDE = {
-    "IngestBucket",
-    "StatusTable",
-    "MappingTable",
-    "PseudonymKeySecret",
-    "ObjectRefKeySecret",
-    "DataKey",
-    "MappingKey",
-}
-RESEARCH_KEY_ARN = {"Fn::GetAtt": ["ResearchKey", "Arn"]}
-
-
-@pytest.fixture(scope="module")
-def template() -> dict:
-    return load_template(REPO / "template.yaml")
-
-
-@pytest.fixture(scope="module")
-def resources(template) -> dict:
-    return template["Resources"]
-
-
-def of_type(resources: dict, kind: str) -> dict:
-    return {name: r for name, r in resources.items() if r["Type"] == kind}
-
-
-def referenced(value: Any) -> set[str]:
-    """Logical ids a value names: Ref, GetAtt, and ${Name} / ${Name.Attr} inside Sub."""
-    found: set[str] = set()
-    if isinstance(value, list):
-        for item in value:
-            found |= referenced(item)
-    elif isinstance(value, dict):
-        if "Ref" in value:
-            found.add(value["Ref"])
-        elif "Fn::GetAtt" in value:
-            found.add(value["Fn::GetAtt"][0])
-        elif "Fn::Sub" in value:
-            text, variables = (value["Fn::Sub"], {}) if isinstance(value["Fn::Sub"], str) else value["Fn::Sub"]
-            names = {m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text)}
-            found |= names - set(variables)
-            found |= referenced(list(variables.values()))
-        else:
-            for item in value.values():
-                found |= referenced(item)
-    return {name for name in found if not name.startswith("AWS::")}
-
-
-def as_list(value: Any) -> list:
-    return value if isinstance(value, list) else [value]
-
-
-def inline_statements(name: str, function: dict) -> Iterator[dict]:
-    """The statements of a function's SAM Policies. Only inline documents are allowed on research
-    roles: a SAM policy template (S3ReadPolicy...) or a managed policy would grant what no statement
-    here shows (S3ReadPolicy is the whole bucket, staging/ included)."""
-    for policy in function["Properties"].get("Policies", []):
-        assert isinstance(policy, dict) and set(policy) == {"Version", "Statement"}, (name, policy)
-        yield from policy["Statement"]
-
-
-def roles(resources: dict) -> dict:
-    return {**of_type(resources, "AWS::Serverless::Function"), **of_type(resources, "AWS::IAM::Role")}
-
-
-def statements(resource: dict) -> list[dict]:
-    """Inline statements of any function or role (SAM policy templates are looked at elsewhere)."""
-    found = []
-    for policy in resource["Properties"].get("Policies", []):
-        document = policy.get("PolicyDocument", policy) if isinstance(policy, dict) else {}
-        found += document.get("Statement", [])
-    return found
 
 
 def http_api_events(resources: dict) -> Iterator[tuple[str, dict]]:
