@@ -69,17 +69,32 @@ def as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
+def branches(statement: dict) -> list[dict]:
+    """A statement as granted: an Fn::If statement is both its branches (AWS::NoValue left out), so
+    a conditional grant is checked as if its condition held."""
+    if set(statement) == {"Fn::If"}:
+        _, granted, otherwise = statement["Fn::If"]
+        return [s for branch in (granted, otherwise) if branch != {"Ref": "AWS::NoValue"} for s in branches(branch)]
+    return [statement]
+
+
 def inline_statements(name: str, function: dict) -> Iterator[dict]:
-    """The statements of a function's SAM Policies. Only inline documents are allowed on research
-    roles: a SAM policy template (S3ReadPolicy...) or a managed policy would grant what no statement
-    here shows (S3ReadPolicy is the whole bucket, staging/ included)."""
+    """The statements of a function's (or state machine's) SAM Policies. Only inline documents are
+    allowed on research roles: a SAM policy template (S3ReadPolicy...) or a managed policy would
+    grant what no statement here shows (S3ReadPolicy is the whole bucket, staging/ included)."""
     for policy in function["Properties"].get("Policies", []):
         assert isinstance(policy, dict) and set(policy) == {"Version", "Statement"}, (name, policy)
-        yield from policy["Statement"]
+        for statement in policy["Statement"]:
+            yield from branches(statement)
 
 
 def roles(resources: dict) -> dict:
-    return {**of_type(resources, "AWS::Serverless::Function"), **of_type(resources, "AWS::IAM::Role")}
+    """Everything the template gives a role to: functions, state machines, IAM roles."""
+    return {
+        **of_type(resources, "AWS::Serverless::Function"),
+        **of_type(resources, "AWS::Serverless::StateMachine"),
+        **of_type(resources, "AWS::IAM::Role"),
+    }
 
 
 def statements(resource: dict) -> list[dict]:
@@ -87,5 +102,6 @@ def statements(resource: dict) -> list[dict]:
     found = []
     for policy in resource["Properties"].get("Policies", []):
         document = policy.get("PolicyDocument", policy) if isinstance(policy, dict) else {}
-        found += document.get("Statement", [])
+        for statement in document.get("Statement", []):
+            found += branches(statement)
     return found
