@@ -8,34 +8,15 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from deidflow.local.template import load_template
-
-from tests.conftest import REPO
-
-
-@pytest.fixture(scope="module")
-def resources() -> dict:
-    return load_template(REPO / "template.yaml")["Resources"]
-
-
-def of_type(resources: dict, kind: str) -> dict:
-    return {name: r for name, r in resources.items() if r["Type"] == kind}
-
-
-def statements(resource: dict) -> list[dict]:
-    found = []
-    for policy in resource["Properties"].get("Policies", []):
-        document = policy.get("PolicyDocument", policy)
-        if isinstance(document, dict):
-            found += document.get("Statement", [])
-    return found
+from tests.workflow.conftest import of_type, roles, statements
 
 
 def test_data_buckets_are_kms_encrypted_versioned_private_and_tls_only(resources):
     policies = {r["Properties"]["Bucket"]["Ref"]: r for r in of_type(resources, "AWS::S3::BucketPolicy").values()}
-    buckets = set(of_type(resources, "AWS::S3::Bucket")) - {"AccessLogBucket"}
-    assert buckets == {"IngestBucket", "ResearchBucket", "AuditBucket", "AccessConfigBucket"}
+    # Not the access logs (S3 delivers only to SSE-S3) nor the portal's static code (read by
+    # CloudFront; tests/workflow/test_template_jobs.py).
+    buckets = set(of_type(resources, "AWS::S3::Bucket")) - {"AccessLogBucket", "PortalBucket"}
+    assert buckets == {"IngestBucket", "ResearchBucket", "AuditBucket", "AccessConfigBucket", "ExportsBucket"}
     for name in sorted(buckets):
         key = "DataKey" if name == "IngestBucket" else "ResearchKey"  # the PHI side is the ingest bucket
         props = resources[name]["Properties"]
@@ -82,10 +63,7 @@ def test_queues_tables_and_logs_are_encrypted_and_recoverable(resources):
 
 def test_only_the_honest_broker_can_read_the_mapping(resources):
     readers = []
-    for name, resource in {
-        **of_type(resources, "AWS::Serverless::Function"),
-        **of_type(resources, "AWS::IAM::Role"),
-    }.items():
+    for name, resource in roles(resources).items():
         for statement in statements(resource):
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             touches_mapping = "MappingTable" in json.dumps(statement.get("Resource"))
@@ -107,15 +85,14 @@ def test_the_object_reference_key_is_a_generated_phi_side_secret_read_by_the_fun
     assert secret["Properties"]["GenerateSecretString"] == {"PasswordLength": 64, "ExcludePunctuation": True}
     assert secret["DeletionPolicy"] == "Retain"
     readers = {"ref": set(), "pseudonym": set()}
-    for name, resource in resources.items():
-        for policy in resource.get("Properties", {}).get("Policies", []) or []:
-            for statement in policy.get("Statement", []) if isinstance(policy, dict) else []:
-                if "secretsmanager:GetSecretValue" in json.dumps(statement.get("Action")):
-                    granted = json.dumps(statement.get("Resource"))
-                    if "ObjectRefKeySecret" in granted:
-                        readers["ref"].add(name)
-                    if "PseudonymKeySecret" in granted:
-                        readers["pseudonym"].add(name)
+    for name, resource in roles(resources).items():
+        for statement in statements(resource):
+            if "secretsmanager:GetSecretValue" in json.dumps(statement.get("Action")):
+                granted = json.dumps(statement.get("Resource"))
+                if "ObjectRefKeySecret" in granted:
+                    readers["ref"].add(name)
+                if "PseudonymKeySecret" in granted:
+                    readers["pseudonym"].add(name)
     # IndexHeader (research side) gets the reference in its payload, never a key.
     assert readers["ref"] == {
         "ExpandBatchFunction",
@@ -127,8 +104,7 @@ def test_the_object_reference_key_is_a_generated_phi_side_secret_read_by_the_fun
     assert readers["pseudonym"] == {"DeidentifyHeaderFunction", "RedactBurnedInTextFunction"}
 
 
-def test_functions_are_arm64_python_traced_and_the_workflow_logs_and_traces():
-    template = load_template(REPO / "template.yaml")
+def test_functions_are_arm64_python_traced_and_the_workflow_logs_and_traces(template):
     function_globals = template["Globals"]["Function"]
     assert function_globals["Architectures"] == ["arm64"]
     assert function_globals["Runtime"] == "python3.12"

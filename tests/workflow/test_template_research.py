@@ -6,89 +6,35 @@ granted to them, every route needs a Cognito token, the audit trail cannot be re
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from deidflow.local.template import load_template
+from tests.workflow.conftest import (
+    PHI_SIDE,
+    RESEARCH_KEY_ARN,
+    as_list,
+    inline_statements,
+    of_type,
+    referenced,
+    roles,
+    statements,
+)
 
-from tests.conftest import REPO
-
-# The roles that serve researchers. Any function behind the HTTP API must be one of them.
-RESEARCH_FUNCTIONS = ("ResearchApiFunction", "AuditSealerFunction")
-PHI_SIDE = {
-    "IngestBucket",
-    "StatusTable",
-    "MappingTable",
-    "PseudonymKeySecret",
-    "ObjectRefKeySecret",
-    "DataKey",
-    "MappingKey",
+# The research side's functions and state machines: their roles hold ResearchKey and the research
+# resources, nothing of the PHI side. Only the API function is behind the HTTP API.
+RESEARCH_FUNCTIONS = ("ResearchApiFunction", "AuditSealerFunction", "ResearchJobsFunction")
+RESEARCH_STATE_MACHINES = ("CohortStateMachine", "ExportStateMachine")
+# The CloudWatch Logs delivery APIs (a state machine's logging) have no resource-level permissions.
+LOG_DELIVERY = {
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
 }
-RESEARCH_KEY_ARN = {"Fn::GetAtt": ["ResearchKey", "Arn"]}
-
-
-@pytest.fixture(scope="module")
-def template() -> dict:
-    return load_template(REPO / "template.yaml")
-
-
-@pytest.fixture(scope="module")
-def resources(template) -> dict:
-    return template["Resources"]
-
-
-def of_type(resources: dict, kind: str) -> dict:
-    return {name: r for name, r in resources.items() if r["Type"] == kind}
-
-
-def referenced(value: Any) -> set[str]:
-    """Logical ids a value names: Ref, GetAtt, and ${Name} / ${Name.Attr} inside Sub."""
-    found: set[str] = set()
-    if isinstance(value, list):
-        for item in value:
-            found |= referenced(item)
-    elif isinstance(value, dict):
-        if "Ref" in value:
-            found.add(value["Ref"])
-        elif "Fn::GetAtt" in value:
-            found.add(value["Fn::GetAtt"][0])
-        elif "Fn::Sub" in value:
-            text, variables = (value["Fn::Sub"], {}) if isinstance(value["Fn::Sub"], str) else value["Fn::Sub"]
-            names = {m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text)}
-            found |= names - set(variables)
-            found |= referenced(list(variables.values()))
-        else:
-            for item in value.values():
-                found |= referenced(item)
-    return {name for name in found if not name.startswith("AWS::")}
-
-
-def as_list(value: Any) -> list:
-    return value if isinstance(value, list) else [value]
-
-
-def inline_statements(name: str, function: dict) -> Iterator[dict]:
-    """The statements of a function's SAM Policies. Only inline documents are allowed on research
-    roles: a SAM policy template (S3ReadPolicy...) or a managed policy would grant what no statement
-    here shows (S3ReadPolicy is the whole bucket, staging/ included)."""
-    for policy in function["Properties"].get("Policies", []):
-        assert isinstance(policy, dict) and set(policy) == {"Version", "Statement"}, (name, policy)
-        yield from policy["Statement"]
-
-
-def roles(resources: dict) -> dict:
-    return {**of_type(resources, "AWS::Serverless::Function"), **of_type(resources, "AWS::IAM::Role")}
-
-
-def statements(resource: dict) -> list[dict]:
-    """Inline statements of any function or role (SAM policy templates are looked at elsewhere)."""
-    found = []
-    for policy in resource["Properties"].get("Policies", []):
-        document = policy.get("PolicyDocument", policy) if isinstance(policy, dict) else {}
-        found += document.get("Statement", [])
-    return found
 
 
 def http_api_events(resources: dict) -> Iterator[tuple[str, dict]]:
@@ -100,6 +46,9 @@ def http_api_events(resources: dict) -> Iterator[tuple[str, dict]]:
 
 def research_log_groups(resources: dict) -> set[str]:
     groups = {resources[f]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] for f in RESEARCH_FUNCTIONS}
+    for machine in RESEARCH_STATE_MACHINES:
+        for destination in resources[machine]["Properties"]["Logging"]["Destinations"]:
+            groups |= referenced(destination)
     for api in of_type(resources, "AWS::Serverless::HttpApi").values():
         groups |= referenced(api["Properties"]["AccessLogSettings"]["DestinationArn"])
     return groups
@@ -118,7 +67,7 @@ def test_every_route_needs_the_cognito_jwt(resources):
 
     routes = set()
     for name, event in http_api_events(resources):
-        assert name in RESEARCH_FUNCTIONS, name
+        assert name == "ResearchApiFunction", name
         assert event.get("ApiId") == {"Ref": "ResearchApi"}, (name, event)
         assert event.get("Auth", {}).get("Authorizer", "CognitoJwt") == "CognitoJwt", (name, event)
         assert event["Method"].upper() not in ("OPTIONS", "ANY"), (name, event)
@@ -200,13 +149,14 @@ def test_every_research_resource_is_under_the_research_key(resources):
     services = [s["Principal"].get("Service") for s in key["KeyPolicy"]["Statement"]]
     assert {"Fn::Sub": "logs.${AWS::Region}.amazonaws.com"} in services
 
-    for name in ("ResearchBucket", "AuditBucket", "AccessConfigBucket"):
+    for name in ("ResearchBucket", "AuditBucket", "AccessConfigBucket", "ExportsBucket"):
         [rule] = resources[name]["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
         assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": RESEARCH_KEY_ARN}
-    for name in ("IndexTable", "CatalogTable", "AuditTable"):
+    for name in ("IndexTable", "CatalogTable", "AuditTable", "JobsTable"):
         assert resources[name]["Properties"]["SSESpecification"]["KMSMasterKeyId"] == {"Ref": "ResearchKey"}, name
     groups = research_log_groups(resources)
-    assert len(groups) == 3  # the two functions' and the API's access log
+    # Each function's and state machine's own, and the API's access log.
+    assert len(groups) == len(RESEARCH_FUNCTIONS) + len(RESEARCH_STATE_MACHINES) + 1
     for name in groups:
         assert resources[name]["Properties"]["KmsKeyId"] == RESEARCH_KEY_ARN, name
     # Their environment too: Globals encrypt it with DataKey, which these roles must not hold.
@@ -214,24 +164,50 @@ def test_every_research_resource_is_under_the_research_key(resources):
         assert resources[name]["Properties"]["KmsKeyArn"] == RESEARCH_KEY_ARN, name
 
 
+def outside_the_template(resources: dict, name: str, statement: dict, resource: Any) -> bool:
+    """The few resources a research role may name that are no resource of the template, each for
+    its reason: "*" for the log delivery APIs only; a state machine's own ARN and executions,
+    written out (a Ref to itself would be circular); the default event bus, for PutEvents only;
+    the team buckets of ExportDestinationBuckets, for putting objects only (which prefix:
+    test_template_jobs.py)."""
+    actions = frozenset(as_list(statement["Action"]))
+    if resource == "*":
+        return actions <= LOG_DELIVERY
+    if referenced(resource) == {"ExportDestinationBuckets"}:
+        return name == "ResearchJobsFunction" and actions <= {"s3:PutObject", "s3:AbortMultipartUpload"}
+    if referenced(resource) or not isinstance(resource, dict) or not isinstance(resource.get("Fn::Sub"), str):
+        return False
+    arn = "arn:${AWS::Partition}:%s:${AWS::Region}:${AWS::AccountId}:%s"
+    if name in RESEARCH_STATE_MACHINES:
+        own = resources[name]["Properties"]["Name"]["Fn::Sub"]
+        machine, executions = arn % ("states", f"stateMachine:{own}"), arn % ("states", f"execution:{own}/*")
+        return (resource["Fn::Sub"], actions) in {
+            (machine, frozenset({"states:StartExecution"})),
+            (executions, frozenset({"states:DescribeExecution", "states:StopExecution"})),
+        }
+    return resource["Fn::Sub"] == arn % ("events", "event-bus/default") and actions == {"events:PutEvents"}
+
+
 def test_research_roles_name_nothing_of_the_phi_side(resources):
     phi = PHI_SIDE | set(of_type(resources, "AWS::SQS::Queue"))
     assert phi <= set(resources)  # a renamed PHI resource would make this test vacuous
-    for name in RESEARCH_FUNCTIONS:
-        function = resources[name]["Properties"]
+    for name in RESEARCH_FUNCTIONS + RESEARCH_STATE_MACHINES:
+        properties = resources[name]["Properties"]
         granted = list(inline_statements(name, resources[name]))
         assert granted, name
         for statement in granted:
             assert not {"NotAction", "NotResource", "NotPrincipal"} & set(statement), (name, statement)
             for resource in as_list(statement["Resource"]):
                 named = referenced(resource)
-                # Every resource is one of the template's: no "*", no hand-written ARN.
-                assert named and named <= set(resources), (name, resource)
+                # Every resource is one of the template's: no "*", no hand-written ARN but the few
+                # that cannot be a reference.
+                assert (named and named <= set(resources)) or outside_the_template(
+                    resources, name, statement, resource
+                ), (name, resource)
                 assert not named & phi, (name, statement)
-        # Nothing of the PHI side reaches them through events or their environment either.
-        assert not referenced(function.get("Events", {})) & phi, name
-        assert not referenced(function.get("KmsKeyArn")) & phi, name
-        assert not referenced(function.get("Environment", {})) & phi, name
+        # Nothing of the PHI side reaches them otherwise either: events, environment and its key,
+        # a state machine's substitutions and log.
+        assert not referenced({k: v for k, v in properties.items() if k != "Policies"}) & phi, name
 
 
 def test_the_research_api_reads_published_studies_only(resources):
@@ -244,10 +220,14 @@ def test_the_research_api_reads_published_studies_only(resources):
     for statement in on_research:
         assert as_list(statement["Action"]) == ["s3:GetObject"], statement
         assert as_list(statement["Resource"]) == [{"Fn::Sub": "${ResearchBucket.Arn}/studies/*"}], statement
-    # And the only other object it reads is the permission profiles file.
+    # And the only other objects it reads are the permission profiles file and what jobs delivered.
     others = [s for s in s3 if s not in on_research]
     assert [(s["Action"], s["Resource"]) for s in others] == [
-        ("s3:GetObject", {"Fn::Sub": "${AccessConfigBucket.Arn}/profiles.yaml"})
+        ("s3:GetObject", {"Fn::Sub": "${AccessConfigBucket.Arn}/profiles.yaml"}),
+        (
+            "s3:GetObject",
+            [{"Fn::Sub": "${ExportsBucket.Arn}/exports/*"}, {"Fn::Sub": "${ExportsBucket.Arn}/cohorts/*"}],
+        ),
     ]
 
 
@@ -266,4 +246,5 @@ def test_the_catalog_is_in_every_functions_environment_and_written_by_index_head
     assert grants == {
         "IndexHeaderFunction": {"dynamodb:PutItem"},
         "ResearchApiFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:Scan"},
+        "ResearchJobsFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:Scan"},
     }
