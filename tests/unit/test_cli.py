@@ -197,3 +197,31 @@ def test_object_ref_prints_the_reference_from_a_key_file_or_the_stacks_secret(ke
     assert main(["object-ref", "s3://ingest/k", "--key-file", str(short)]) == 2
     with pytest.raises(SystemExit):
         main(["object-ref", "s3://ingest/k"])
+
+
+def test_portal_config_is_written_from_the_stack_outputs(tmp_path, capsys):
+    outputs = {
+        "ResearchApiUrl": "https://abc.execute-api.eu-west-1.amazonaws.com",
+        "DicomWebRoot": "https://abc.execute-api.eu-west-1.amazonaws.com/dicomweb",
+        "AuthDomain": "https://deidflow.auth.eu-west-1.amazoncognito.com",
+        "PortalClientId": "client123",
+        "PortalUrl": "https://d1.cloudfront.net",
+        "PipelineClientId": "machine",
+    }
+    described = {"Stacks": [{"Outputs": [{"OutputKey": k, "OutputValue": v} for k, v in outputs.items()]}]}
+    (tmp_path / "outputs.json").write_text(json.dumps(described))
+    assert main(["portal-config", str(tmp_path / "outputs.json")]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["api"] == outputs["ResearchApiUrl"] and config["dicomweb"] == outputs["DicomWebRoot"]
+    # The portal's own client (never the machine client), returning to the portal's page.
+    assert config["auth"] == {
+        "mode": "cognito",
+        "domain": outputs["AuthDomain"],
+        "client_id": "client123",
+        "redirect_uri": "https://d1.cloudfront.net/",
+        "scopes": ["openid", "email", "profile"],
+    }
+    del described["Stacks"][0]["Outputs"][3]
+    (tmp_path / "outputs.json").write_text(json.dumps(described))
+    assert main(["portal-config", str(tmp_path / "outputs.json")]) == 2
+    assert "PortalClientId" in capsys.readouterr().err

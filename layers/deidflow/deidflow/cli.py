@@ -340,6 +340,20 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def cmd_portal_config(args: argparse.Namespace) -> int:
+    """The portal's config.json from a deployed stack's outputs."""
+    from .portal import outputs_of, portal_config
+
+    try:
+        described = json.loads(Path(args.outputs).read_text("utf-8") if args.outputs != "-" else sys.stdin.read())
+        config = portal_config(outputs_of(described), viewer=args.viewer)
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        print(f"deidflow: portal-config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(config, indent=2))
+    return EXIT_OK
+
+
 def cmd_object_ref(args: argparse.Namespace) -> int:
     """The reference logs and the status table give an ingest object (they never hold its key)."""
     location = args.url
@@ -718,6 +732,14 @@ def build_parser() -> argparse.ArgumentParser:
         "print the reference (obj-...) that logs and the status table give an ingest object: its "
         "status item's object_ref, and the object_ref of its log lines"
     )
+    portal_help = (
+        "print the researcher portal's config.json from the stack's outputs "
+        "(aws cloudformation describe-stacks --stack-name STACK > outputs.json)"
+    )
+    portal = sub.add_parser("portal-config", help=portal_help, description=portal_help)
+    portal.add_argument("outputs", metavar="OUTPUTS.json", help="describe-stacks JSON, or - for stdin")
+    portal.add_argument("--viewer", help="a DICOMweb viewer's study URL with {study} in it (e.g. an OHIF deployment)")
+    portal.set_defaults(func=cmd_portal_config)
     ref = sub.add_parser("object-ref", help=ref_help, description=ref_help)
     ref.add_argument("url", metavar="s3://BUCKET/KEY")
     ref_key = ref.add_mutually_exclusive_group(required=True)
