@@ -314,7 +314,8 @@ def test_the_api_starts_only_the_job_state_machines_and_reads_only_what_jobs_del
 @pytest.mark.parametrize("machine", sorted(MACHINES))
 def test_a_job_state_machine_invokes_only_the_jobs_function_and_starts_only_its_own_children(resources, machine):
     """The Distributed Map's items are child executions of the same state machine: it may start
-    itself and follow its own executions, nothing else; it may call the jobs function, no other.
+    itself and follow (and, when redriven, redrive) its own executions, nothing else; it may call
+    the jobs function, no other.
     The export's chunk Map reads the plan's chunk list, in jobs/ of the exports bucket."""
     props = resources[machine]["Properties"]
     name = "${AWS::StackName}-" + MACHINES[machine]
@@ -324,6 +325,7 @@ def test_a_job_state_machine_invokes_only_the_jobs_function_and_starts_only_its_
         "states:StartExecution": {sub(f"{arn}stateMachine:{name}")},
         "states:DescribeExecution": {sub(f"{arn}execution:{name}/*")},
         "states:StopExecution": {sub(f"{arn}execution:{name}/*")},
+        "states:RedriveExecution": {sub(f"{arn}execution:{name}/*")},
     }
     assert grants(resources[machine], "lambda:") == {"lambda:InvokeFunction": {getatt(JOBS), sub(f"${{{JOBS}.Arn}}:*")}}
     reads = grants(resources[machine], "s3:")

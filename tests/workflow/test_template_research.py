@@ -183,7 +183,7 @@ def outside_the_template(resources: dict, name: str, statement: dict, resource: 
         machine, executions = arn % ("states", f"stateMachine:{own}"), arn % ("states", f"execution:{own}/*")
         return (resource["Fn::Sub"], actions) in {
             (machine, frozenset({"states:StartExecution"})),
-            (executions, frozenset({"states:DescribeExecution", "states:StopExecution"})),
+            (executions, frozenset({"states:DescribeExecution", "states:StopExecution", "states:RedriveExecution"})),
         }
     return resource["Fn::Sub"] == arn % ("events", "event-bus/default") and actions == {"events:PutEvents"}
 
