@@ -183,8 +183,9 @@ def chunk_results_key(job_id: str, chunk: int) -> str:
 
 
 def job_manifest_key(job_id: str) -> str:
-    """The API's copy of an export's manifest (the delivered one may be in a team bucket)."""
-    return f"jobs/{job_id}/manifest.csv"
+    """Where the API reads an export's manifest: the managed export's own, and for a team bucket
+    (which deidflow cannot read) a copy at the same place (the API may read exports/* only)."""
+    return f"exports/{job_id}/manifest.csv"
 
 
 def cohort_manifest_key(job_id: str) -> str:
@@ -545,13 +546,13 @@ class JobSteps:
             ContentType="application/dicom",
         )
         checksum = (answer.get("CopyObjectResult") or {}).get("ChecksumSHA256")
-        head = self.s3.head_object(Bucket=bucket, Key=root + path, ChecksumMode="ENABLED")
-        checksum = checksum or head.get("ChecksumSHA256")
         if not checksum:
             raise RuntimeError("S3 returned no SHA-256 for the copy")
+        # The size from the source: the export role may write a team bucket, not read it.
+        size = self.s3.head_object(Bucket=self.settings.research_bucket, Key=record.research_key)["ContentLength"]
         return DeliveredFile(
             path,
-            int(head["ContentLength"]),
+            int(size),
             binascii.hexlify(base64.b64decode(checksum)).decode(),
             "dicom",
             item.study,
@@ -605,7 +606,8 @@ class JobSteps:
         root = destination.root(job.job_id)
         self._put(root + "manifest.csv", manifest, "text/csv", bucket=bucket)
         self._put(root + "export.json", json.dumps(record, indent=2).encode(), "application/json", bucket=bucket)
-        self._put(job_manifest_key(job.job_id), manifest, "text/csv")
+        if not destination.managed:
+            self._put(job_manifest_key(job.job_id), manifest, "text/csv")
         self.jobs.update(job.job_id, status="SUCCEEDED", counts=counts)
         self._emit(job, "SUCCEEDED", counts)
         return {"job_id": job.job_id, **counts}
@@ -768,7 +770,14 @@ class JobsApi:
         return str(url), found
 
     def _read(self, key: str) -> bytes:
-        return bytes(self.s3.get_object(Bucket=self.exports_bucket, Key=key)["Body"].read())
+        from ..research.service import ApiError
+
+        try:
+            return bytes(self.s3.get_object(Bucket=self.exports_bucket, Key=key)["Body"].read())
+        except self.s3.exceptions.NoSuchKey:
+            raise ApiError(
+                410, "the job's files have expired (exports are kept for a limited time): run it again"
+            ) from None
 
 
 _steps: JobSteps | None = None

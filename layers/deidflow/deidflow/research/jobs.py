@@ -83,6 +83,13 @@ def is_job_id(text: str) -> bool:
     return bool(_JOB_ID.match(text))
 
 
+JOB_RECORD_DAYS = 90
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
 def now_text(moment: datetime | None = None) -> str:
     return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -591,6 +598,8 @@ class Job:
             "name": self.name,
             "groups": self.groups,
             "client_id": self.client_id,
+            # The table's TTL: a job's record outlives its files (exports expire sooner), then goes.
+            "expires_at": int(_parse_time(self.created).timestamp()) + JOB_RECORD_DAYS * 86_400,
         }
         if self.error:
             item["error"] = self.error
