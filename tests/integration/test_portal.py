@@ -14,10 +14,13 @@ Screenshots: test-artifacts/portal/*.png.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,16 +144,16 @@ def api(research: Path) -> Iterator[LocalResearchApi]:
 class Portal:
     """One user's browser on the portal, with the CSP enforced and a screenshot per step."""
 
-    def __init__(self, browser: OhifBrowser, user: str):
+    def __init__(self, browser: OhifBrowser, user: str, *, csp: str = CSP):
         self.browser = browser
         self.page: Any = browser.page
         self.user = user
+        self.csp = csp
         self.page.route("**/portal/**", self._with_csp)
 
-    @staticmethod
-    def _with_csp(route: Any) -> None:
+    def _with_csp(self, route: Any) -> None:
         answer = route.fetch()
-        route.fulfill(response=answer, headers={**answer.headers, "content-security-policy": CSP})
+        route.fulfill(response=answer, headers={**answer.headers, "content-security-policy": self.csp})
 
     def shot(self, step: str) -> Path:
         path = self.browser.artifacts / f"{self.user}-{step}.png"
@@ -454,7 +457,7 @@ def test_an_auditor_reads_the_audit_trail_of_the_others(api: LocalResearchApi, a
         portal.tab("Audit trail")
         page.get_by_role("button", name="Show records").click()
         wait_until(page, "document.querySelector('#audit-status').textContent.match(/record/)")
-        portal.shot("01-audit")
+        portal.shot("02-audit")
         rows = [
             [c.inner_text() for c in row.query_selector_all("td")] for row in page.query_selector_all("#audit tbody tr")
         ]
@@ -462,4 +465,81 @@ def test_an_auditor_reads_the_audit_trail_of_the_others(api: LocalResearchApi, a
         actions = {r[2] for r in rows}
         assert {"alice", "bob"} <= users, users
         assert {"job.export", "export.download"} <= actions, actions
+        assert_clean(portal)
+
+
+COGNITO = "https://portal-test.auth.us-east-1.amazoncognito.com"
+
+
+def test_cognito_sign_in_is_the_code_flow_with_pkce_and_sign_out_returns_to_the_portal(
+    api: LocalResearchApi, artifacts: Path
+) -> None:
+    """The hosted UI is played by routes: /oauth2/authorize sends the browser back with a code,
+    /oauth2/token checks the PKCE verifier against the challenge and answers a real access token."""
+    portal_url = api.base_url + "/portal/"
+    config = {
+        "api": api.base_url,
+        "dicomweb": api.dicomweb_url,
+        "viewer": None,
+        "auth": {
+            "mode": "cognito",
+            "domain": COGNITO,
+            "client_id": "portal-client",
+            "redirect_uri": portal_url,
+            "scopes": ["openid", "email", "profile"],
+        },
+    }
+    seen: dict[str, Any] = {}
+
+    def hosted_ui(route: Any) -> None:
+        request = route.request
+        parts = urllib.parse.urlsplit(request.url)
+        if parts.path == "/oauth2/authorize":
+            query = dict(urllib.parse.parse_qsl(parts.query))
+            seen["authorize"] = query
+            back = f"{query['redirect_uri']}?code=the-code&state={urllib.parse.quote(query['state'])}"
+            route.fulfill(status=302, headers={"Location": back})
+        elif parts.path == "/oauth2/token":
+            form = dict(urllib.parse.parse_qsl(request.post_data or ""))
+            seen["token"] = form
+            digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+            challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+            good = form.get("code") == "the-code" and challenge == seen["authorize"]["code_challenge"]
+            body = {"access_token": api.token("alice"), "token_type": "Bearer"} if good else {"error": "invalid_grant"}
+            route.fulfill(
+                status=200 if good else 400,
+                headers={"Access-Control-Allow-Origin": api.base_url, "Content-Type": "application/json"},
+                body=json.dumps(body),
+            )
+        elif parts.path == "/logout":
+            seen["logout"] = dict(urllib.parse.parse_qsl(parts.query))
+            route.fulfill(status=302, headers={"Location": seen["logout"]["logout_uri"]})
+        else:
+            route.fulfill(status=404, body="")
+
+    with OhifBrowser(api.base_url, artifacts=artifacts) as browser:
+        portal = Portal(browser, "cognito", csp=CSP.replace("connect-src 'self'", f"connect-src 'self' {COGNITO}"))
+        page = portal.page
+        page.route(f"{COGNITO}/**", hosted_ui)
+        page.route(
+            "**/portal/config.json",
+            lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(config)),
+        )
+        page.goto(portal_url)
+        page.wait_for_selector("#login-cognito:not([hidden])")
+        portal.shot("01-sign-in")
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_selector("#app:not([hidden])")
+        assert page.inner_text("#whoami-name") == "alice"
+        authorize = seen["authorize"]
+        assert authorize["response_type"] == "code" and authorize["code_challenge_method"] == "S256"
+        assert authorize["client_id"] == "portal-client" and authorize["scope"] == "openid email profile"
+        assert seen["token"]["grant_type"] == "authorization_code"
+        assert "code=" not in page.url, "the single-use code is off the address bar"
+        portal.shot("02-signed-in")
+        page.get_by_role("button", name="Sign out").click()
+        page.wait_for_selector("#login-cognito:not([hidden])")
+        assert seen["logout"] == {"client_id": "portal-client", "logout_uri": portal_url}
+        stored = page.evaluate("Object.keys(sessionStorage)")
+        assert [k for k in stored if k.startswith("deidflow.portal.")] == [], "no token or verifier left behind"
         assert_clean(portal)
