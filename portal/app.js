@@ -688,7 +688,9 @@ function renderJobs() {
   const select = $("export-cohort");
   const chosen = select.value;
   select.replaceChildren(
-    ...cohorts.map((j) => el("option", { value: j.id, text: `${j.name || j.id} (${countsText(j.counts)})` })),
+    ...(cohorts.length
+      ? cohorts.map((j) => el("option", { value: j.id, text: `${j.name || j.id} (${countsText(j.counts)})` }))
+      : [el("option", { value: "", text: "No finished cohort yet: build one above" })]),
   );
   if (cohorts.some((j) => j.id === chosen)) select.value = chosen;
 }
