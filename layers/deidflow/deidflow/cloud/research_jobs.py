@@ -763,7 +763,12 @@ class JobsApi:
             raise ApiError(404, "the export has no such file")
         url = self.s3.generate_presigned_url(
             "get_object",
-            Params={"Bucket": self.exports_bucket, "Key": f"exports/{job_id}/{path}"},
+            Params={
+                "Bucket": self.exports_bucket,
+                "Key": f"exports/{job_id}/{path}",
+                # Saved as a file, not shown: the link is on another origin, where `download` is ignored.
+                "ResponseContentDisposition": f'attachment; filename="{path.rsplit("/", 1)[-1]}"',
+            },
             ExpiresIn=seconds,
         )
         found = listed or DeliveredFile(path, 0, "", "export", "", "", "")

@@ -619,8 +619,8 @@ _CONTENT_TYPES = {
     ".svg": "image/svg+xml",
     ".png": "image/png",
 }
-# As CloudFront's response headers policy sends them (template.yaml), so the laptop shows the same
-# breakage a strict policy would cause.
+# As CloudFront's response headers policy sends them (template.yaml). Not its CSP, which names the
+# cloud's API and sign-in origins: tests/integration/test_portal.py enforces that one in the browser.
 PORTAL_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
