@@ -440,13 +440,13 @@ class JobSteps:
             rows = self._cohort_rows(job.job_id)
         else:
             rows = []
-        if rows or request.uids == ():
+        if request.uids:
+            studies = sorted({u.study for u in request.uids})
+        else:
             wanted_sops = {}
             for row in rows:
                 wanted_sops.setdefault(str(row["study"]), set()).add(str(row["sop"]))
             studies = sorted(wanted_sops)
-        else:
-            studies = sorted({u.study for u in request.uids})
         planned: list[PlannedInstance] = []
         withdrawn = 0
         for study in studies:
