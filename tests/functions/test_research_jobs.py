@@ -263,6 +263,174 @@ def test_a_retried_chunk_and_a_resumed_job_leave_no_duplicate_and_no_gap(api, da
     assert alice.post(f"/research/jobs/{job}/resume", {}).status_code == 409  # nothing left to resume
 
 
+def _job_events(api: LocalResearchApi, name: str) -> tuple[Any, str]:
+    """An SQS queue receiving every deidflow.research event from now on."""
+    sqs, events = api.client("sqs"), api.client("events")
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name=name, EventPattern=json.dumps({"source": ["deidflow.research"]}))
+    events.put_targets(Rule=name, Targets=[{"Id": "q", "Arn": arn}])
+    return sqs, queue
+
+
+def _received(sqs: Any, queue: str, job: str) -> list[str]:
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+    return [d["status"] for d in (json.loads(m["Body"])["detail"] for m in messages) if d["job_id"] == job]
+
+
+def test_a_redriven_export_reruns_only_from_its_map_and_leaves_no_duplicate_and_no_gap(api, data):  # noqa: F811
+    """A chunk outlasts its retries. On AWS the Chunks Map fails there, uncaught, and a redrive
+    starts again at it; moto's Map Run succeeds despite the failed child, so Finish finds the gap
+    and the Catch fails the job. Redriven from the Map (LocalJobRunner.redrive: moto has no
+    RedriveExecution), the export finishes with every file once, the finished chunks' files
+    untouched, and nothing before the Map run again; the failure was announced once."""
+    alice = Client(api, "alice")
+    sqs, queue = _job_events(api, "redrive-export-events")
+    table = api.resource("dynamodb").Table(api.names.jobs_table)
+
+    def fault(event: dict[str, Any]) -> None:
+        if event.get("step") == "chunk" and event.get("chunk") == 2:
+            raise ConnectionError("injected: this chunk fails until the fault is lifted")
+
+    api.jobs.fault = fault
+    try:
+        job = alice.start("/research/exports", {"uids": [{"study": data.a}, {"study": data.c}]})
+        state = alice.finished(job, timeout=240)
+    finally:
+        api.jobs.fault = None
+    assert state["status"] == "FAILED" and "resume" in state["error"]
+    failed_arn = str(table.get_item(Key={"job_id": job}, ConsistentRead=True)["Item"]["execution_arn"])
+    # The status-change event that follows finds the job failed already: nothing more is announced.
+    assert api.jobs.deliver_status_change(failed_arn)["status"] == "FAILED"
+    assert _received(sqs, queue, job) == ["FAILED"]
+
+    s3 = api.client("s3")
+    root = f"exports/{job}/"
+
+    def listed(prefix: str) -> dict[str, Any]:
+        contents = s3.list_objects_v2(Bucket=api.names.exports_bucket, Prefix=prefix).get("Contents", [])
+        return {o["Key"]: o["LastModified"] for o in contents}
+
+    before = listed(root)
+    assert len([k for k in listed(f"jobs/{job}/") if "/results/" in k]) == 2
+    assert len(before) == 4  # chunks 0 and 1 delivered, two instances each
+    first = len(api.jobs.invocations)
+    redriven = api.jobs.redrive(failed_arn, from_state="Chunks")
+    assert api.jobs.wait(redriven)["status"] == "SUCCEEDED"
+    steps = sorted((e["step"], e.get("chunk", -1)) for e in api.jobs.invocations[first:] if e.get("job_id") == job)
+    assert steps == [("chunk", 0), ("chunk", 1), ("chunk", 2), ("export_finish", -1)]  # no begin, no plan
+
+    state = alice.finished(job)
+    assert state["status"] == "SUCCEEDED" and state["error"] is None, state
+    files = alice.files(job)
+    assert sorted(f["sop"] for f in files) == sorted(ct_sops(data))  # each once, none missing
+    after = listed(root)
+    assert {k: after[k] for k in before} == before, "a finished chunk's files were written again"
+    assert {k.removeprefix(root) for k in after} - {"manifest.csv", "export.json"} == {f["path"] for f in files}
+    for f in files:
+        assert hashlib.sha256(alice.download(job, f["path"])).hexdigest() == f["sha256"]
+    assert _received(sqs, queue, job) == ["SUCCEEDED"]
+
+
+def test_a_step_that_outlasts_its_retries_fails_uncaught_is_announced_once_and_a_redrive_finishes(api, data):  # noqa: F811
+    """Begin fails after its retries: no Catch, so the execution fails at Begin. The API says so
+    as the execution stands before anything wrote it down; the status-change event marks the job
+    FAILED and announces it once; a redrive reruns Begin and the cohort finishes."""
+    alice = Client(api, "alice")
+    sqs, queue = _job_events(api, "redrive-cohort-events")
+    table = api.resource("dynamodb").Table(api.names.jobs_table)
+
+    def fault(event: dict[str, Any]) -> None:
+        if event.get("step") == "begin":
+            raise ConnectionError("injected: DynamoDB throttles until the fault is lifted")
+
+    api.jobs.fault = fault
+    try:
+        job = alice.start("/research/cohorts", {"query": "Modality StrEquals CT"})
+        state = alice.finished(job, timeout=240)
+    finally:
+        api.jobs.fault = None
+    assert state["status"] == "FAILED", state
+    assert (
+        state["error"]
+        == "a step failed after its retries (ConnectionError); resume the job to continue where it stopped"
+    )
+    record = table.get_item(Key={"job_id": job}, ConsistentRead=True)["Item"]
+    assert record["status"] == "QUEUED" and "error" not in record  # nothing wrote it down yet
+    failed_arn = str(record["execution_arn"])
+    execution = api.jobs.sfn.describe_execution(executionArn=failed_arn)
+    assert execution["status"] == "FAILED" and execution["error"] == "ConnectionError"  # not JobFailed
+
+    for _ in range(2):  # an event delivered twice (EventBridge is at least once): announced once
+        assert api.jobs.deliver_status_change(failed_arn)["status"] == "FAILED"
+    record = table.get_item(Key={"job_id": job}, ConsistentRead=True)["Item"]
+    assert record["status"] == "FAILED" and record["error"] == state["error"]
+    assert _received(sqs, queue, job) == ["FAILED"]
+
+    attempts = [e for e in api.jobs.invocations if e.get("job_id") == job]
+    assert [e["step"] for e in attempts] == ["begin"] * 5  # the first call and its four retries
+    redriven = api.jobs.redrive(failed_arn)  # moto shows the failed state: Begin
+    assert api.jobs.wait(redriven)["status"] == "SUCCEEDED"
+    state = alice.finished(job)
+    assert state["status"] == "SUCCEEDED" and state["error"] is None
+    assert state["counts"]["instances"] == len(ct_sops(data))
+    assert _received(sqs, queue, job) == ["SUCCEEDED"]
+
+
+def test_resume_redrives_an_execution_step_functions_can_redrive_else_starts_a_new_one():
+    """The choice resume makes (RedriveExecution is not on moto: the client is stubbed here, for the
+    calls' shape only): a redrivable execution that failed outside the Catch is redriven, same ARN;
+    one that ended in the Fail state (our own error) or cannot be redriven starts anew."""
+    import boto3
+    from botocore.stub import ANY, Stubber
+    from deidflow.cloud.research_jobs import JobsApi
+    from deidflow.research.jobs import Job
+
+    arn = "arn:aws:states:us-east-1:123456789012:execution:s-export:job-1"
+    job = Job(
+        job_id="job-" + "0" * 24, owner_sub="sub-a", owner="alice", kind="export", request={}, profiles=[],
+        profiles_version="v", created="2026-12-02T00:00:00Z", status="FAILED", error="x", execution_arn=arn,
+    )  # fmt: skip
+
+    class Store:
+        def __init__(self) -> None:
+            self.restarted: list[tuple[str, str]] = []
+
+        def get(self, job_id: str) -> Job:
+            return job
+
+        def restart(self, job_id: str, execution_arn: str, status: str = "QUEUED") -> None:
+            self.restarted.append((execution_arn, status))
+
+    class Caller:
+        sub = "sub-a"
+
+    class Access:
+        caller = Caller()
+
+    described = {"executionArn": arn, "stateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:s-export"}
+    started = {"executionArn": arn + "-2", "startDate": "2026-12-02T00:00:00Z"}
+    for redrivable, error, redriven in (("REDRIVABLE", "States.TaskFailed", True), ("REDRIVABLE", "JobFailed", False),
+                                        ("NOT_REDRIVABLE", "States.TaskFailed", False)):  # fmt: skip
+        sfn = boto3.client("stepfunctions", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+        stub = Stubber(sfn)
+        execution = {**described, "status": "FAILED", "startDate": "2026-12-02T00:00:00Z", "error": error}
+        execution["redriveStatus"] = redrivable
+        for _ in range(2):  # get (as it stands) and resume (may it be redriven?)
+            stub.add_response("describe_execution", execution, {"executionArn": arn})
+        if redriven:
+            stub.add_response("redrive_execution", {"redriveDate": "2026-12-02T00:00:01Z"}, {"executionArn": arn})
+        else:
+            stub.add_response("start_execution", started, {"stateMachineArn": "sm-export", "name": ANY, "input": ANY})
+        stub.add_response("describe_execution", execution, {"executionArn": arn})
+        store = Store()
+        jobs = JobsApi(store, sfn, None, "exports", (), "sm-cohort", "sm-export")  # type: ignore[arg-type]
+        with stub:
+            jobs.resume(Access(), job.job_id)  # type: ignore[arg-type]
+            stub.assert_no_pending_responses()
+        assert store.restarted == ([(arn, "RUNNING")] if redriven else [(arn + "-2", "QUEUED")]), (redrivable, error)
+
+
 def test_an_export_above_the_profiles_limit_fails_with_the_limit(api, data):  # noqa: F811
     sam = Client(api, "sam")
     job = sam.start("/research/exports", {"uids": [{"study": data.a}, {"study": data.c}]})

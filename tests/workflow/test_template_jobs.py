@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from deidflow.cloud import research_jobs
 from deidflow.local.template import function_environment
 
 from tests.conftest import REPO
@@ -285,7 +286,14 @@ def test_the_api_and_the_jobs_agree_on_every_name_and_the_local_runner_resolves_
 
 def test_the_api_starts_only_the_job_state_machines_and_reads_only_what_jobs_delivered(resources):
     api = resources["ResearchApiFunction"]
-    assert grants(api, "states:") == {"states:StartExecution": {ref("CohortStateMachine"), ref("ExportStateMachine")}}
+    arn = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:execution:${AWS::StackName}-"
+    # Its jobs' own executions (the machine name, then ":"; a Map's children are "<name>/..."), no others.
+    executions = {sub(f"{arn}cohort:*"), sub(f"{arn}export:*")}
+    assert grants(api, "states:") == {
+        "states:StartExecution": {ref("CohortStateMachine"), ref("ExportStateMachine")},
+        "states:DescribeExecution": executions,
+        "states:RedriveExecution": executions,
+    }
     assert {(a, r) for a, r in pairs(api) if "ExportsBucket" in r} == {
         ("s3:GetObject", sub("${ExportsBucket.Arn}/exports/*")),
         ("s3:GetObject", sub("${ExportsBucket.Arn}/cohorts/*")),
@@ -361,6 +369,42 @@ def test_a_job_state_machine_invokes_only_the_jobs_function_and_starts_only_its_
         reader = state.get("ItemReader")
         assert reader is None or reader["Resource"] == "arn:aws:states:::s3:getObject"
     assert any("ItemReader" in m for m in maps) == (machine == "ExportStateMachine")
+
+
+PERMANENT = ["JobRequestError", "JobLimitError", "GapError"]
+
+
+@pytest.mark.parametrize("machine", sorted(MACHINES))
+def test_only_our_own_errors_are_caught_so_that_a_redrive_reruns_what_failed(resources, machine):
+    """A Catch turns a failure into a success of its state, which a redrive then skips: only the
+    errors no rerun can mend (the request, a limit, a gap) go to Failed; a Map or a step that ran
+    out of retries fails the execution where it stands."""
+    states = json.loads((REPO / resources[machine]["Properties"]["DefinitionUri"]).read_text())["States"]
+    for name, state in states.items():
+        if state["Type"] == "Map":
+            assert "Catch" not in state, name
+        elif state["Type"] == "Task" and name != "Failed":
+            assert [c["ErrorEquals"] for c in state["Catch"]] == [PERMANENT], name
+            assert [c["Next"] for c in state["Catch"]] == ["Failed"], name
+            retries = state["Retry"]
+            assert retries[0] == {"ErrorEquals": PERMANENT, "MaxAttempts": 0}, name
+            assert retries[1]["ErrorEquals"] == ["States.ALL"] and retries[1]["MaxAttempts"] >= 3, name
+    assert states["Failed"]["Next"] == "JobFailed" and states["JobFailed"]["Type"] == "Fail"
+    assert states["JobFailed"]["Error"] == research_jobs.JOB_FAILED_ERROR  # resume knows not to redrive it
+
+
+def test_an_execution_that_fails_uncaught_or_is_redriven_reaches_the_jobs_function(resources):
+    """The execution's own status-change events, for the two job machines only, go to the jobs
+    function (step execution_changed), which marks the job FAILED or RUNNING again."""
+    [event] = resources[JOBS]["Properties"]["Events"].values()
+    assert event["Type"] == "EventBridgeRule"
+    pattern = event["Properties"]["Pattern"]
+    assert pattern["source"] == ["aws.states"]
+    assert pattern["detail-type"] == ["Step Functions Execution Status Change"]
+    assert pattern["detail"]["stateMachineArn"] == [{"Ref": "CohortStateMachine"}, {"Ref": "ExportStateMachine"}]
+    assert set(pattern["detail"]["status"]) == {"RUNNING", *research_jobs.ENDED_UNSUCCESSFULLY}
+    assert "EventBusName" not in event["Properties"]  # Step Functions' events are on the default bus
+    assert event["Properties"]["RetryPolicy"]["MaximumRetryAttempts"] >= 3
 
 
 @pytest.mark.parametrize("machine", sorted(MACHINES))

@@ -3,6 +3,7 @@ may be, and that a manifest reads back as written."""
 
 from __future__ import annotations
 
+import json
 from datetime import date
 
 import pytest
@@ -134,3 +135,19 @@ def test_profile_export_settings_are_checked():
         load_profiles_text(PROFILES.replace("bucket: lung-team-exports", "bucket: Not_A_Bucket"))
     with pytest.raises(RulesError):
         load_profiles_text(PROFILES.replace("max_instances: 500", "max_instances: 0"))
+
+
+def test_a_failure_says_what_to_change_for_our_own_errors_and_to_resume_for_anything_else():
+    from deidflow.research.jobs import failure_reason
+
+    limit = json.dumps({"errorType": "JobLimitError", "errorMessage": "12 instances: above the limit of 10"})
+    assert failure_reason("JobLimitError", limit) == "12 instances: above the limit of 10"
+    # Anything else: the cause may quote an object key or a UID, so only the error's name is told.
+    leaky = json.dumps({"errorMessage": "NoSuchKey: studies/1.2.3/series/4.5/instances/6.7.dcm"})
+    for error in ("States.TaskFailed", "ConnectionError", "States.ExceedToleratedFailureThreshold"):
+        reason = failure_reason(error, leaky)
+        assert error in reason and "resume" in reason and "1.2.3" not in reason
+    assert "1.2.3" not in failure_reason("JobRequestError", "not json: studies/1.2.3")
+    assert "out of time" in failure_reason("States.Timeout", leaky, "TIMED_OUT")
+    assert "operator" in failure_reason("", "", "ABORTED")
+    assert len(failure_reason("GapError", json.dumps({"errorMessage": "x" * 2000}))) == 500

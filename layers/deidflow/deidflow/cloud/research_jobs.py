@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +32,7 @@ from aws_lambda_powertools import Logger
 from ..research.header import InstanceRecord
 from ..research.jobs import (
     CHUNK_INSTANCES,
+    ENDED_UNSUCCESSFULLY,
     DeliveredFile,
     Destination,
     ExportRequest,
@@ -48,7 +48,9 @@ from ..research.jobs import (
     export_limit,
     export_profiles,
     export_record,
+    failure_reason,
     header_json,
+    is_job_id,
     manifest_csv,
     now_text,
     row_order,
@@ -62,6 +64,7 @@ from .services import environment_reader
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "deidflow-research-jobs"))
 
 EVENT_SOURCE = "deidflow.research"
+JOB_FAILED_ERROR = "JobFailed"  # the Error of the state machines' Fail state, after their Catch
 EVENT_DETAIL_TYPE = "Research Job Completed"
 DEFAULT_SEGMENTS = 8
 
@@ -133,22 +136,48 @@ class JobStore:
         fields["updated"] = now_text()
         names = {f"#{k}": k for k in fields}
         values = {f":{k}": (json.dumps(v, sort_keys=True) if k == "counts" else v) for k, v in fields.items()}
+        expression = "SET " + ", ".join(f"#{k} = :{k}" for k in fields)
+        if fields.get("status") == "SUCCEEDED":  # a resumed or redriven job: its old error is history
+            expression += " REMOVE #error"
+            names["#error"] = "error"
         self._table.update_item(
             Key={"job_id": job_id},
-            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in fields),
+            UpdateExpression=expression,
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
             ConditionExpression="attribute_exists(job_id)",
         )
 
-    def restart(self, job_id: str, execution_arn: str) -> None:
+    def restart(self, job_id: str, execution_arn: str, status: str = "QUEUED") -> None:
         """A resumed job runs again: its error goes, what it finished stays."""
         self._table.update_item(
             Key={"job_id": job_id},
             UpdateExpression="SET #s = :s, execution_arn = :e, updated = :u REMOVE #err",
             ExpressionAttributeNames={"#s": "status", "#err": "error"},
-            ExpressionAttributeValues={":s": "QUEUED", ":e": execution_arn, ":u": now_text()},
+            ExpressionAttributeValues={":s": status, ":e": execution_arn, ":u": now_text()},
         )
+
+    def fail_running(self, job_id: str, execution_arn: str, reason: str) -> bool:
+        """Marks the job FAILED if that execution is still its current one and it still runs: the
+        one who flips it (of a Catch and the execution's status-change event) announces it."""
+        try:
+            self._table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression="SET #s = :f, #err = :r, updated = :u",
+                ConditionExpression="execution_arn = :e AND #s IN (:q, :run)",
+                ExpressionAttributeNames={"#s": "status", "#err": "error"},
+                ExpressionAttributeValues={
+                    ":f": "FAILED",
+                    ":r": reason[:500],
+                    ":u": now_text(),
+                    ":e": execution_arn,
+                    ":q": "QUEUED",
+                    ":run": "RUNNING",
+                },
+            )
+        except self._table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def part_done(self, job_id: str, part: int) -> None:
         # A number set: a retried part adds itself once.
@@ -238,7 +267,8 @@ class JobSteps:
         self.today = clock or (lambda: datetime.now(UTC))
 
     def handle(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        step = str(event.get("step", ""))
+        # The state machines' own "Execution Status Change" events (an EventBridge rule) carry no step.
+        step = "execution_changed" if event.get("source") == "aws.states" else str(event.get("step", ""))
         run = {
             "begin": self.begin,
             "segment": self.segment,
@@ -247,6 +277,7 @@ class JobSteps:
             "chunk": self.chunk,
             "export_finish": self.export_finish,
             "fail": self.fail,
+            "execution_changed": self.execution_changed,
         }.get(step)
         if run is None:
             raise ValueError(f"unknown step {step!r}")
@@ -613,18 +644,39 @@ class JobSteps:
         return {"job_id": job.job_id, **counts}
 
     def fail(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        """The Catch of every state: the job failed, with a reason the researcher can act on."""
+        """The Catch of our own errors (request, limit, gap): retrying or redriving cannot help."""
         job = self._job(event)
         error = event.get("error") or {}
-        name = str(error.get("Error", ""))
-        reason = f"the job failed ({name or 'unknown error'}); resume it to try again"
-        if name in ("JobRequestError", "JobLimitError", "GapError"):
-            # Our own messages (counts, limits, what to do): no UIDs, no keys, no header values.
-            with contextlib.suppress(ValueError):
-                reason = str(json.loads(str(error.get("Cause") or "{}")).get("errorMessage") or reason)
-        self.jobs.update(job.job_id, status="FAILED", error=reason[:500])
-        self._emit(job, "FAILED", {})
+        reason = failure_reason(str(error.get("Error", "")), str(error.get("Cause") or ""))
+        if self.jobs.fail_running(job.job_id, job.execution_arn, reason):
+            self._emit(job, "FAILED", {})
         return {"job_id": job.job_id, "status": "FAILED"}
+
+    def execution_changed(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """A job's execution changed status (its "Execution Status Change" event).
+
+        Failed, timed out or aborted without passing through its Catch (a step that failed after its
+        retries is left uncaught, so that a redrive reruns it): the job is marked FAILED and
+        announced, once. Running again while the job says FAILED: it was redriven (the console's
+        Redrive), and the job runs again."""
+        detail = event.get("detail") or {}
+        status, execution_arn = str(detail.get("status", "")), str(detail.get("executionArn", ""))
+        try:
+            job_id = str(json.loads(str(detail.get("input") or "{}")).get("job_id") or "")
+        except (ValueError, AttributeError):
+            job_id = ""
+        job = self.jobs.get(job_id) if is_job_id(job_id) else None
+        if job is None or job.execution_arn != execution_arn:
+            return {"job_id": job_id, "status": job.status if job else "unknown"}
+        if status == "RUNNING" and job.status == "FAILED":
+            self.jobs.restart(job.job_id, execution_arn, status="RUNNING")
+            return {"job_id": job.job_id, "status": "RUNNING"}
+        if status in ENDED_UNSUCCESSFULLY:
+            reason = failure_reason(str(detail.get("error") or ""), str(detail.get("cause") or ""), status)
+            if self.jobs.fail_running(job.job_id, execution_arn, reason):
+                self._emit(job, "FAILED", {})
+                return {"job_id": job.job_id, "status": "FAILED"}
+        return {"job_id": job.job_id, "status": job.status}
 
 
 def transcoded(data: bytes, transfer_syntax: str) -> bytes:
@@ -716,18 +768,50 @@ class JobsApi:
         job = self.store.get(job_id) if job_id.startswith("job-") else None
         if job is None or job.owner_sub != access.caller.sub or (kind is not None and job.kind != kind):
             raise ApiError(404, f"no such {kind or 'job'} of yours")
-        return job
+        return self._as_executed(job)
 
     def owned(self, access: Access) -> list[Job]:
-        return self.store.owned(access.caller.sub)
+        return [self._as_executed(job) for job in self.store.owned(access.caller.sub)]
+
+    def _execution(self, job: Job) -> dict[str, Any] | None:
+        if not job.execution_arn:
+            return None
+        try:
+            return dict(self.sfn.describe_execution(executionArn=job.execution_arn))
+        except Exception:  # noqa: BLE001 - gone (90 days) or unreachable: the record stands
+            return None
+
+    def _as_executed(self, job: Job) -> Job:
+        """The job as its execution stands, where the record lags behind it: an execution that ended
+        without its Catch (the status-change event writes that down, moments later, in the cloud;
+        nothing does on a laptop), or one redriven from the console."""
+        if job.status == "SUCCEEDED":
+            return job
+        execution = self._execution(job)
+        status = str((execution or {}).get("status", ""))
+        if job.status in ("QUEUED", "RUNNING") and status in ENDED_UNSUCCESSFULLY:
+            reason = failure_reason(str(execution.get("error") or ""), str(execution.get("cause") or ""), status)  # type: ignore[union-attr]
+            return replace(job, status="FAILED", error=reason[:500])
+        if job.status == "FAILED" and status == "RUNNING":
+            return replace(job, status="RUNNING", error=None)
+        return job
 
     def resume(self, access: Access, job_id: str) -> Job:
+        """A failed job continues where it stopped: its execution is redriven (only what failed
+        runs again) where Step Functions can, else a new execution of the job starts (the steps
+        skip what is done: the plan, the segments, the chunks with results)."""
         from ..research.service import ApiError
 
         job = self.get(access, job_id)
         if job.status != "FAILED":
             raise ApiError(409, f"the job is {job.status}: only a failed job is resumed")
-        self._start(job)
+        execution = self._execution(job) or {}
+        # A job failed by its Catch ended in the Fail state: a redrive would only rerun that.
+        if execution.get("redriveStatus") == "REDRIVABLE" and execution.get("error") != JOB_FAILED_ERROR:
+            self.sfn.redrive_execution(executionArn=job.execution_arn)
+            self.store.restart(job.job_id, job.execution_arn, status="RUNNING")
+        else:
+            self._start(job)
         return self.get(access, job_id)
 
     def manifest(self, access: Access, job_id: str, offset: int, limit: int) -> dict[str, Any]:

@@ -47,6 +47,7 @@ class LocalJobRunner:
         self.invocations: list[dict[str, Any]] = []  # every step's event, in call order
         self._lock = threading.Lock()
         self.arns: dict[str, str] = {}
+        self._redrives = 0
 
     def state_machine_arn(self, logical_id: str) -> str:
         return f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{self.stack}-{logical_id}"
@@ -86,6 +87,78 @@ class LocalJobRunner:
                 return self.handler(event, LambdaContext(arn))
 
             return lambda_answer(arn, call)
+
+    def status_change_event(self, execution_arn: str) -> dict[str, Any]:
+        """The "Execution Status Change" event Step Functions would put on the default bus for
+        this execution as it stands (moto puts none), as the template's rule hands it to the jobs function."""
+        execution = self.sfn.describe_execution(executionArn=execution_arn)
+        return {
+            "version": "0",
+            "source": "aws.states",
+            "detail-type": "Step Functions Execution Status Change",
+            "account": ACCOUNT,
+            "region": REGION,
+            "resources": [execution_arn],
+            "detail": {
+                "executionArn": execution_arn,
+                "stateMachineArn": execution["stateMachineArn"],
+                "name": execution.get("name"),
+                "status": execution["status"],
+                "input": execution.get("input"),
+                "error": execution.get("error"),
+                "cause": execution.get("cause"),
+            },
+        }
+
+    def deliver_status_change(self, execution_arn: str) -> Any:
+        """The template's JobExecutionStatus rule, by hand: the event to the jobs function."""
+        event = self.status_change_event(execution_arn)
+        assert self.handler is not None
+        with self._lock, contextlib.redirect_stdout(io.StringIO()):
+            return self.handler(event, LambdaContext(self.function_arn))
+
+    def redrive(self, execution_arn: str, from_state: str | None = None) -> str:
+        """RedriveExecution, which moto lacks: the definition again from the state that failed, with
+        the input that state was given (its StateEntered event), as a new execution; its ARN.
+
+        As on AWS, what succeeded before that state is not rerun. Unlike AWS, a redriven Distributed
+        Map reruns all its items, not only the failed ones: a stricter test of the steps' idempotence.
+        `from_state` names the state for what moto does not show: its Distributed Map Run succeeds
+        when a child execution fails (on AWS, with no tolerated failures, the Map fails there)."""
+        execution = self.sfn.describe_execution(executionArn=execution_arn)
+        if execution["status"] not in ("FAILED", "TIMED_OUT", "ABORTED"):
+            raise ValueError(f"a {execution['status']} execution is not redriven")
+        entered: dict[str, str] = {}
+        open_states: list[str] = []
+        kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
+        while True:
+            page = self.sfn.get_execution_history(**kwargs)
+            for event in page["events"]:
+                if "stateEnteredEventDetails" in event:
+                    details = event["stateEnteredEventDetails"]
+                    entered[details["name"]] = details.get("input") or "{}"
+                    open_states.append(details["name"])
+                elif "stateExitedEventDetails" in event:
+                    name = event["stateExitedEventDetails"]["name"]
+                    if name in open_states:
+                        open_states.remove(name)
+            if not page.get("nextToken"):
+                break
+            kwargs["nextToken"] = page["nextToken"]
+        failed = from_state or (open_states[-1] if open_states else "")
+        if failed not in entered:
+            raise ValueError("the execution has no state that failed" if not failed else f"{failed} never ran")
+        machine = self.sfn.describe_state_machine(stateMachineArn=execution["stateMachineArn"])
+        definition = json.loads(machine["definition"])
+        definition["StartAt"] = failed
+        self._redrives += 1
+        redriven = self.sfn.create_state_machine(
+            name=f"{machine['name']}-redrive-{self._redrives}",
+            definition=json.dumps(definition),
+            roleArn=machine["roleArn"],
+            type="STANDARD",
+        )["stateMachineArn"]
+        return str(self.sfn.start_execution(stateMachineArn=redriven, input=entered[failed])["executionArn"])
 
     def wait(self, execution_arn: str, *, timeout: float = 300.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -75,6 +75,31 @@ class JobLimitError(JobRequestError):
     """The request is well formed but asks for more than the caller's profiles allow."""
 
 
+# Our own errors: the request or the profiles must change, so retrying or redriving cannot help.
+PERMANENT_ERRORS = ("JobRequestError", "JobLimitError", "GapError")
+ENDED_UNSUCCESSFULLY = ("FAILED", "TIMED_OUT", "ABORTED")  # Step Functions execution statuses
+
+
+def failure_reason(error: str, cause: str, status: str = "FAILED") -> str:
+    """What the owner of a failed job is told, from the execution's (or a Catch's) error and cause.
+
+    Our own errors say what to change (their messages hold counts and limits, never UIDs, keys or
+    header values); anything else (a step that failed after its retries, a timeout, an abort) is
+    worth resuming, and the cause, which can quote a key, is not repeated."""
+    if status == "TIMED_OUT":
+        return "the job ran out of time; resume it to continue where it stopped"
+    if status == "ABORTED":
+        return "the job was stopped by an operator; resume it to continue where it stopped"
+    if error in PERMANENT_ERRORS:
+        try:
+            message = json.loads(cause or "{}").get("errorMessage")
+        except (ValueError, AttributeError):
+            message = None
+        if message:
+            return str(message)[:500]
+    return f"a step failed after its retries ({error or 'unknown error'}); resume the job to continue where it stopped"
+
+
 def new_job_id() -> str:
     return "job-" + secrets.token_hex(12)
 
