@@ -56,10 +56,6 @@ from deidflow.local.template import load_template
 from deidflow.testing.synthetic import make_patient, make_series, make_study
 
 REPO = Path(__file__).resolve().parents[1]
-# TODO(lead): LocalResearchApi reads JobsTable/ResearchJobsFunction from the template; until
-# /work/main's template has them, the scratch project (/tmp/proj, a patched template symlinking this
-# repository's code) stands in. Drop the fallback once template.yaml has JobsTable.
-SCRATCH_PROJECT = Path("/tmp/proj")
 MILLION = 1_000_000
 OBJECT_BYTES = 2048  # each research object of the export: synthetic bytes, copied server-side
 # Prices are the other benchmarks' (us-east-1 list prices; change them there): Step Functions
@@ -272,13 +268,6 @@ def start(api: LocalResearchApi, token: str, path: str, body: dict[str, Any]) ->
     return str(answer.json()["job"]["id"])
 
 
-def project_dir() -> Path:
-    if "\n  JobsTable:" in (REPO / "template.yaml").read_text("utf-8"):
-        return REPO
-    print(f"note: {REPO / 'template.yaml'} has no JobsTable yet: using the scratch project {SCRATCH_PROJECT}")
-    return SCRATCH_PROJECT
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=100_000, help="index items the cohort queries")
@@ -289,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.instances, args.export = 5_000, 1_000
     args.export = min(args.export, args.instances)
-    project = project_dir()
+    project = REPO
     template = load_template(project / "template.yaml")
     memory_mb = int(template["Resources"]["ResearchJobsFunction"]["Properties"]["MemorySize"])
 
