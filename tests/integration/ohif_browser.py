@@ -326,10 +326,38 @@ class OhifBrowser:
         self, study_uid: str, *, name: str | None = None, min_levels: int = 16, min_stddev: float = 8.0
     ) -> ViewerState:
         """Open `/viewer?StudyInstanceUIDs=<uid>` and wait until the viewport canvas shows an image."""
-        page = self._page
-        name = name or f"viewer-{study_uid[-12:]}"
         started = time.monotonic()
-        page.goto(f"{self.base_url}/viewer?StudyInstanceUIDs={urllib.parse.quote(study_uid)}")
+        self._page.goto(f"{self.base_url}/viewer?StudyInstanceUIDs={urllib.parse.quote(study_uid)}")
+        page = self._page
+        return self.viewer_state(page, study_uid, started, name=name, min_levels=min_levels, min_stddev=min_stddev)
+
+    def follow_to_viewer(
+        self, link: Any, study_uid: str, *, name: str | None = None, min_levels: int = 16, min_stddev: float = 8.0
+    ) -> tuple[Any, ViewerState]:
+        """Click a link that opens the viewer in a new tab (target=_blank, as another site's link
+        does); wait for the image there. The new tab's page, and what it shows."""
+        started = time.monotonic()
+        with self._context.expect_page() as opened:
+            link.click()
+        page = opened.value
+        page.on("console", self._on_console)
+        page.on("pageerror", self._on_page_error)
+        page.wait_for_load_state()
+        state = self.viewer_state(page, study_uid, started, name=name, min_levels=min_levels, min_stddev=min_stddev)
+        return page, state
+
+    def viewer_state(
+        self,
+        page: Any,
+        study_uid: str,
+        started: float,
+        *,
+        name: str | None = None,
+        min_levels: int = 16,
+        min_stddev: float = 8.0,
+    ) -> ViewerState:
+        """Wait until OHIF's viewport canvas on `page` shows an image; screenshots and the series panel."""
+        name = name or f"viewer-{study_uid[-12:]}"
         canvas = page.wait_for_selector("[data-cy='viewport-pane'] canvas.cornerstone-canvas", state="visible")
         viewport_png = self.artifacts / f"{name}-viewport.png"
         deadline = started + self.timeout_ms / 1000
@@ -355,8 +383,9 @@ class OhifBrowser:
             )
             for thumb in page.query_selector_all("[data-cy='study-browser-thumbnail']")
         ]
-        shot = self.screenshot(name)
-        print(f"ohif viewport screenshot: {viewport_png} ({stats})")
+        shot = self.artifacts / f"{name}.png"
+        page.screenshot(path=str(shot))
+        print(f"ohif screenshot: {shot}; viewport: {viewport_png} ({stats})")
         return ViewerState(study_uid, shot, viewport_png, stats, series, seconds)
 
     def wait_for_quiet(self, seconds: float = 0.5) -> None:

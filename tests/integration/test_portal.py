@@ -428,6 +428,41 @@ def test_alice_searches_builds_a_cohort_exports_it_and_downloads_a_file(
         assert_clean(portal)
 
 
+def test_alice_opens_a_study_from_the_portal_in_ohif_and_it_draws(
+    api: LocalResearchApi, modalities: dict[str, set[str]], artifacts: Path, dist: Path
+) -> None:
+    """The portal's "Open in viewer" link, clicked: a stock OHIF (npm's @ohif/app) opens in a new
+    tab on that study, reading the research API as alice (its proxy holds her token, as `deidflow
+    local api --ohif` does), and draws her series, the CT she may view and nothing else."""
+    from deidflow.local.ohif import OhifServer
+
+    ct = sorted(modalities["CT"])
+    server = OhifServer(dist, upstream=api.dicomweb_url, upstream_authorization=f"Bearer {api.token('alice')}")
+    with server, OhifBrowser(api.base_url, artifacts=artifacts) as browser:
+        api.viewer_url = server.url + "/viewer?StudyInstanceUIDs={study}"
+        try:
+            portal = Portal(browser, "alice")
+            portal.sign_in()
+            assert portal.search_qido(ModalitiesInStudy="CT") == set(ct)
+            study = ct[0]
+            link = portal.page.locator(f'li.study[data-study="{study}"] a.viewer-link')
+            assert link.get_attribute("href") == f"{server.url}/viewer?StudyInstanceUIDs={study}"
+            portal.shot("10-viewer-link")
+            first = len(server.proxied)
+            viewer, state = browser.follow_to_viewer(link, study, name="alice-11-ohif-from-portal")
+        finally:
+            api.viewer_url = VIEWER
+        print(f"OHIF from the portal: image drawn {state.seconds:.1f} s after the click; {state.image}")
+        assert viewer.url.startswith(server.url + "/viewer") and study in viewer.url
+        assert state.image.non_blank(), f"blank viewport: {state.image}; see {state.viewport_screenshot}"
+        assert state.series and {s.modality for s in state.series} == {"CT"}
+        # What OHIF asked of the API went through its proxy, for that study only, and was answered.
+        asked = server.proxied[first:]
+        assert asked and {p.status for p in asked} == {200}, [(p.path, p.status) for p in asked]
+        assert all(study in p.path for p in asked if "/studies/" in p.path)
+        assert browser.page_errors == []
+
+
 def test_bob_sees_none_of_alices_jobs_and_no_ct(
     api: LocalResearchApi, modalities: dict[str, set[str]], artifacts: Path
 ) -> None:
