@@ -218,6 +218,33 @@ def test_redact_burned_in_text_fills_the_text_and_cleans_the_header(workflow):
     assert int(np.asarray(cleaned.pixel_array).max()) < 128
 
 
+def test_a_throttled_rekognition_is_transient_never_pixels_failed(workflow, monkeypatch):
+    """One throttled DetectText call says nothing about the image: the step fails as transient
+    (retried, then parked), not as `pixels_failed` (quarantined); a real refusal stays a rejection."""
+    from botocore.stub import Stubber
+    from deidflow.cloud.handler import current_services
+    from deidflow.cloud.services import make_rekognition_client
+    from deidflow.pixels.detectors.rekognition import RekognitionDetector
+
+    rekognition = make_rekognition_client("us-east-1", max_attempts=1)
+    services = current_services()
+    monkeypatch.setattr(services, "detector", lambda name: RekognitionDetector(rekognition))
+    ds, _, _ = make_burned_in_ultrasound()
+    key = workflow.drop("us/frame.dcm", dicom_bytes(ds))
+    with Stubber(rekognition) as stub:
+        stub.add_client_error("detect_text", "ThrottlingException", http_status_code=400)
+        with pytest.raises(TransientError, match="ThrottlingException"):
+            call(workflow, "RedactBurnedInText", source(workflow, key))
+        stub.add_client_error("detect_text", "InternalServerError", http_status_code=500)
+        with pytest.raises(TransientError):
+            call(workflow, "RedactBurnedInText", source(workflow, key))
+        stub.add_client_error("detect_text", "ImageTooLargeException", http_status_code=400)
+        with pytest.raises(RejectedObject) as refused:
+            call(workflow, "RedactBurnedInText", source(workflow, key))
+    assert refused.value.reason == "pixels_failed"
+    assert workflow.research_objects(prefix="staging/") == {}
+
+
 # -- index_header, publish, quarantine --------------------------------------------------------------
 
 

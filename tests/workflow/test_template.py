@@ -100,6 +100,7 @@ def test_the_object_reference_key_is_a_generated_phi_side_secret_read_by_the_fun
         "RedactBurnedInTextFunction",
         "PublishFunction",
         "QuarantineFunction",
+        "ParkFunction",
     }
     assert readers["pseudonym"] == {"DeidentifyHeaderFunction", "RedactBurnedInTextFunction"}
 

@@ -167,7 +167,8 @@ def test_every_research_resource_is_under_the_research_key(resources):
 def outside_the_template(resources: dict, name: str, statement: dict, resource: Any) -> bool:
     """The few resources a research role may name that are no resource of the template, each for
     its reason: "*" for the log delivery APIs only; a state machine's own ARN and executions,
-    written out (a Ref to itself would be circular); the default event bus, for PutEvents only;
+    written out (a Ref to itself would be circular); the API's jobs' executions (describe and
+    redrive only: an execution ARN has no Ref); the default event bus, for PutEvents only;
     the team buckets of ExportDestinationBuckets, for putting objects only (which prefix:
     test_template_jobs.py)."""
     actions = frozenset(as_list(statement["Action"]))
@@ -185,6 +186,9 @@ def outside_the_template(resources: dict, name: str, statement: dict, resource: 
             (machine, frozenset({"states:StartExecution"})),
             (executions, frozenset({"states:DescribeExecution", "states:StopExecution", "states:RedriveExecution"})),
         }
+    if name == "ResearchApiFunction":  # its jobs' executions: a job's status, and resume's redrive
+        jobs = {arn % ("states", f"execution:${{AWS::StackName}}-{kind}:*") for kind in ("cohort", "export")}
+        return resource["Fn::Sub"] in jobs and actions == {"states:DescribeExecution", "states:RedriveExecution"}
     return resource["Fn::Sub"] == arn % ("events", "event-bus/default") and actions == {"events:PutEvents"}
 
 

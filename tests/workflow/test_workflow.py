@@ -170,7 +170,16 @@ def test_throttling_is_retried_by_the_state_machine(workflow, corpus):
     assert len(workflow.table_items(workflow.names.index_table)) == 1
 
 
-def test_a_failed_execution_leaves_its_messages_on_the_queue(workflow):
+def dead_letters(workflow) -> list[dict]:
+    messages = workflow.sqs.receive_message(QueueUrl=workflow.dead_letter_queue_url, MaxNumberOfMessages=10)
+    return [json.loads(m["Body"]) for m in messages.get("Messages", [])]
+
+
+def test_a_failing_quarantine_parks_the_object_and_after_the_rounds_it_waits_in_the_dead_letter_queue(workflow):
+    """Quarantine itself fails (its table unreachable): the object is not lost and not called
+    unsafe: it goes back through the queue, round after round, then to the dead-letter queue
+    (whose alarm calls an operator), as a notification SQS's DLQ redrive can bring back."""
+
     def broken_quarantine(event, context):
         raise RuntimeError("the status table is unreachable")
 
@@ -178,10 +187,72 @@ def test_a_failed_execution_leaves_its_messages_on_the_queue(workflow):
     key = workflow.drop("junk.txt", b"not dicom")
     reports = workflow.run_pipe()
 
+    assert {r.status for r in reports} == {"SUCCEEDED"}  # one object never fails a batch
+    rounds = int(workflow.environment["REDRIVE_ROUNDS"])
+    assert [name for name, _ in workflow.invocations].count("Park") == rounds + 1
+    assert queue_counts(workflow) == (0, 0)
+    [letter] = dead_letters(workflow)
+    assert letter["deidflow"] == {"round": rounds + 1}
+    assert [r["s3"]["object"]["key"] for r in letter["Records"]] == [key]
+    status = statuses(workflow)[key]
+    assert status["status"] == "stalled" and status["reason"] == "RejectedObject"
+    workflow.s3.head_object(Bucket=workflow.names.ingest_bucket, Key=key)  # the original is still there
+    assert (
+        "TagSet" not in workflow.s3.get_object_tagging(Bucket=workflow.names.ingest_bucket, Key=key)
+        or not (workflow.s3.get_object_tagging(Bucket=workflow.names.ingest_bucket, Key=key)["TagSet"])
+    )
+
+
+def test_a_failing_park_fails_the_execution_and_leaves_its_messages_on_the_queue(workflow):
+    """The last resort failing too: the execution fails, and SQS delivers the batch again (then
+    the dead-letter queue), so nothing is lost."""
+
+    def broken(event, context):
+        raise RuntimeError("the queue is unreachable")
+
+    workflow.handlers["Quarantine"] = broken
+    workflow.handlers["Park"] = broken
+    key = workflow.drop("junk.txt", b"not dicom")
+    reports = workflow.run_pipe()
+
     assert reports[-1].status == "FAILED"
     visible, in_flight = queue_counts(workflow)
     assert visible + in_flight >= 1  # redelivered after the visibility timeout, then the DLQ
     workflow.s3.head_object(Bucket=workflow.names.ingest_bucket, Key=key)  # and the original is still there
+
+
+def test_throttling_that_outlasts_the_retries_parks_the_object_and_the_redrive_publishes_it(workflow, corpus):
+    """DynamoDB throttles the index write through all of IndexHeader's retries: the object is
+    parked (not quarantined, its staging copy and claim let go), comes back through the queue and
+    is published; the research bucket, the index and the status table agree."""
+    from botocore.exceptions import ClientError
+    from deidflow.cloud.handler import current_services
+
+    table = current_services().table(workflow.names.index_table)
+    real_put = table.put_item
+    attempts = []
+
+    def throttled_for_a_while(**kwargs):
+        attempts.append(1)
+        if len(attempts) <= 6:  # the first call and its five retries
+            raise ClientError({"Error": {"Code": "ThrottlingException"}}, "PutItem")
+        return real_put(**kwargs)
+
+    table.put_item = throttled_for_a_while
+    key = workflow.drop("p/img.dcm", dicom_bytes(corpus.instances[0].dataset))
+    reports = workflow.run_pipe()
+
+    assert [r.status for r in reports] == ["SUCCEEDED", "SUCCEEDED"]
+    calls = [name for name, _ in workflow.invocations]
+    assert calls.count("Park") == 1 and "Quarantine" not in calls
+    assert calls.count("IndexHeader") == 7
+    research = workflow.research_objects()
+    [item] = workflow.table_items(workflow.names.index_table)
+    assert list(research) == [item["research_key"]]
+    assert not [k for k in workflow.research_objects(prefix="staging/")]  # nothing half done is left
+    status = statuses(workflow)[key]
+    assert status["status"] == "published" and "reason" not in status
+    assert dead_letters(workflow) == []
 
 
 def test_template_state_machine_and_functions_agree():
@@ -196,12 +267,18 @@ def test_template_state_machine_and_functions_agree():
         assert function["CodeUri"].rstrip("/") == f"functions/{folder}"
         assert machine["DefinitionSubstitutions"][f"{name}FunctionArn"] == {"Fn::GetAtt": [f"{name}Function", "Arn"]}
         assert (REPO / "functions" / folder / "app.py").is_file()
-    # Every task but the batch expansion and the quarantine itself is caught into Quarantine.
+    # Every task but the batch expansion and the last resort (Park) is caught: content that
+    # cannot be made safe into Quarantine, anything else (transient, timeouts) into Park.
     asl = json.loads(asl_text)
     inner = asl["States"]["ProcessObjects"]["ItemProcessor"]["States"]
     for name, state in inner.items():
-        if state["Type"] == "Task" and name != "Quarantine":
-            assert state["Catch"][0]["Next"] == "Quarantine"
+        if state["Type"] == "Task" and name == "Quarantine":
+            assert [(c["ErrorEquals"], c["Next"]) for c in state["Catch"]] == [(["States.ALL"], "Park")]
+        elif state["Type"] == "Task" and name != "Park":
+            assert [(c["ErrorEquals"], c["Next"]) for c in state["Catch"]] == [
+                (["RejectedObject", "ProcessingError"], "Quarantine"),
+                (["States.ALL"], "Park"),
+            ]
             assert "TransientError" in state["Retry"][0]["ErrorEquals"]
             assert state["Retry"][0]["JitterStrategy"] == "FULL"
             assert "RejectedObject" not in json.dumps(state["Retry"])
@@ -251,6 +328,9 @@ def test_every_function_has_a_sample_event_in_the_shape_it_is_called_with(workfl
     assert events["redact_burned_in_text"]["needs_pixel_scan"] is True
     quarantined = run("Quarantine", {**item, "error": events["quarantine"]["error"]})
     assert quarantined["reason"] == "not_dicom"
+    parked = run("Park", {**item, "needs_pixel_scan": True, "error": events["park"]["error"]})
+    assert set(events["park"]) == set(item) | {"needs_pixel_scan", "error"}
+    assert parked["status"] == "parked" and parked["reason"] == "TransientError" and parked["round"] == 1
 
 
 def test_local_run_command_shows_each_objects_path_and_exits_3_on_quarantine(tmp_path, corpus, capsys):

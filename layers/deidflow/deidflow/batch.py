@@ -41,6 +41,7 @@ from .dicomraw.read import text_value
 from .engine import Engine
 from .intake import Rejected
 from .pseudonym import Pseudonymizer
+from .rejection import Unavailable
 from .rules import RuleSet
 from .storage import LocalStore
 
@@ -390,6 +391,8 @@ def _process_one(engine: Engine, path: str, staged: Path) -> dict[str, Any]:
             fh.writelines(processed.parts)  # large parts go straight to the file, unbuffered
     except Rejected as rejected:
         return _rejected(rejected.reason, rejected.detail)
+    except Unavailable as exc:  # nothing wrong with the file: run it again later
+        return _rejected("service_unavailable", f"{exc}; run it again later")
     except OSError as exc:
         return _rejected("unreadable", f"could not read the file ({exc.strerror or type(exc).__name__})")
     except MemoryError:

@@ -19,6 +19,7 @@ from .dicomraw.write import encode_file_parts
 from .intake import AcceptPolicy, Instance, Rejected, check_cleanable, read_instance
 from .pixels import (
     DetectionError,
+    DetectorBusy,
     PixelDecodeError,
     PixelEncodeError,
     PixelResult,
@@ -34,6 +35,7 @@ from .pixels import (
     redact_burned_in_text,
 )
 from .pseudonym import Pseudonymizer
+from .rejection import Unavailable
 from .rules import InstancePlan, RuleSet
 from .storage import research_key
 from .tags import PIXEL_DATA_KEYWORDS, WRITABLE_NATIVE_SYNTAXES
@@ -107,7 +109,7 @@ class Engine:
         ds = instance.dataset
         try:
             plan, pixels, result = self._clean(instance, explain=explain, scan_pixels=scan_pixels)
-        except (Rejected, PixelScanRequired):
+        except (Rejected, PixelScanRequired, Unavailable):  # a busy service is no damage to the file
             raise
         except Exception as exc:  # noqa: BLE001 - damage surfaces when values are decoded
             raise Rejected("unparseable", f"an element could not be read ({type(exc).__name__})") from None
@@ -196,6 +198,8 @@ class Engine:
             raise Rejected("too_large", str(exc)) from None
         except PixelsUntrusted as exc:
             raise Rejected("pixels_untrusted", f"the decoded pixels cannot be trusted: {exc}") from None
+        except DetectorBusy as exc:
+            raise Unavailable(str(exc)) from None
         except (PixelDecodeError, DetectionError, PixelEncodeError) as exc:
             raise Rejected("pixels_failed", f"burned-in text could not be cleaned ({type(exc).__name__})") from None
         return replace(result, unscanned=unscanned)

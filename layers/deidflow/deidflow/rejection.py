@@ -10,3 +10,8 @@ class Rejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class Unavailable(Exception):
+    """A service the engine needs is busy or unreachable for now: no verdict on the input, which is
+    worth processing again later (the workflow retries, then parks it; never a quarantine)."""

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
-from ..rejection import Rejected
+from ..rejection import Rejected, Unavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,10 +71,21 @@ class ProcessingError(Exception):
     """Unexpected failure; quarantined as `internal_error` without retries."""
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Throttling, a 5xx or a dropped connection: worth the same call again later."""
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return code in TRANSIENT_CODES or status >= 500 or status == 429
+    return isinstance(exc, ConnectionError | HTTPClientError)
+
+
 def classify(exc: BaseException) -> Exception:
     """The workflow error an exception stands for, with a message free of header values."""
     if isinstance(exc, RejectedObject | TransientError | ProcessingError):
         return exc
+    if isinstance(exc, Unavailable):
+        return TransientError(str(exc)[:200])
     if isinstance(exc, Rejected):
         return RejectedObject(exc.reason, exc.detail)
     if isinstance(exc, ClientError):
@@ -84,10 +95,10 @@ def classify(exc: BaseException) -> Exception:
         operation = exc.operation_name
         if code in MISSING_CODES:
             return RejectedObject("missing", f"the object is gone ({operation}: {code})")
-        if code in TRANSIENT_CODES or status >= 500:
+        if is_transient(exc):
             return TransientError(f"{operation}: {code or status}")
         return ProcessingError(f"{operation}: {code or status}")
-    if isinstance(exc, ConnectionError | HTTPClientError):
+    if is_transient(exc):
         return TransientError(type(exc).__name__)
     if isinstance(exc, BotoCoreError):
         return ProcessingError(type(exc).__name__)

@@ -97,5 +97,8 @@ def _observe(step_name: str, result: Mapping[str, Any]) -> None:
     elif result.get("status") == "quarantined":
         metrics.add_metric("ObjectsQuarantined", MetricUnit.Count, 1)
         metrics.add_metadata("reason", result.get("reason"))
+    elif result.get("status") in ("parked", "stalled"):  # ObjectsStalled: the dead-letter queue's alarm too
+        metrics.add_metric("ObjectsParked" if result["status"] == "parked" else "ObjectsStalled", MetricUnit.Count, 1)
+        metrics.add_metadata("error", result.get("reason"))
     else:  # a quarantine step that found the object gone: a skip
         metrics.add_metric("ObjectsSkipped", MetricUnit.Count, 1)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,15 @@ class ObjectRef:
     version_id: str | None = None
     size: int | None = None
     ref: str | None = None
+    # Redrive rounds so far: a transient failure that outlasted the retries parks the object, which
+    # comes back through the queue with its round counted (Park's message, `deidflow.round`).
+    round: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.round:
+            del out["round"]
+        return out
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> ObjectRef:
@@ -41,6 +47,7 @@ class ObjectRef:
             version_id=source.get("version_id") or None,
             size=int(source["size"]) if source.get("size") is not None else None,
             ref=source.get("ref") or None,
+            round=int(source.get("round") or 0),
         )
 
     @property
@@ -97,8 +104,12 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
         if not isinstance(records, list):
             skipped.append(Skipped("unreadable_message", message_id=message_id))
             continue
+        redrive = notification.get("deidflow")
+        round_ = int(redrive.get("round") or 0) if isinstance(redrive, Mapping) else 0
         for record in records:
             ref = _ref_from_record(record)
+            if ref is not None and round_:
+                ref = replace(ref, round=round_)
             if ref is None:
                 skipped.append(Skipped("unreadable_message", message_id=message_id))
                 continue
@@ -111,6 +122,22 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
                 seen.add(identity)
                 objects.append(ref)
     return Batch(objects, skipped)
+
+
+def redrive_message(ref: ObjectRef, round_: int) -> str:
+    """The queue message that brings a parked object back: S3's own notification shape (what
+    parse_batch reads), for that version, with the redrive round under `deidflow`."""
+    obj: dict[str, Any] = {"key": quote_plus(ref.key, safe="/")}
+    if ref.version_id:
+        obj["versionId"] = ref.version_id
+    if ref.size is not None:
+        obj["size"] = ref.size
+    record = {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Redrive",
+        "s3": {"bucket": {"name": ref.bucket}, "object": obj},
+    }
+    return json.dumps({"Records": [record], "deidflow": {"round": round_}}, sort_keys=True)
 
 
 def _ref_from_record(record: Mapping[str, Any]) -> ObjectRef | None:

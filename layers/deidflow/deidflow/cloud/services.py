@@ -68,6 +68,11 @@ def environment_reader(env: Mapping[str, str] | None = None) -> Callable[[str], 
     return need
 
 
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name, "")
+    return int(value) if value != "" else default
+
+
 @dataclass(frozen=True)
 class Settings:
     research_bucket: str
@@ -83,6 +88,11 @@ class Settings:
     skip_suffixes: tuple[str, ...]
     rules_file: str | None = None
     max_index_item_bytes: int = DEFAULT_MAX_ITEM_BYTES
+    # Park's own (its function's environment only): where a parked object comes back, and how often.
+    ingest_queue_url: str | None = None
+    dead_letter_queue_url: str | None = None
+    redrive_rounds: int = 3
+    redrive_delay_seconds: int = 300
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +114,10 @@ class Settings:
             max_object_bytes=int(need("MAX_OBJECT_MB")) * 1024**2,
             text_detector=need("TEXT_DETECTOR"),
             skip_suffixes=tuple(s.strip() for s in need("SKIP_SUFFIXES").split(",") if s.strip()),
+            ingest_queue_url=env.get("INGEST_QUEUE_URL") or None,
+            dead_letter_queue_url=env.get("DEAD_LETTER_QUEUE_URL") or None,
+            redrive_rounds=_int(env, "REDRIVE_ROUNDS", 3),
+            redrive_delay_seconds=_int(env, "REDRIVE_DELAY_SECONDS", 300),
         )
 
 

@@ -8,7 +8,8 @@ bytes only ever travel between S3 and a function, never through the state machin
     redact_burned_in_text  original -> pixels cleaned, then header -> staging object
     index_header           staging object -> index item (+ sidecar when large)
     publish                staging object -> research bucket
-    quarantine             a caught error -> status record, tags on the original, reason
+    quarantine             content that cannot be made safe -> status record, tags on the original, reason
+    park                   a transient failure that outlasted the retries -> back in the queue, later
 
 Every step is idempotent: outputs are keyed by the new UIDs and their bytes are deterministic, so
 a redelivered event or a retried state overwrites with the same content.
@@ -39,7 +40,7 @@ from ..index import SIDECAR_CONTENT_TYPE, IndexEntry, index_file
 from ..research.qido import study_summary
 from ..rules import ALL_LABEL
 from .errors import MISSING_CODES, RejectedObject, rejection_from_error
-from .objects import ObjectRef, parse_batch
+from .objects import ObjectRef, parse_batch, redrive_message
 from .services import Services
 
 # Identifiers the honest broker needs to go from a pseudonym back to the source.
@@ -148,9 +149,7 @@ def quarantine(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Record why the object failed and mark the original; the original itself stays where it is."""
     ref = services.with_ref(ObjectRef.from_event(event))
     reason, detail, research_key = rejection_from_error(event.get("error") or {})
-    staged = event.get("staged") or {}
-    if staged.get("sop_instance_uid"):
-        _release_claim(services, ref, staged["sop_instance_uid"])  # it will not be published: let others try
+    _discard_partial(services, ref, event)  # it will not be published
     if reason == "missing":
         # Deleted before we read it (Orthanc drops duplicates, users fix mistakes): nothing to
         # clean and nothing to keep, so a skip, not a quarantine.
@@ -159,6 +158,51 @@ def quarantine(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     record_status(services, ref, "quarantined", reason=reason, detail=detail, research_key=research_key)
     _tag_original(services, ref, reason)
     return {"source": ref.as_dict(), "status": "quarantined", "reason": reason}
+
+
+# The longest an SQS message can be delayed.
+MAX_DELAY_SECONDS = 900
+
+
+def park(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
+    """A failure that says nothing about the content (throttling, a service error, a Lambda that
+    could not run or timed out) outlasted the state's retries: the object is not quarantined but
+    sent back through the ingest queue, later (a delay that doubles each round), as its own S3
+    notification. After `redrive_rounds` rounds it goes to the dead-letter queue instead, whose
+    alarm calls an operator, and SQS's DLQ redrive brings it back. What it left half done goes."""
+    ref = services.with_ref(ObjectRef.from_event(event))
+    error = event.get("error") or {}
+    reason = str(error.get("Error", "")) or "unknown"
+    _discard_partial(services, ref, event)
+    settings = services.settings
+    round_ = ref.round + 1
+    message = redrive_message(ref, round_)
+    sqs = services.client("sqs")
+    if round_ > settings.redrive_rounds:
+        if not settings.dead_letter_queue_url:
+            raise RuntimeError("environment variable DEAD_LETTER_QUEUE_URL is not set")
+        sqs.send_message(QueueUrl=settings.dead_letter_queue_url, MessageBody=message)
+        record_status(services, ref, "stalled", reason=reason, detail=f"still failing after {ref.round} redrives")
+        return {"source": ref.as_dict(), "status": "stalled", "reason": reason, "round": ref.round}
+    if not settings.ingest_queue_url:
+        raise RuntimeError("environment variable INGEST_QUEUE_URL is not set")
+    delay = min(MAX_DELAY_SECONDS, settings.redrive_delay_seconds * 2 ** (round_ - 1))
+    sqs.send_message(QueueUrl=settings.ingest_queue_url, MessageBody=message, DelaySeconds=delay)
+    record_status(
+        services, ref, "parked", reason=reason, detail=f"redrive {round_} of {settings.redrive_rounds} in {delay} s"
+    )
+    return {"source": ref.as_dict(), "status": "parked", "reason": reason, "round": round_}
+
+
+def _discard_partial(services: Services, ref: ObjectRef, event: Mapping[str, Any]) -> None:
+    """What a failed object left on the way: its claim on the research UID (others may take it)
+    and its staging copy. Never the research object or its index entry, which another version of
+    the same instance may have published."""
+    staged = event.get("staged") or {}
+    if staged.get("sop_instance_uid"):
+        _release_claim(services, ref, staged["sop_instance_uid"])
+    if staged.get("staging_key"):
+        services.s3.delete_object(Bucket=services.settings.research_bucket, Key=staged["staging_key"])
 
 
 def record_status(services: Services, ref: ObjectRef, status: str, **fields: Any) -> None:

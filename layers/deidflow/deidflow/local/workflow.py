@@ -43,6 +43,7 @@ FUNCTIONS = {
     "IndexHeader": "index_header",
     "Publish": "publish",
     "Quarantine": "quarantine",
+    "Park": "park",
 }
 ASL_PATH = Path("statemachines") / "deidentify.asl.json"
 TEMPLATE_PATH = Path("template.yaml")
@@ -161,6 +162,7 @@ class LocalWorkflow:
         batch_size: int = 10,
         log_level: str = "WARNING",
         object_ref_key: bytes | None = None,
+        redrive_delay_seconds: int = 0,
     ):
         self.project = find_project(project)
         self.names = names or LocalNames()
@@ -185,13 +187,19 @@ class LocalWorkflow:
                     "StatusTable": self.names.status_table,
                     "PseudonymKeySecret": self.names.key_secret,
                     "ObjectRefKeySecret": self.names.object_ref_secret,
+                    # A queue's Ref is its URL, which moto makes from the account and the name.
+                    "IngestQueue": self.queue_url_of(self.names.queue),
+                    "IngestDeadLetterQueue": self.queue_url_of(self.names.dead_letter_queue),
                 },
                 stack_name="local",
+                function="ParkFunction",  # the one function with variables of its own
             ),
             # What a local run changes: its size limit and detector, and no X-Ray daemon to trace to.
             "MAX_OBJECT_MB": str(max_object_mb),
             "TEXT_DETECTOR": text_detector,
             "POWERTOOLS_TRACE_DISABLED": "true",
+            # A parked object comes back at once: run_pipe drains the queue, delays and all.
+            "REDRIVE_DELAY_SECONDS": str(redrive_delay_seconds),
         }
         if rules_file:
             self.environment["RULES_FILE"] = str(rules_file)
@@ -246,7 +254,7 @@ class LocalWorkflow:
         for bucket in (n.ingest_bucket, n.research_bucket):
             self.s3.create_bucket(Bucket=bucket)
             self.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-        dlq_url = self.sqs.create_queue(QueueName=n.dead_letter_queue)["QueueUrl"]
+        self.dead_letter_queue_url = dlq_url = self.sqs.create_queue(QueueName=n.dead_letter_queue)["QueueUrl"]
         dlq_arn = self._queue_arn(dlq_url)
         self.queue_url = self.sqs.create_queue(
             QueueName=n.queue,
@@ -255,6 +263,7 @@ class LocalWorkflow:
                 "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
             },
         )["QueueUrl"]
+        assert (self.queue_url, dlq_url) == (self.queue_url_of(n.queue), self.queue_url_of(n.dead_letter_queue))
         self.s3.put_bucket_notification_configuration(
             Bucket=n.ingest_bucket,
             NotificationConfiguration={
@@ -301,6 +310,10 @@ class LocalWorkflow:
 
     def _queue_arn(self, url: str) -> str:
         return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    @staticmethod
+    def queue_url_of(name: str) -> str:
+        return f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{name}"
 
     @staticmethod
     def function_arn(name: str) -> str:

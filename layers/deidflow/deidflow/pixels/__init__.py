@@ -11,6 +11,7 @@ Public API (what the de-identification engine, the CLI and the redaction Lambda 
 from .boxes import RedactionBox, merge_boxes
 from .detectors import (
     DetectionError,
+    DetectorBusy,
     DetectorUnavailable,
     NoDetector,
     RapidOcrDetector,
@@ -34,6 +35,7 @@ from .render import PixelDecodeError, PixelsTooLarge, PixelsUntrusted, decode_fr
 
 __all__ = [
     "DetectionError",
+    "DetectorBusy",
     "DetectorUnavailable",
     "DeviceSignature",
     "EncodingPlan",

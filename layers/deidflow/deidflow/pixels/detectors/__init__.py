@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .base import DetectionError, DetectorUnavailable, NoDetector, TextDetector, check_frame, iter_tiles
+from .base import DetectionError, DetectorBusy, DetectorUnavailable, NoDetector, TextDetector, check_frame, iter_tiles
 from .rapidocr import RapidOcrDetector
 from .rekognition import RekognitionDetector
 from .tesseract import TesseractDetector
@@ -45,6 +45,7 @@ def make_detector(name: str, **options: Any) -> TextDetector:
 __all__ = [
     "DETECTOR_FACTORIES",
     "DetectionError",
+    "DetectorBusy",
     "DetectorUnavailable",
     "NoDetector",
     "RapidOcrDetector",

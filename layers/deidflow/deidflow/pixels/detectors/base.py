@@ -24,6 +24,11 @@ class DetectorUnavailable(DetectionError):
     """The back-end's package, binary or model is not installed here."""
 
 
+class DetectorBusy(DetectionError):
+    """The back-end's service is throttled or failing for now (a 429 or 5xx, a dropped connection):
+    not the frame's fault, so the same frame is worth trying again later."""
+
+
 @runtime_checkable
 class TextDetector(Protocol):
     """One frame in, pixel boxes around text out."""

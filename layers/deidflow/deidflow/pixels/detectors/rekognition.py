@@ -20,7 +20,7 @@ import numpy as np
 
 from ..boxes import RedactionBox, merge_boxes
 from ..png import encode_png
-from .base import DetectionError, check_frame, iter_tiles
+from .base import DetectionError, DetectorBusy, check_frame, iter_tiles
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,11 @@ class RekognitionDetector:
             return self.client.detect_text(Image={"Bytes": payload})
         except Exception as exc:  # botocore ClientError, EndpointConnectionError, ...
             # the error code is safe to report; the image is not included
+            from ...cloud.errors import is_transient
+
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+            if is_transient(exc):  # throttled or failing for now: retried, never a verdict on the image
+                raise DetectorBusy(f"Rekognition DetectText is busy: {code}") from exc
             raise DetectionError(f"Rekognition DetectText failed: {code}") from exc
 
 
