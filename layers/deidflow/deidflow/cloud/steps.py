@@ -134,6 +134,8 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     staged = event["staged"]
     status = "duplicate" if staged.get("duplicate_of") else "published"
     bucket = services.settings.research_bucket
+    # Checked again: a delete or a newer upload may have come while this version was processed.
+    _still_current(services, ref)
     services.s3.copy(
         {"Bucket": bucket, "Key": staged["staging_key"]},
         bucket,
@@ -150,9 +152,9 @@ def quarantine(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     ref = services.with_ref(ObjectRef.from_event(event))
     reason, detail, research_key = rejection_from_error(event.get("error") or {})
     _discard_partial(services, ref, event)  # it will not be published
-    if reason == "missing":
-        # Deleted before we read it (Orthanc drops duplicates, users fix mistakes): nothing to
-        # clean and nothing to keep, so a skip, not a quarantine.
+    if reason in ("missing", "superseded"):
+        # Deleted before it was published (Orthanc drops duplicates, users fix mistakes), or
+        # overwritten by a newer version: nothing to keep, so a skip, not a quarantine.
         record_status(services, ref, "skipped", reason=reason, detail=detail)
         return {"source": ref.as_dict(), "status": "skipped", "reason": reason}
     record_status(services, ref, "quarantined", reason=reason, detail=detail, research_key=research_key)
@@ -339,11 +341,36 @@ def _release_claim(services: Services, ref: ObjectRef, sop_uid: str) -> None:
             raise
 
 
+def _still_current(services: Services, ref: ObjectRef) -> None:
+    """The event's version must still be the key's current one. Deleted since (a delete marker on
+    top): nothing is published, whatever the version-pinned read could still fetch. Overwritten
+    since: the newer version's own event processes it, and this one (late, replayed or redriven)
+    must not bring the older content back.
+
+    Asked of the version listing (s3:ListBucketVersions), not by a HEAD, which would need read
+    access to the original's content and, for a deleted key, s3:ListBucket to tell 404 from 403."""
+    if not ref.version_id:
+        return  # an unversioned bucket: the key's one object is what there is
+    # The key sorts first among the keys it prefixes, newest first: its latest entry is in here.
+    listed = services.s3.list_object_versions(Bucket=ref.bucket, Prefix=ref.key, MaxKeys=10)
+    latest = [
+        (entry, kind)
+        for kind in ("Versions", "DeleteMarkers")
+        for entry in listed.get(kind, [])
+        if entry.get("Key") == ref.key and entry.get("IsLatest")
+    ]
+    if not latest or latest[0][1] == "DeleteMarkers":
+        raise RejectedObject("missing", "the object was deleted before it was published")
+    if latest[0][0].get("VersionId") != ref.version_id:
+        raise RejectedObject("superseded", "a newer version of the object was uploaded; its own event processes it")
+
+
 def _process_original(services: Services, ref: ObjectRef, *, scan_pixels: bool) -> ProcessedInstance:
     """The engine's output for the original version (its source identifiers for the mapping table included).
 
     A Rejected from the engine leaves as RejectedObject (the handler's `workflow_errors` maps it).
     """
+    _still_current(services, ref)
     with _downloaded(services, ref) as path:
         return services.engine.process(path, scan_pixels=scan_pixels)
 

@@ -220,6 +220,7 @@ class LocalWorkflow:
             os.environ[name] = value
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         self._mock.start()
+        _as_aws_notifies(True)
         import boto3
 
         boto3.setup_default_session()
@@ -237,6 +238,7 @@ class LocalWorkflow:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        _as_aws_notifies(False)
         reset_services()
         handler.logger.setLevel(self._log_level)
         self._mock.stop()
@@ -461,6 +463,34 @@ class LocalWorkflow:
             if "LastEvaluatedKey" not in page:
                 return items
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+_MOTO_S3_EVENT: Callable[..., Any] | None = None
+_SEQUENCER = iter(range(1, 1 << 62))
+
+
+def _as_aws_notifies(on: bool) -> None:
+    """moto's S3 notifications carry neither `versionId` nor `sequencer`, which AWS sends and the
+    workflow relies on (the version-pinned read, newer versions winning over replays): while a
+    LocalWorkflow runs, they carry both, the sequencer growing with every event as AWS's does per key."""
+    import moto.s3.notifications as notifications
+
+    global _MOTO_S3_EVENT
+    if on and _MOTO_S3_EVENT is None:
+        original = _MOTO_S3_EVENT = notifications._get_s3_event  # noqa: SLF001 - the one place moto is corrected
+
+        def with_version(event_name: str, bucket: Any, key: Any, notification_id: str) -> Any:
+            event = original(event_name, bucket, key, notification_id)
+            obj = event["Records"][0]["s3"]["object"]
+            if getattr(bucket, "is_versioned", False) and getattr(key, "version_id", None):
+                obj["versionId"] = key.version_id
+            obj["sequencer"] = f"{next(_SEQUENCER):016X}"
+            return event
+
+        notifications._get_s3_event = with_version  # noqa: SLF001
+    elif not on and _MOTO_S3_EVENT is not None:
+        notifications._get_s3_event = _MOTO_S3_EVENT  # noqa: SLF001
+        _MOTO_S3_EVENT = None
 
 
 def lambda_answer(arn: str, call: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
