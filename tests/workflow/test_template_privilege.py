@@ -111,8 +111,8 @@ def check_mapping_grants(t: Templates) -> None:
 
 
 def check_key_secret(t: Templates) -> None:
-    """The pseudonymisation key: read by the pseudonymisers and the honest broker only; its value is
-    never replaced by a put or a rotation; MappingKey is used only through DynamoDB and Secrets Manager."""
+    """The pseudonymisation key: read by the pseudonymisers and the honest broker only; never rotated
+    and never put by a function; MappingKey is used only through DynamoDB and Secrets Manager."""
     resources = t["main"]["Resources"]
     [policy] = [r for r in resources.values() if r["Type"] == "AWS::SecretsManager::ResourcePolicy"]
     assert policy["Properties"]["SecretId"] == {"Ref": "PseudonymKeySecret"}
@@ -124,9 +124,14 @@ def check_key_secret(t: Templates) -> None:
     )
     readers = [sub(v) for v in as_list(reads["Condition"]["ArnNotLike"]["aws:PrincipalArn"])]
     assert readers == [PSEUDONYMISERS, HONEST_BROKER]
-    replace = sids["NobodyReplacesTheKey"]
-    assert replace["Effect"] == "Deny" and "Condition" not in replace
-    assert {"secretsmanager:PutSecretValue", "secretsmanager:RotateSecret"} <= set(replace["Action"])
+    rotate = sids["NobodyRotatesTheKey"]
+    assert rotate["Effect"] == "Deny" and "Condition" not in rotate
+    assert "secretsmanager:RotateSecret" in rotate["Action"]
+    # No function may put a value (re-key): seeding an existing key is an administrator's act.
+    for name, resource in roles(resources).items():
+        for s in statements(resource):
+            if "PseudonymKeySecret" in json.dumps(s["Resource"]):
+                assert as_list(s["Action"]) == ["secretsmanager:GetSecretValue"], name
     key = by_sid(resources["MappingKey"]["Properties"]["KeyPolicy"])
     direct = key["OnlyThroughTheMappingTableAndTheKeySecret"]
     assert direct["Effect"] == "Deny" and direct["Principal"] == "*"
