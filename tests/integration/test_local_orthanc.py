@@ -8,6 +8,7 @@ and pynetdicom for the C-STORE sender.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -26,6 +27,7 @@ from deidflow.local.orthanc import (
     OrthancFailed,
     OrthancInstallation,
     OrthancNotInstalled,
+    _multipart_related,
     _request,
     c_store,
     find_orthanc,
@@ -295,3 +297,74 @@ def test_a_busy_port_is_named_with_the_option_that_changes_it(
         with pytest.raises(OrthancFailed, match=f"port {port} is in use: choose another with --http-port"):
             server.start()
     assert not _orthancs_of(tmp_path / "state")
+
+
+def test_a_sender_stores_but_reads_nothing_back(orthanc: LocalOrthanc, sent: Corpus) -> None:
+    """Store-only (the HTTP filter, orthanc_http_filter.lua, the cloud's too): the sending system's
+    credentials can POST /instances and STOW-RS and nothing else; every read of what was sent (REST,
+    WADO-RS, WADO-URI, QIDO-RS) is 403. Only registered modalities may C-STORE."""
+    pytest.importorskip("pynetdicom", reason="the C-STORE sender needs pynetdicom")
+    study = sent.studies[0]
+    instance = study.instances[0]
+    path = sent.files[str(instance.dataset.SOPInstanceUID)]
+    study_uid, series_uid = str(instance.dataset.StudyInstanceUID), str(instance.dataset.SeriesInstanceUID)
+    sop_uid = str(instance.dataset.SOPInstanceUID)
+    before = len(ready_files(orthanc.target_folder))
+
+    status, body = _request("POST", orthanc.url + "/instances", orthanc.credentials, data=path.read_bytes())
+    assert status == 200, status
+    orthanc_id = json.loads(body)["ID"]
+    assert stow_rs(orthanc.url, orthanc.credentials, [path]) == 1
+    # STOW-RS to one study (POST /dicom-web/studies/<Study UID>).
+    boundary = "deidflow-test-boundary"
+    status, _ = _request(
+        "POST",
+        f"{orthanc.url}/dicom-web/studies/{study_uid}",
+        orthanc.credentials,
+        data=b"".join(_multipart_related([path], boundary)),
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+    )
+    assert status == 200, status
+
+    web = "/dicom-web"
+    reads = [
+        "/system",
+        "/instances",
+        f"/instances/{orthanc_id}",
+        f"/instances/{orthanc_id}/file",
+        f"/instances/{orthanc_id}/tags",
+        "/studies",
+        "/patients",
+        "/changes",
+        f"{web}/studies",  # QIDO-RS
+        f"{web}/studies/{study_uid}",  # WADO-RS
+        f"{web}/studies/{study_uid}/metadata",
+        f"{web}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}",
+        f"/wado?requestType=WADO&studyUID={study_uid}&seriesUID={series_uid}&objectUID={sop_uid}",
+    ]
+    for uri in reads:
+        assert _request("GET", orthanc.url + uri, orthanc.credentials)[0] == 403, uri
+    others = [
+        ("POST", "/tools/find", b'{"Level": "Study", "Query": {}}'),
+        ("POST", f"/instances/{orthanc_id}/anonymize", b"{}"),
+        ("POST", "/instances/", path.read_bytes()),  # not the exact path: refused, not interpreted
+        ("PUT", "/modalities/mine", b'{"AET": "MINE", "Host": "127.0.0.1", "Port": 104}'),
+        ("DELETE", f"/instances/{orthanc_id}", None),
+    ]
+    for method, uri, data in others:
+        assert _request(method, orthanc.url + uri, orthanc.credentials, data=data)[0] == 403, (method, uri)
+
+    # deidflow's monitor user sees ids and counts, never an instance, its tags or its file.
+    assert _request("GET", orthanc.url + "/instances", orthanc.monitor_credentials)[0] == 200
+    for uri in (f"/instances/{orthanc_id}/file", f"/instances/{orthanc_id}/tags", "/studies", f"{web}/studies"):
+        assert _request("GET", orthanc.url + uri, orthanc.monitor_credentials)[0] == 403, uri
+    assert _request("POST", orthanc.url + "/instances", orthanc.monitor_credentials, data=path.read_bytes())[0] == 403
+
+    # DICOM: the registered calling AET stores; any other is refused at association.
+    assert c_store("127.0.0.1", orthanc.dicom_port, orthanc.aet, [path], calling_aet=orthanc.calling_aet) == 1
+    with pytest.raises(RuntimeError, match="not accepted"):
+        c_store("127.0.0.1", orthanc.dicom_port, orthanc.aet, [path], calling_aet="NOT_REGISTERED")
+
+    # What was stored went on to the drop folder (one file per instance, named by its Orthanc id).
+    wait_for("the stored copies in the drop folder", lambda: len(ready_files(orthanc.target_folder)) >= before)
+    assert (orthanc.target_folder / f"{orthanc_id}.dcm").is_file()

@@ -59,7 +59,10 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
         pytest.skip(f"no local Orthanc: {exc}")
     base = tmp_path_factory.mktemp("ohif-orthanc")
     # Kept in Orthanc (not handed over to the drop folder and deleted) so that OHIF can read it back.
-    with LocalOrthanc(base / "state", base / "drop", installation=installation, delete_after_forward=False) as server:
+    # A reference Orthanc the viewer reads back from: only its reader user may (its sender may not).
+    with LocalOrthanc(
+        base / "state", base / "drop", installation=installation, delete_after_forward=False, reader=True
+    ) as server:
         assert stow_rs(server.url, server.credentials, SAMPLE_FILES) == len(SAMPLE_FILES)
         yield server
 
@@ -69,7 +72,7 @@ def viewer(dist: Path, orthanc: LocalOrthanc) -> Iterator[OhifServer]:
     with OhifServer(
         dist,
         upstream=orthanc.dicomweb_url,
-        upstream_authorization=_auth_header(orthanc.credentials),
+        upstream_authorization=_auth_header(orthanc.reader_credentials),
         config=lambda root: app_config(root, bearer_token=TOKEN),
     ) as server:
         yield server

@@ -142,13 +142,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     (base / "access.yaml").write_text("profiles: profiles.yaml\nusers:\n  - {username: dora}\n", "utf-8")
     with (
         LocalResearchApi(research, base / "access.yaml", project=REPO) as api,
-        LocalOrthanc(base / "orthanc", base / "drop", installation=installation, delete_after_forward=False) as orthanc,
+        # A reference Orthanc to compare against: read back by its reader user (its sender may not).
+        LocalOrthanc(
+            base / "orthanc", base / "drop", installation=installation, delete_after_forward=False, reader=True
+        ) as orthanc,
     ):
         assert stow_rs(orthanc.url, orthanc.credentials, files.values()) == len(files)
         deid_session = requests.Session()
         deid_session.headers["Authorization"] = f"Bearer {api.token('dora')}"
         orthanc_session = requests.Session()
-        orthanc_session.headers["Authorization"] = _auth_header(orthanc.credentials)
+        orthanc_session.headers["Authorization"] = _auth_header(orthanc.reader_credentials)
         yield Servers(
             research=research,
             files=files,

@@ -317,7 +317,7 @@ def test_a_huge_header_spills_to_a_sidecar_and_the_item_keeps_its_keys(default_e
     item = entry.item
 
     assert "dicom_json" not in item
-    assert item["dicom_json_sidecar"] == entry.sidecar_key == key.removesuffix(".dcm") + ".json"
+    assert item["dicom_json_sidecar"] == entry.sidecar_key == "headers/" + key.removesuffix(".dcm") + ".json"
     assert entry.sidecar is not None and len(entry.sidecar) > DYNAMODB_ITEM_LIMIT
     for name in KEY_ATTRIBUTES:
         assert item[name], name
@@ -348,10 +348,10 @@ def test_an_item_too_large_even_without_its_json_is_refused():
         index_entry(ds, "k.dcm", max_item_bytes=10)
 
 
-def test_default_sidecar_key_sits_beside_the_instance():
+def test_default_sidecar_key_is_named_after_the_instance_outside_the_published_studies():
     key = "studies/2.25.1/series/2.25.2/instances/2.25.3.dcm"
-    assert default_sidecar_key(key) == "studies/2.25.1/series/2.25.2/instances/2.25.3.json"
-    assert default_sidecar_key("other/object") == "other/object.json"
+    assert default_sidecar_key(key) == "headers/studies/2.25.1/series/2.25.2/instances/2.25.3.json"
+    assert default_sidecar_key("other/object") == "headers/other/object.json"
 
 
 # --- determinism -------------------------------------------------------------------------------

@@ -75,6 +75,21 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+SLOTS = 8  # sender slots (SendingSystems)
+
+
+def _unconditional(items: list[Any]) -> list[Any]:
+    """A list whose `Fn::If [cond, x, AWS::NoValue]` items are read as x (their condition holding)."""
+    found = []
+    for item in items:
+        if isinstance(item, dict) and set(item) == {"Fn::If"}:
+            _, granted, otherwise = item["Fn::If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}, item
+            item = granted
+        found.append(item)
+    return found
+
+
 # --------------------------------------------------------------------------- network exposure
 
 
@@ -181,27 +196,32 @@ def test_alb_health_check_expects_orthanc_to_refuse_anonymous_callers(template):
 # --------------------------------------------------------------------------- image and container
 
 
-def test_image_tag_is_pinned(template):
-    param = template["Parameters"]["OrthancImageTag"]
+def test_the_image_is_pinned_by_digest(template):
+    """A digest names exactly one image: a moved tag or a rewritten registry cannot change what runs.
+    No default: nothing here could read a real digest, and a made-up one is worse than none."""
+    param = template["Parameters"]["OrthancImageDigest"]
+    assert "Default" not in param
     pattern = re.compile(param["AllowedPattern"])
-    assert pattern.fullmatch(param["Default"])
-    assert re.fullmatch(r"\d+\.\d+\.\d+", param["Default"])
-    for floating in ["latest", "stable", "mainline", "25", ""]:
+    assert pattern.fullmatch("sha256:" + "0123456789abcdef" * 4)
+    for floating in ["latest", "25.12.3", "sha256:", "sha256:" + "A" * 64, "sha512:" + "0" * 128, ""]:
         assert not pattern.fullmatch(floating), floating
     (container,) = _one(template, "AWS::ECS::TaskDefinition")["Properties"]["ContainerDefinitions"]
-    assert container["Image"] == {"Fn::Sub": "${OrthancImageRepository}:${OrthancImageTag}"}
+    assert container["Image"] == {"Fn::Sub": "${OrthancImageRepository}@${OrthancImageDigest}"}
     assert template["Parameters"]["OrthancImageRepository"]["Default"] == "orthancteam/orthanc"
+    assert not [name for name in template["Parameters"] if "Tag" in name]
 
 
 def test_secrets_come_from_secrets_manager_and_config_from_ssm(template):
     (container,) = _one(template, "AWS::ECS::TaskDefinition")["Properties"]["ContainerDefinitions"]
-    secrets = {s["Name"]: s["ValueFrom"] for s in container["Secrets"]}
+    secrets = {s["Name"]: s["ValueFrom"] for s in _unconditional(container["Secrets"])}
     assert secrets["ORTHANC__POSTGRESQL__PASSWORD"] == {"Fn::Sub": "${DbSecret}:password::"}
-    assert secrets["ORTHANC__REGISTERED_USERS"] == {"Ref": "OrthancUsersSecret"}
+    assert "ORTHANC__REGISTERED_USERS" not in secrets  # built from one secret per sender at start
+    for slot in range(1, SLOTS + 1):
+        assert secrets[f"DEIDFLOW_SENDER_{slot}"] == {"Ref": f"SenderSecret{slot}"}
     assert "${OrthancConfig}" in _sub_text(secrets["ORTHANC_JSON"])
     env_names = {e["Name"] for e in container["Environment"]}
-    assert not any("PASSWORD" in n or "REGISTERED_USERS" in n for n in env_names)
-    for name in ("DbSecret", "OrthancUsersSecret"):
+    assert not any("PASSWORD" in n or "REGISTERED_USERS" in n or "SENDER" in n for n in env_names)
+    for name in ("DbSecret", *(f"SenderSecret{slot}" for slot in range(1, SLOTS + 1))):
         props = template["Resources"][name]["Properties"]
         assert "GenerateSecretString" in props and "SecretString" not in props, name
 
@@ -287,7 +307,10 @@ def test_execution_role_reads_only_this_stacks_secrets_and_parameter(template):
         resources = _as_list(stmt["Resource"])
         assert "*" not in resources, stmt
     by_sid = {s["Sid"]: s for s in statements}
-    assert by_sid["ReadOrthancSecrets"]["Resource"] == [{"Ref": "DbSecret"}, {"Ref": "OrthancUsersSecret"}]
+    assert _unconditional(by_sid["ReadOrthancSecrets"]["Resource"]) == [
+        {"Ref": "DbSecret"},
+        *({"Ref": f"SenderSecret{slot}"} for slot in range(1, SLOTS + 1)),
+    ]
     assert "${OrthancConfig}" in _sub_text(by_sid["ReadOrthancConfig"]["Resource"])
 
 
@@ -337,3 +360,142 @@ def test_parent_parameters_and_outputs(template):
     assert template["Parameters"]["VpcId"]["Default"] == ""
     for name in ["OrthancUrl", "DicomEndpoint", "ServiceName", "ClusterName"]:
         assert name in template["Outputs"], name
+
+
+# --------------------------------------------------------------------------- senders, store-only, modalities
+
+REPO = TEMPLATE.parents[1]
+HTTP_FILTER = REPO / "layers" / "deidflow" / "deidflow" / "data" / "orthanc_http_filter.lua"
+CONTAINER_START = REPO / "orthanc" / "container_start.py"
+
+
+def _container(template: dict[str, Any]) -> dict[str, Any]:
+    (container,) = _one(template, "AWS::ECS::TaskDefinition")["Properties"]["ContainerDefinitions"]
+    return container
+
+
+def _start_module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("orthanc_container_start", CONTAINER_START)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_container_runs_the_start_script_and_the_filter_of_this_repository(template):
+    """The template carries both texts inline (a task definition cannot read the repository): they
+    must be these files byte for byte, or the cloud would run something no test has seen."""
+    container = _container(template)
+    assert container["EntryPoint"] == ["python3", "-c"]
+    assert container["Command"] == [CONTAINER_START.read_text()], "run python tools/sync_orthanc_inline.py"
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    # The local Orthanc loads this file (tests/integration/test_local_orthanc.py).
+    assert env["DEIDFLOW_HTTP_FILTER"] == HTTP_FILTER.read_text(), "run python tools/sync_orthanc_inline.py"
+    assert env["DEIDFLOW_MODALITIES"] == {"Ref": "DicomModalities"}
+    start = _start_module()
+    assert start.ENTRYPOINT == ["/docker-entrypoint.sh", "/tmp/orthanc.json"]  # the image's ENTRYPOINT + CMD
+    assert _orthanc_config(template)["LuaScripts"] == [start.FILTER_PATH]
+    # The health probe logs in as its own user (GET /system and /changes only), never as a sender.
+    assert container["HealthCheck"]["Command"][-1] == f"--user={start.PROBE_USER}"
+
+
+def test_one_generated_secret_per_sending_system(template):
+    params = template["Parameters"]
+    pattern = re.compile(params["SendingSystems"]["AllowedPattern"])
+    assert pattern.fullmatch(params["SendingSystems"]["Default"])
+    assert pattern.fullmatch(",".join(f"site{i}" for i in range(SLOTS)))
+    assert pattern.fullmatch("pacs,-,ct-gateway")  # a retired slot keeps the others' secrets
+    for bad in ["", ",".join(f"site{i}" for i in range(SLOTS + 1)), "Pacs", "pacs,", "a", '"x"', "pacs;rm"]:
+        assert not pattern.fullmatch(bad), bad
+    secrets = _resources(template, "AWS::SecretsManager::Secret")
+    assert set(secrets) == {"DbSecret", *(f"SenderSecret{slot}" for slot in range(1, SLOTS + 1))}
+    for slot in range(1, SLOTS + 1):
+        secret = secrets[f"SenderSecret{slot}"]
+        assert secret["Condition"] == f"HasSender{slot}"
+        generated = secret["Properties"]["GenerateSecretString"]
+        assert generated["GenerateStringKey"] == "password" and generated["ExcludePunctuation"] is True
+        assert f"[{slot - 1}," in json.dumps(generated["SecretStringTemplate"]).replace(" ", "")
+        assert template["Outputs"][f"Sender{slot}SecretArn"]["Condition"] == f"HasSender{slot}"
+
+
+def test_dicom_accepts_only_registered_modalities_from_their_address(template):
+    config = _orthanc_config(template)
+    assert config["DicomAlwaysAllowStore"] is False
+    assert config["DicomCheckModalityHost"] is True and config["DicomCheckCalledAet"] is True
+    for service in ("Echo", "Find", "FindWorklist", "Get", "Move"):
+        assert config[f"DicomAlwaysAllow{service}"] is False, service
+    assert config["DicomModalitiesInDatabase"] is False  # nobody adds one over REST either
+    assert "DicomModalities" not in config  # from DicomModalities, by the start script
+    attributes = {
+        a["Key"]: a["Value"] for a in template["Resources"]["DicomTargetGroup"]["Properties"]["TargetGroupAttributes"]
+    }
+    assert attributes["preserve_client_ip.enabled"] == "true"  # else Orthanc sees the NLB's address
+    pattern = re.compile(template["Parameters"]["DicomModalities"]["AllowedPattern"])
+    assert pattern.fullmatch("") and pattern.fullmatch("CT1@10.0.0.5,MR_2@10.1.2.3:11112")
+    for bad in ["CT1", "ct1@10.0.0.5", "CT1@host.example", "CT1@10.0.0.5,", '"}, "X": {"']:
+        assert not pattern.fullmatch(bad), bad
+
+
+def test_nothing_sent_can_be_read_back_over_http(template):
+    config = _orthanc_config(template)
+    assert config["DicomWeb"]["EnableWado"] is False  # WADO-URI off; the filter refuses the rest
+    assert config["ExecuteLuaEnabled"] is False
+    assert "RegisteredUsers" not in config and "DeidflowHttpFilter" not in config  # the start script's
+
+
+def test_the_start_script_builds_users_modalities_and_the_filter_section():
+    start = _start_module()
+    environ = {
+        "DEIDFLOW_SENDER_1": json.dumps({"username": "pacs", "password": "A" * 32}),
+        "DEIDFLOW_SENDER_3": json.dumps({"username": "ct-gateway", "password": "b1" * 16}),
+        "DEIDFLOW_MODALITIES": "CT1@10.0.0.5,MR_2@10.1.2.3:11112",
+    }
+    config = start.configuration(environ)
+    users = config["RegisteredUsers"]
+    assert set(users) == {"pacs", "ct-gateway", start.PROBE_USER}
+    assert users["pacs"] == "A" * 32 and len(users[start.PROBE_USER]) == 48
+    assert start.configuration(environ)["RegisteredUsers"][start.PROBE_USER] != users[start.PROBE_USER]
+    assert config["DeidflowHttpFilter"] == {
+        "Senders": ["ct-gateway", "pacs"],
+        "Monitors": [start.PROBE_USER],
+        "MonitorPaths": ["/system", "/changes"],
+        "Readers": [],
+        "DicomWebRoot": "/dicom-web/",
+    }
+    ct = config["DicomModalities"]["ct1"]
+    assert (ct["AET"], ct["Host"], ct["Port"], ct["AllowStore"], ct["AllowEcho"]) == (
+        "CT1",
+        "10.0.0.5",
+        104,
+        True,
+        True,
+    )
+    assert not any(v for k, v in ct.items() if k.startswith("Allow") and k not in ("AllowStore", "AllowEcho"))
+    assert config["DicomModalities"]["mr_2"]["Port"] == 11112
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},  # no sender at all
+        {"DEIDFLOW_SENDER_1": "not json"},
+        {"DEIDFLOW_SENDER_1": json.dumps({"username": "deidflow-probe", "password": "A" * 32})},
+        {"DEIDFLOW_SENDER_1": json.dumps({"username": "pacs", "password": "short"})},
+        {"DEIDFLOW_SENDER_1": json.dumps({"username": "pacs", "password": "$" + "A" * 31})},
+        {
+            "DEIDFLOW_SENDER_1": json.dumps({"username": "pacs", "password": "A" * 32}),
+            "DEIDFLOW_SENDER_2": json.dumps({"username": "pacs", "password": "B" * 32}),
+        },
+        {
+            "DEIDFLOW_SENDER_1": json.dumps({"username": "pacs", "password": "A" * 32}),
+            "DEIDFLOW_MODALITIES": "CT1@host",
+        },
+    ],
+)
+def test_the_start_script_refuses_what_it_cannot_start_safely_with(environ):
+    start = _start_module()
+    with pytest.raises(start.StartError) as refused:
+        start.configuration(environ)
+    assert "A" * 32 not in str(refused.value) and "$" not in str(refused.value)  # names, never values

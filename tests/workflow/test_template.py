@@ -102,7 +102,8 @@ def test_the_object_reference_key_is_a_generated_phi_side_secret_read_by_the_fun
         "QuarantineFunction",
         "ParkFunction",
     }
-    assert readers["pseudonym"] == {"DeidentifyHeaderFunction", "RedactBurnedInTextFunction"}
+    # The honest broker too: the pseudonyms a known patient gets (tests/workflow/test_template_privilege.py).
+    assert readers["pseudonym"] == {"DeidentifyHeaderFunction", "RedactBurnedInTextFunction", "HonestBrokerRole"}
 
 
 def test_functions_are_arm64_python_traced_and_the_workflow_logs_and_traces(template):

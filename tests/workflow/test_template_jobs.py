@@ -171,6 +171,7 @@ def test_the_export_role_writes_only_to_the_exports_bucket_and_team_prefixes(res
     assert grants(resources[JOBS], "s3:") == {
         "s3:GetObject": {
             sub("${ResearchBucket.Arn}/studies/*"),
+            sub("${ResearchBucket.Arn}/headers/*"),
             sub("${AccessConfigBucket.Arn}/profiles.yaml"),
             *exports,
         },

@@ -215,15 +215,18 @@ def test_research_roles_name_nothing_of_the_phi_side(resources):
 
 
 def test_the_research_api_reads_published_studies_only(resources):
-    """staging/ holds outputs that may still be quarantined: the API reads studies/* and nothing
-    else of the research bucket."""
+    """staging/ holds outputs that may still be quarantined: the API reads studies/* and their header
+    sidecars (headers/*) and nothing else of the research bucket."""
     statements = list(inline_statements("ResearchApiFunction", resources["ResearchApiFunction"]))
     s3 = [s for s in statements if any(a.startswith("s3:") for a in as_list(s["Action"]))]
     on_research = [s for s in s3 if "ResearchBucket" in referenced(s["Resource"])]
     assert on_research, "the API must read the published studies"
     for statement in on_research:
         assert as_list(statement["Action"]) == ["s3:GetObject"], statement
-        assert as_list(statement["Resource"]) == [{"Fn::Sub": "${ResearchBucket.Arn}/studies/*"}], statement
+        assert as_list(statement["Resource"]) == [
+            {"Fn::Sub": "${ResearchBucket.Arn}/studies/*"},
+            {"Fn::Sub": "${ResearchBucket.Arn}/headers/*"},
+        ], statement
     # And the only other objects it reads are the permission profiles file and what jobs delivered.
     others = [s for s in s3 if s not in on_research]
     assert [(s["Action"], s["Resource"]) for s in others] == [

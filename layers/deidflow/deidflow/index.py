@@ -195,10 +195,14 @@ class IndexEntry:
         return self.item.get("dicom_json_sidecar")
 
 
+SIDECAR_PREFIX = "headers/"
+
+
 def default_sidecar_key(research_key: str) -> str:
-    """The sidecar sits beside its instance (…/<SOP>.json), so it inherits the instance's access rules."""
+    """headers/<the instance's key, .json for .dcm>: named after its instance, but outside studies/,
+    which only the Publish step may write (the index step writes the index, never a research object)."""
     stem = research_key[: -len(".dcm")] if research_key.endswith(".dcm") else research_key
-    return stem + ".json"
+    return SIDECAR_PREFIX + stem + ".json"
 
 
 def index_entry(

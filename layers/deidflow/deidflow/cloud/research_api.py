@@ -24,12 +24,14 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.api_gateway import CORSConfig
 
+from ..index import default_sidecar_key
 from ..research.audit import AuditRecord, format_ts
 from ..research.header import InstanceRecord
 from ..research.jobs import Job, JobRequestError, Selection, available_destinations
 from ..research.profiles import Caller, ProfilesFile, load_profiles_text
 from ..research.service import DICOM_JSON, Answer, ApiError, ResearchService, me
 from ..research.visibility import Access
+from ..storage import research_key
 from .audit import AuditLog
 from .research_jobs import JobsApi, JobStore
 from .services import environment_reader
@@ -100,6 +102,23 @@ INDEX_CACHE_SECONDS = 60.0
 INDEX_CACHE_INSTANCES = 50_000  # records held per container (~50 KB each at most, parsed)
 
 
+def names_its_own_objects(item: Mapping[str, Any]) -> bool:
+    """Whether an index item points at its own instance (the key Publish writes for its UIDs) and at
+    a sidecar under headers/. The index step writes the index but may not write research objects
+    (the bucket policy); an item naming another key, a sidecar or a staging object, would let it
+    choose what is served as the instance, so such an item is not served."""
+    try:
+        expected = research_key(
+            str(item.get("study_instance_uid", "")),
+            str(item.get("series_instance_uid", "")),
+            str(item.get("sop_instance_uid", "")),
+        )
+    except ValueError:
+        return False
+    sidecar = item.get("dicom_json_sidecar")
+    return item.get("research_key") == expected and (sidecar is None or sidecar == default_sidecar_key(expected))
+
+
 class DynamoResearchIndex:
     """The index and catalog tables (and header sidecars in the research bucket), read through a
     short-lived per-container cache."""
@@ -151,7 +170,7 @@ class DynamoResearchIndex:
                 if record.sop_instance_uid == sop_uid:
                     return record
         item = self._index.get_item(Key={"sop_instance_uid": sop_uid}).get("Item")
-        return None if item is None else self._record(item)
+        return None if item is None or not names_its_own_objects(item) else self._record(item)
 
     def _fresh(self, key: tuple[str, str]) -> list[InstanceRecord] | None:
         cached = self._groups_read.get(key)
@@ -204,7 +223,7 @@ class DynamoResearchIndex:
             if "LastEvaluatedKey" not in page:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        records = [self._record(item) for item in self._get_items(keys)]
+        records = [self._record(item) for item in self._get_items(keys) if names_its_own_objects(item)]
         # A GSI may briefly list an instance whose item moved elsewhere (a corrected UID).
         records = [r for r in records if getattr(r, attribute) == uid]
         records.sort(key=lambda r: r.sort_key)
@@ -227,6 +246,8 @@ class DynamoResearchIndex:
         return items
 
     def _record(self, item: Mapping[str, Any]) -> InstanceRecord:
+        if not names_its_own_objects(item):
+            raise LookupError("the index item names objects other than its own")
         sidecar = item.get("dicom_json_sidecar")
         text = None
         if sidecar and "dicom_json" not in item:

@@ -254,7 +254,7 @@ def _stage(
         **processed.result.originals.columns(),
     }
     if duplicate_of is None:  # the mapping names the first source, which a duplicate is not
-        services.table(settings.mapping_table).put_item(Item={k: v for k, v in mapping.items() if v != ""})
+        record_mapping(services, {k: v for k, v in mapping.items() if v != ""})
     record_status(
         services,
         ref,
@@ -280,6 +280,44 @@ def _stage(
         "needs_pixel_scan": needs_pixel_scan,
         "staged": staged,
     }
+
+
+MAPPING_DIGEST = "mapping_sha256"
+REVISION_OF = "revision_of"
+
+
+def record_mapping(services: Services, mapping: Mapping[str, str]) -> str:
+    """Create the mapping row of a pseudonymous SOP Instance UID; never change one. Returns the key written.
+
+    The writers may only create rows: every put is conditional, and the table's resource policy
+    denies them UpdateItem, DeleteItem and BatchWriteItem, so a function (or whoever holds its
+    role) cannot re-point a pseudonym at another patient through this code path. The same mapping
+    put again (a retry, a redelivered event) finds a row with the same digest and changes nothing. A
+    different mapping for the same pseudonym (a corrected re-send of the instance: another version,
+    a corrected patient ID) does not replace the first: it is kept beside it as a revision row,
+    `<uid>#<digest>` with `revision_of: <uid>`, which the honest broker lists with the
+    `by_revision_of` index. Nothing is read back (the writers cannot read the table) and nothing is
+    logged (every value here is PHI).
+    """
+    uid = mapping["sop_instance_uid"]
+    digest = hashlib.sha256(json.dumps(dict(mapping), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    table = services.table(services.settings.mapping_table)
+    condition = "attribute_not_exists(#uid) OR #digest = :digest"
+    names = {"#uid": "sop_instance_uid", "#digest": MAPPING_DIGEST}
+    for key, extra in ((uid, {}), (f"{uid}#{digest[:32]}", {REVISION_OF: uid})):
+        try:
+            table.put_item(
+                Item={**mapping, **extra, "sop_instance_uid": key, MAPPING_DIGEST: digest},
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={":digest": digest},
+            )
+            return key
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+    # Two different mappings hashing to the same 128-bit prefix: not a case to handle, a bug to hear of.
+    raise RuntimeError("the mapping revision row exists with another digest")
 
 
 def _claim_key(sop_uid: str) -> dict[str, str]:

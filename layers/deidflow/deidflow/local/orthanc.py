@@ -39,11 +39,16 @@ APT_PACKAGES = "orthanc orthanc-dicomweb orthanc-python"
 APT_HINT = f"install them with: sudo apt-get install -y {APT_PACKAGES}"
 LOOPBACK = "127.0.0.1"
 PLUGIN_FILE = "orthanc_forward_to_drop.py"
+HTTP_FILTER_FILE = "orthanc_http_filter.lua"  # who may do what over HTTP: senders store, nothing more
 DROP_SUBFOLDER = "orthanc"  # mirrors the `orthanc/` prefix the cloud Orthanc writes in the ingest bucket
 DICOMWEB_ROOT = "/dicom-web/"
 DEFAULT_AET = "DEIDFLOW"
 DEFAULT_CALLING_AET = "DEIDFLOW_SCU"
-USER = "deidflow"
+USER = "deidflow"  # the sending system's user: store only (POST /instances, STOW-RS)
+MONITOR_USER = "deidflow-monitor"  # deidflow's own: readiness and what Orthanc still holds (ids only)
+READER_USER = "deidflow-reader"  # only with reader=True: a reference Orthanc that tests read back from
+# What the monitor may GET (exact paths, ids and counts only; Orthanc 1.10 has no requestedTags).
+MONITOR_PATHS = ("/system", "/changes", "/instances")
 
 # Where Debian puts the binary and the plugins (dpkg -L orthanc orthanc-dicomweb orthanc-python).
 # Plugins are listed one by one rather than loading the whole folder: Debian's folder also holds
@@ -115,6 +120,11 @@ def plugin_path() -> Path:
     return Path(str(resources.files("deidflow.data").joinpath(PLUGIN_FILE)))
 
 
+def http_filter_path() -> Path:
+    """The HTTP filter (Lua, run by Orthanc itself), the same text the cloud's Orthanc loads."""
+    return Path(str(resources.files("deidflow.data").joinpath(HTTP_FILTER_FILE)))
+
+
 def free_port() -> int:
     """A port free on loopback right now (another process may take it before Orthanc does: see start())."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -122,17 +132,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def load_or_create_credentials(state_dir: Path) -> tuple[str, str]:
-    """The REST user's password lives in the state dir (0600), generated once, never committed."""
-    path = state_dir / "credentials.json"
+def load_or_create_credentials(
+    state_dir: Path, user: str = USER, file_name: str = "credentials.json"
+) -> tuple[str, str]:
+    """A user's password lives in the state dir (0600), generated once, never committed.
+    `credentials.json` is the sending system's (store only); the others are deidflow's own."""
+    path = state_dir / file_name
     if path.exists():
         data = json.loads(path.read_text("utf-8"))
         return str(data["username"]), str(data["password"])
     password = secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"username": USER, "password": password}, fh)
-    return USER, password
+        json.dump({"username": user, "password": password}, fh)
+    return user, password
+
+
+def http_filter_section(
+    senders: Iterable[str], monitors: Iterable[str], readers: Iterable[str] = ()
+) -> dict[str, object]:
+    """The configuration the HTTP filter reads (user names and paths only)."""
+    return {
+        "Senders": sorted(senders),
+        "Monitors": sorted(monitors),
+        "MonitorPaths": list(MONITOR_PATHS),
+        "Readers": sorted(readers),
+        "DicomWebRoot": DICOMWEB_ROOT,
+    }
 
 
 def orthanc_config(
@@ -146,8 +172,14 @@ def orthanc_config(
     aet: str = DEFAULT_AET,
     calling_aet: str = DEFAULT_CALLING_AET,
     delete_after_forward: bool = True,
+    monitor_credentials: tuple[str, str] | None = None,
+    reader_credentials: tuple[str, str] | None = None,
 ) -> dict[str, object]:
     """The local configuration, mirroring the cloud one where it matters (see docs/orthanc-local.md).
+
+    `credentials` are the sending system's: the HTTP filter lets them store and nothing else (no
+    read-back of what was sent, as in the cloud). `monitor_credentials` may GET ids and counts
+    (MONITOR_PATHS); `reader_credentials`, only when given, may GET anything (a reference Orthanc).
 
     Orthanc 1.10 has no option to bind its listeners to one address: both the HTTP server and the
     DICOM server listen on every interface. Loopback-only is enforced by Orthanc itself instead:
@@ -156,6 +188,10 @@ def orthanc_config(
     (DicomCheckModalityHost), with every other DICOM service off.
     """
     user, password = credentials
+    users = {user: password}
+    for extra in (monitor_credentials, reader_credentials):
+        if extra is not None:
+            users[extra[0]] = extra[1]
     return {
         "Name": "deidflow-local",
         "StorageDirectory": str(state_dir / "storage"),
@@ -170,7 +206,13 @@ def orthanc_config(
         "HttpPort": http_port,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": True,
-        "RegisteredUsers": {user: password},
+        "RegisteredUsers": users,
+        "LuaScripts": [str(http_filter_path())],
+        "DeidflowHttpFilter": http_filter_section(
+            [user],
+            [monitor_credentials[0]] if monitor_credentials else [],
+            [reader_credentials[0]] if reader_credentials else [],
+        ),
         "SslEnabled": False,  # loopback only; the cloud terminates TLS at the load balancer
         # An ingest front door, not a viewer: instances are deleted once handed over anyway.
         "OrthancExplorerEnabled": False,
@@ -291,6 +333,7 @@ class LocalOrthanc:
         delete_after_forward: bool = True,
         installation: OrthancInstallation | None = None,
         startup_timeout: float = 30.0,
+        reader: bool = False,
     ):
         self.state_dir = Path(state_dir).resolve()
         self.drop_dir = Path(drop_dir).resolve()
@@ -305,7 +348,10 @@ class LocalOrthanc:
         self.dicom_port = dicom_port
         self.config_path = self.state_dir / "orthanc.json"
         self.log_path = self.state_dir / "orthanc.log"
-        self.credentials: tuple[str, str] = ("", "")
+        self.reader = reader
+        self.credentials: tuple[str, str] = ("", "")  # the sending system's: store only
+        self.monitor_credentials: tuple[str, str] = ("", "")
+        self.reader_credentials: tuple[str, str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -333,6 +379,9 @@ class LocalOrthanc:
         os.chmod(self.state_dir, 0o700)  # the config holds the password; storage briefly holds PHI
         self.target_folder.mkdir(parents=True, exist_ok=True)
         self.credentials = load_or_create_credentials(self.state_dir)
+        self.monitor_credentials = load_or_create_credentials(self.state_dir, MONITOR_USER, "monitor.json")
+        if self.reader:
+            self.reader_credentials = load_or_create_credentials(self.state_dir, READER_USER, "reader.json")
         auto = 0 in self._requested_ports
         attempts = 3 if auto else 1
         for attempt in range(attempts):
@@ -363,6 +412,8 @@ class LocalOrthanc:
             aet=self.aet,
             calling_aet=self.calling_aet,
             delete_after_forward=self.delete_after_forward,
+            monitor_credentials=self.monitor_credentials,
+            reader_credentials=self.reader_credentials,
         )
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -395,7 +446,7 @@ class LocalOrthanc:
             if code is not None:
                 raise OrthancFailed(f"Orthanc exited with status {code} while starting; see {self.log_path}")
             with contextlib.suppress(OSError):
-                status, _ = _request("GET", self.url + "/system", self.credentials, timeout=2.0)
+                status, _ = _request("GET", self.url + "/system", self.monitor_credentials, timeout=2.0)
                 if status == 200:
                     return
             if time.monotonic() > deadline:
@@ -421,7 +472,8 @@ class LocalOrthanc:
     # -- small REST helpers (ids and counts only: no header values) ----------------------------------
 
     def get_json(self, path: str) -> object:
-        status, body = _request("GET", self.url + path, self.credentials)
+        """GET as deidflow's monitor user (MONITOR_PATHS only); the sender's credentials cannot read."""
+        status, body = _request("GET", self.url + path, self.monitor_credentials)
         if status != 200:
             raise OrthancFailed(f"GET {path} answered HTTP {status}")
         return json.loads(body)
