@@ -12,10 +12,10 @@ The steps are those of `sam package && sam deploy`:
    checkout), a state machine's `DefinitionUri` becomes `{Bucket, Key}` of the ASL file, and the
    Orthanc application's `Location` becomes the https URL of its uploaded template. A path that
    does not exist fails here, as it fails `sam package`.
-2. **Translate** (`translate`): the SAM transform by aws-sam-translator's own `transform()`, the
-   one CloudFormation runs, with a managed-policy loader that answers offline (every managed
-   policy this template gets is added by ARN, so the loader is never asked; if a template names
-   one, the rehearsal says so instead of calling IAM).
+2. **Translate** (`translate`): the SAM transform by aws-sam-translator's `Translator`, the one
+   CloudFormation runs (called as its `transform()` calls it), with a managed-policy loader that
+   answers offline (every managed policy this template gets is added by ARN, so the loader is
+   never asked; if a template names one, the rehearsal says so instead of calling IAM).
 3. **Check references** the way CloudFormation validates a template: every Ref, GetAtt and
    `${...}` in Fn::Sub names a resource, a parameter or a pseudo parameter, else CloudFormation's
    "Unresolved resource dependencies" error, with the property that holds it. moto does not
@@ -192,15 +192,26 @@ class OfflineManagedPolicyLoader:
 
 
 def translate(packaged: dict[str, Any], parameters: Mapping[str, str]) -> dict[str, Any]:
-    """The SAM transform, as CloudFormation runs it on the packaged template."""
+    """The SAM transform, as CloudFormation runs it on the packaged template (what
+    samtranslator's `transform()` does, with the region given rather than read from the
+    environment, and the offline policy loader)."""
+    import boto3
     from samtranslator.model.exceptions import InvalidDocumentException
-    from samtranslator.translator.transform import transform
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+    from samtranslator.utils.py27hash_fix import to_py27_compatible_template, undo_mark_unicode_str_in_template
 
+    template, values = copy.deepcopy(packaged), dict(parameters)
+    to_py27_compatible_template(template, values)
+    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=REGION))
     try:
-        return transform(copy.deepcopy(packaged), dict(parameters), OfflineManagedPolicyLoader())
+        translated = translator.translate(
+            template, parameter_values=values, get_managed_policy_map=OfflineManagedPolicyLoader().load
+        )
     except InvalidDocumentException as exc:
         causes = "; ".join(str(cause) for cause in exc.causes)
         raise RehearsalError(f"the SAM transform failed: {causes}") from exc
+    return dict(undo_mark_unicode_str_in_template(translated))
 
 
 # -- 3. references -----------------------------------------------------------------------------
