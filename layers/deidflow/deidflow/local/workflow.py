@@ -1,10 +1,14 @@
 """The whole workflow on one machine: the real state machine and handlers, with AWS played by moto.
 
-What runs is what deploys: `statemachines/deidentify.asl.json` executed by moto's Step Functions
-interpreter, the handlers in `functions/<step>/app.py` called in-process for each Lambda task, S3
-notifications into SQS, and a stand-in for the EventBridge Pipe that reads the queue, starts an
-execution with the batch (the same input shape the Pipe sends) and deletes the messages only when
-the execution succeeded. Tests and `deidflow local run` use it; nothing here is deployed.
+What runs is what deploys: template.yaml packaged, translated and created as a stack on moto's
+CloudFormation (`deidflow.local.stack`), whose outputs and resources name every bucket, queue,
+table and secret used here and whose Lambda functions give the handlers their environment;
+`statemachines/deidentify.asl.json` executed by moto's Step Functions interpreter with the stack's
+function ARNs substituted, the handlers in `functions/<step>/app.py` called in-process for each
+Lambda task, S3 notifications into SQS, and a stand-in for the EventBridge Pipe (which moto cannot
+create) that reads the queue, starts an execution with the batch (the same input shape the Pipe
+sends) and deletes the messages only when the execution succeeded. Tests and `deidflow local run`
+use it; nothing here is deployed.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ..cloud import handler
 from ..cloud.handler import reset_services
 from ..pseudonym import object_ref
 from ..storage import CATALOG_DUMP, INDEX_DUMP, LocalStore
-from .template import function_environment, load_template, table_definition
+from .stack import RehearsalError, Stack, rehearse
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -47,11 +51,14 @@ FUNCTIONS = {
 }
 ASL_PATH = Path("statemachines") / "deidentify.asl.json"
 TEMPLATE_PATH = Path("template.yaml")
+_AWS_ENVIRONMENT = {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 
 
 @dataclass(frozen=True)
 class LocalNames:
-    """What each of the template's resources is called on this machine."""
+    """What each of the template's resources is called on this machine: the workflow's are read from
+    the rehearsal's stack (`names_of`); the defaults are the research API's (`deidflow local api`
+    still creates its resources itself)."""
 
     ingest_bucket: str = "deidflow-ingest"
     research_bucket: str = "deidflow-research"
@@ -73,6 +80,30 @@ class LocalNames:
     profiles_bucket: str = "deidflow-access-config"
     jobs_table: str = "deidflow-jobs"
     exports_bucket: str = "deidflow-exports"
+
+
+def names_of(stack: Stack) -> LocalNames:
+    """The workflow's resources as the stack names them: its outputs where the template gives one
+    (what an operator reads after `sam deploy`), else the resource's physical id."""
+
+    def name_in(url: str) -> str:
+        return url.rstrip("/").rsplit("/", 1)[-1]
+
+    return LocalNames(
+        ingest_bucket=stack.output("IngestBucketName"),
+        research_bucket=stack.output("ResearchBucketName"),
+        ingest_prefix=stack.output("DropPrefix"),
+        orthanc_prefix=stack.parameters["OrthancPrefix"],
+        queue=name_in(stack.output("IngestQueueUrl")),
+        dead_letter_queue=name_in(stack.output("DeadLetterQueueUrl")),
+        index_table=stack.output("IndexTableName"),
+        catalog_table=stack.physical_id("CatalogTable"),
+        mapping_table=stack.output("MappingTableName"),
+        status_table=stack.output("StatusTableName"),
+        key_secret=stack.physical_id("PseudonymKeySecret"),
+        object_ref_secret=stack.physical_id("ObjectRefKeySecret"),
+        state_machine=stack.output("StateMachineArn").rsplit(":", 1)[-1],
+    )
 
 
 @dataclass
@@ -154,7 +185,6 @@ class LocalWorkflow:
         key: bytes,
         *,
         project: Path | None = None,
-        names: LocalNames | None = None,
         rules_file: str | None = None,
         text_detector: str = "local",
         max_object_mb: int = 512,
@@ -165,44 +195,21 @@ class LocalWorkflow:
         redrive_delay_seconds: int = 0,
     ):
         self.project = find_project(project)
-        self.names = names or LocalNames()
         self.key = key
         # The key of the objects' references (ObjectRefKeySecret): a fresh one per run unless given
         # (`deidflow object-ref --key-file` computes a reference with a given one).
         self.object_ref_key = object_ref_key if object_ref_key is not None else secrets.token_bytes(32)
-        self.batch_size = batch_size
         self.log_level = log_level
-        self.workflow_type = workflow_type
-        self.environment = {
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",
-            **function_environment(
-                load_template(self.project / TEMPLATE_PATH),
-                {
-                    "ResearchBucket": self.names.research_bucket,
-                    "IndexTable": self.names.index_table,
-                    "CatalogTable": self.names.catalog_table,
-                    "MappingTable": self.names.mapping_table,
-                    "StatusTable": self.names.status_table,
-                    "PseudonymKeySecret": self.names.key_secret,
-                    "ObjectRefKeySecret": self.names.object_ref_secret,
-                    # A queue's Ref is its URL, which moto makes from the account and the name.
-                    "IngestQueue": self.queue_url_of(self.names.queue),
-                    "IngestDeadLetterQueue": self.queue_url_of(self.names.dead_letter_queue),
-                },
-                stack_name="local",
-                function="ParkFunction",  # the one function with variables of its own
-            ),
-            # What a local run changes: its size limit and detector, and no X-Ray daemon to trace to.
-            "MAX_OBJECT_MB": str(max_object_mb),
-            "TEXT_DETECTOR": text_detector,
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            # A parked object comes back at once: run_pipe drains the queue, delays and all.
-            "REDRIVE_DELAY_SECONDS": str(redrive_delay_seconds),
+        # The stack's parameters for this run: the functions' MAX_OBJECT_MB, the state machine's
+        # type and the Pipe's batch size come from them, as in a deploy.
+        self.parameters = {
+            "WorkflowType": workflow_type,
+            "MaxObjectMB": str(max_object_mb),
+            "BatchSize": str(batch_size),
         }
-        if rules_file:
-            self.environment["RULES_FILE"] = str(rules_file)
+        self.rules_file = rules_file
+        self.text_detector = text_detector
+        self.redrive_delay_seconds = redrive_delay_seconds
         self._saved_env: dict[str, str | None] = {}
         self._mock: Any = None
         self._lock = threading.Lock()
@@ -215,33 +222,70 @@ class LocalWorkflow:
     def __enter__(self) -> LocalWorkflow:
         from moto import mock_aws
 
-        for name, value in self.environment.items():
-            self._saved_env[name] = os.environ.get(name)
-            os.environ[name] = value
+        self._set_environment(_AWS_ENVIRONMENT)
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         self._mock.start()
-        _as_aws_notifies(True)
-        import boto3
+        try:
+            _as_aws_notifies(True)
+            import boto3
 
-        boto3.setup_default_session()
-        reset_services()
-        self._log_level = handler.logger.log_level
-        handler.logger.setLevel(self.log_level)
-        self.handlers = load_handlers(self.project)
-        # moto's interpreter calls lambda:Invoke through boto3's default session: answer it here.
-        boto3.DEFAULT_SESSION.events.register("before-call.lambda.Invoke", self._invoke)
-        self.s3 = boto3.client("s3")
-        self.sqs = boto3.client("sqs")
-        self.dynamodb = boto3.resource("dynamodb")
-        self.sfn = boto3.client("stepfunctions")
-        self._create_resources()
+            boto3.setup_default_session()
+            reset_services()
+            self._log_level = handler.logger.log_level
+            handler.logger.setLevel(self.log_level)
+            # The template, packaged, translated and created as a stack (deidflow.local.stack): every
+            # name below comes from its outputs and resources, the handlers' settings from its functions.
+            self.stack = rehearse(self.project, self.parameters, executable={"DeidentifyStateMachine"})
+            self.names = names_of(self.stack)
+            self.batch_size = int(self.stack.parameters["BatchSize"])
+            self._arns = {self.stack.functions[f"{name}Function"]: name for name in FUNCTIONS}
+            self.environment = {**_AWS_ENVIRONMENT, **self._function_environment()}
+            self._set_environment(self.environment)
+            self.handlers = load_handlers(self.project)
+            # moto's interpreter calls lambda:Invoke through boto3's default session: answer it here.
+            boto3.DEFAULT_SESSION.events.register("before-call.lambda.Invoke", self._invoke)
+            self.s3 = boto3.client("s3")
+            self.sqs = boto3.client("sqs")
+            self.dynamodb = boto3.resource("dynamodb")
+            self.sfn = boto3.client("stepfunctions")
+            self._prepare_resources()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
+
+    def _set_environment(self, variables: dict[str, str]) -> None:
+        for name, value in variables.items():
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    def _function_environment(self) -> dict[str, str]:
+        """The workflow functions' environment, as the stack's Lambda functions have it (they run
+        in this one process, so they must agree), with what a local run changes on top."""
+        environment: dict[str, str] = {}
+        for name in FUNCTIONS:
+            own = self.stack.environment(f"{name}Function")
+            clash = sorted(k for k in own if k in environment and environment[k] != own[k])
+            if clash:
+                raise RehearsalError(f"the workflow functions have different {', '.join(clash)} in the stack")
+            environment.update(own)
+        # What a local run changes: its detector, and no X-Ray daemon to trace to.
+        environment["TEXT_DETECTOR"] = self.text_detector
+        environment["POWERTOOLS_TRACE_DISABLED"] = "true"
+        # A parked object comes back at once: run_pipe drains the queue, redrives and all.
+        environment["REDRIVE_DELAY_SECONDS"] = str(self.redrive_delay_seconds)
+        if self.rules_file:
+            environment["RULES_FILE"] = str(self.rules_file)
+        return environment
 
     def __exit__(self, *exc: object) -> None:
         _as_aws_notifies(False)
         reset_services()
-        handler.logger.setLevel(self._log_level)
-        self._mock.stop()
+        if hasattr(self, "_log_level"):
+            handler.logger.setLevel(self._log_level)
+        if self._mock is not None:
+            self._mock.stop()
+            self._mock = None
         import boto3
 
         boto3.DEFAULT_SESSION = None
@@ -250,82 +294,41 @@ class LocalWorkflow:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        self._saved_env = {}
 
-    def _create_resources(self) -> None:
-        n = self.names
-        for bucket in (n.ingest_bucket, n.research_bucket):
-            self.s3.create_bucket(Bucket=bucket)
-            self.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-        self.dead_letter_queue_url = dlq_url = self.sqs.create_queue(QueueName=n.dead_letter_queue)["QueueUrl"]
-        dlq_arn = self._queue_arn(dlq_url)
-        self.queue_url = self.sqs.create_queue(
-            QueueName=n.queue,
-            Attributes={
-                "VisibilityTimeout": "360",
-                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
-            },
-        )["QueueUrl"]
-        assert (self.queue_url, dlq_url) == (self.queue_url_of(n.queue), self.queue_url_of(n.dead_letter_queue))
-        self.s3.put_bucket_notification_configuration(
-            Bucket=n.ingest_bucket,
-            NotificationConfiguration={
-                "QueueConfigurations": [
-                    {
-                        "QueueArn": self._queue_arn(self.queue_url),
-                        "Events": ["s3:ObjectCreated:*"],
-                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
-                    }
-                    for prefix in (n.ingest_prefix, n.orthanc_prefix)
-                ]
-            },
-        )
-        # S3 announces a new notification configuration with one s3:TestEvent message. In the cloud
-        # ExpandBatch skips it once, at deploy time; here it would be counted in every run's summary.
+    def _prepare_resources(self) -> None:
+        """What the stack leaves to whoever deploys it: the local keys into its secrets, and the
+        ingest queue emptied of the s3:TestEvent that the new notification configuration sent (in
+        the cloud ExpandBatch skips it once, at deploy time; here it would be counted in every
+        run's summary)."""
+        self.queue_url = self.stack.output("IngestQueueUrl")
+        self.dead_letter_queue_url = self.stack.output("DeadLetterQueueUrl")
         announced = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages", [])
         for message in announced:
             if '"s3:TestEvent"' in message["Body"]:
                 self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
-        template = load_template(self.project / TEMPLATE_PATH)
-        for logical_id, name in (
-            ("IndexTable", n.index_table),
-            ("CatalogTable", n.catalog_table),
-            ("MappingTable", n.mapping_table),
-            ("StatusTable", n.status_table),
-        ):
-            self.dynamodb.create_table(**table_definition(template, logical_id, name))
         import boto3
 
-        for secret_name, secret_key in ((n.key_secret, self.key), (n.object_ref_secret, self.object_ref_key)):
-            boto3.client("secretsmanager").create_secret(
-                Name=secret_name, SecretString=base64.b64encode(secret_key).decode()
-            )
-        substitutions = {f"{name}FunctionArn": self.function_arn(name) for name in FUNCTIONS}
-        definition = (self.project / ASL_PATH).read_text()
-        for name, value in substitutions.items():
-            definition = definition.replace("${" + name + "}", value)
-        self.state_machine_arn = self.sfn.create_state_machine(
-            name=n.state_machine,
-            definition=definition,
-            roleArn=f"arn:aws:iam::{ACCOUNT}:role/deidflow-workflow",
-            type=self.workflow_type,
-        )["stateMachineArn"]
+        secretsmanager = boto3.client("secretsmanager")
+        for secret_id, secret_key in (
+            (self.names.key_secret, self.key),
+            (self.names.object_ref_secret, self.object_ref_key),
+        ):
+            secretsmanager.put_secret_value(SecretId=secret_id, SecretString=base64.b64encode(secret_key).decode())
+        self.state_machine_arn = self.stack.output("StateMachineArn")
 
     def _queue_arn(self, url: str) -> str:
         return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 
-    @staticmethod
-    def queue_url_of(name: str) -> str:
-        return f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{name}"
-
-    @staticmethod
-    def function_arn(name: str) -> str:
-        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:deidflow-{FUNCTIONS[name].replace('_', '-')}"
+    def function_arn(self, name: str) -> str:
+        """The ARN of a workflow function (FUNCTIONS' names) in the stack."""
+        return self.stack.functions[f"{name}Function"]
 
     # -- the Lambda stand-in --------------------------------------------------------------------
 
     def _invoke(self, params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
         arn = unquote(params["url_path"].split("/functions/", 1)[1].split("/", 1)[0])
-        name = next(n for n in FUNCTIONS if self.function_arn(n) == arn or arn.endswith(self.function_arn(n)))
+        name = self._arns[arn]
         event = json.loads(params.get("body") or b"null")
         source = event.get("source", {}) if isinstance(event, dict) else {}
         self.invocations.append((name, str(source.get("key", ""))))
