@@ -230,6 +230,17 @@ def test_a_profile_narrowed_between_cohort_and_export_is_applied_to_the_export(a
     assert state["counts"]["withdrawn"] == len(localizers)
 
 
+def _export_under(api: LocalResearchApi, alice: Client, data: Fixture, fault: Any) -> tuple[str, dict[str, Any]]:  # noqa: F811
+    """Alice exports studies a and c (three chunks) while `fault` runs before every step; the job
+    id and how it ended."""
+    api.jobs.fault = fault
+    try:
+        job = alice.start("/research/exports", {"uids": [{"study": data.a}, {"study": data.c}]})
+        return job, alice.finished(job, timeout=240)
+    finally:
+        api.jobs.fault = None
+
+
 def test_a_retried_chunk_and_a_resumed_job_leave_no_duplicate_and_no_gap(api, data):  # noqa: F811
     alice = Client(api, "alice")
     failures = {"transient": 0}
@@ -241,12 +252,7 @@ def test_a_retried_chunk_and_a_resumed_job_leave_no_duplicate_and_no_gap(api, da
         if event.get("step") == "chunk" and event.get("chunk") == 2:
             raise ConnectionError("injected: this chunk fails until the fault is lifted")
 
-    api.jobs.fault = fault
-    try:
-        job = alice.start("/research/exports", {"uids": [{"study": data.a}, {"study": data.c}]})
-        state = alice.finished(job, timeout=240)
-    finally:
-        api.jobs.fault = None
+    job, state = _export_under(api, alice, data, fault)
     assert failures["transient"] == 1
     assert state["status"] == "FAILED" and "resume" in state["error"]
     assert state["progress"] == {"done": 2, "total": 3}  # chunks 0 (after its retry) and 1 finished
@@ -292,12 +298,7 @@ def test_a_redriven_export_reruns_only_from_its_map_and_leaves_no_duplicate_and_
         if event.get("step") == "chunk" and event.get("chunk") == 2:
             raise ConnectionError("injected: this chunk fails until the fault is lifted")
 
-    api.jobs.fault = fault
-    try:
-        job = alice.start("/research/exports", {"uids": [{"study": data.a}, {"study": data.c}]})
-        state = alice.finished(job, timeout=240)
-    finally:
-        api.jobs.fault = None
+    job, state = _export_under(api, alice, data, fault)
     assert state["status"] == "FAILED" and "resume" in state["error"]
     failed_arn = str(table.get_item(Key={"job_id": job}, ConsistentRead=True)["Item"]["execution_arn"])
     # The status-change event that follows finds the job failed already: nothing more is announced.

@@ -787,10 +787,10 @@ class JobsApi:
         nothing does on a laptop), or one redriven from the console."""
         if job.status == "SUCCEEDED":
             return job
-        execution = self._execution(job)
-        status = str((execution or {}).get("status", ""))
+        execution = self._execution(job) or {}
+        status = str(execution.get("status", ""))
         if job.status in ("QUEUED", "RUNNING") and status in ENDED_UNSUCCESSFULLY:
-            reason = failure_reason(str(execution.get("error") or ""), str(execution.get("cause") or ""), status)  # type: ignore[union-attr]
+            reason = failure_reason(str(execution.get("error") or ""), str(execution.get("cause") or ""), status)
             return replace(job, status="FAILED", error=reason[:500])
         if job.status == "FAILED" and status == "RUNNING":
             return replace(job, status="RUNNING", error=None)
