@@ -86,7 +86,8 @@ def test_deidentify_header_stages_a_clean_copy_and_writes_the_mapping(workflow, 
 
     assert out["needs_pixel_scan"] is False
     staged = out["staged"]
-    assert staged["staging_key"] == "staging/" + staged["research_key"]
+    run, rest = staged["staging_key"].removeprefix("staging/").split("/", 1)
+    assert len(run) == 16 and rest == staged["research_key"]
     data = workflow.s3.get_object(Bucket=workflow.names.research_bucket, Key=staged["staging_key"])["Body"].read()
     for value in corpus.planted_values():
         assert value.encode() not in data
@@ -105,14 +106,38 @@ def test_deidentify_header_stages_a_clean_copy_and_writes_the_mapping(workflow, 
     assert original == dicom_bytes(instance.dataset)
 
 
-def test_deidentify_header_is_idempotent(workflow, corpus):
+def test_deidentify_header_is_idempotent_and_each_run_stages_its_own_copy(workflow, corpus):
+    """The same output again, byte for byte, but in a staging copy of its own: a second run of the
+    object at the same time never copies or deletes the first one's."""
     key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[1].dataset))
     first = call(workflow, "DeidentifyHeader", source(workflow, key))
-    bucket, staging = workflow.names.research_bucket, first["staged"]["staging_key"]
-    first_bytes = workflow.s3.get_object(Bucket=bucket, Key=staging)["Body"].read()
+    bucket = workflow.names.research_bucket
     second = call(workflow, "DeidentifyHeader", source(workflow, key))
-    assert second == first
-    assert workflow.s3.get_object(Bucket=bucket, Key=staging)["Body"].read() == first_bytes
+
+    def without_staging_key(out):
+        return {**out, "staged": {k: v for k, v in out["staged"].items() if k != "staging_key"}}
+
+    assert without_staging_key(second) == without_staging_key(first)
+    keys = [out["staged"]["staging_key"] for out in (first, second)]
+    assert keys[0] != keys[1]
+    contents = {workflow.s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    assert len(contents) == 1
+
+
+def test_two_runs_of_one_object_at_once_both_publish_and_neither_says_missing(workflow, corpus):
+    """A redelivered event or a study sent twice: two runs of one object interleave, staging both,
+    then publishing both. Each publishes from its own staging copy; the research object is the
+    same bytes, the status says published, and nothing is left in staging."""
+    key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[1].dataset))
+    runs = [call(workflow, "DeidentifyHeader", source(workflow, key)) for _ in range(2)]
+    indexed = [call(workflow, "IndexHeader", run) for run in runs]
+    published = [call(workflow, "Publish", run) for run in indexed]
+
+    assert [p["status"] for p in published] == ["published", "published"]
+    research = workflow.research_objects()
+    assert list(research) == [runs[0]["staged"]["research_key"]]
+    assert status_of(workflow, key)["status"] == "published"
+    assert workflow.research_objects(prefix="staging/") == {}
 
 
 def test_an_instance_that_needs_a_scan_is_only_flagged(workflow):

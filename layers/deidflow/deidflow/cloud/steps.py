@@ -12,7 +12,8 @@ bytes only ever travel between S3 and a function, never through the state machin
     park                   a transient failure that outlasted the retries -> back in the queue, later
 
 Every step is idempotent: outputs are keyed by the new UIDs and their bytes are deterministic, so
-a redelivered event or a retried state overwrites with the same content.
+a redelivered event or a retried state overwrites with the same content. Staging copies alone are
+per run (`staging/<run>/…`), so that two runs of one object at once never share one.
 
 One SOP Instance UID, one source: the first object to reach staging with a (pseudonymous) SOP
 Instance UID claims it, in a `sop:<UID>` item of the status table. Another object with the same
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -239,7 +241,10 @@ def _stage(
 ) -> dict[str, Any]:
     settings = services.settings
     duplicate_of = _claim(services, ref, processed)
-    staging_key = settings.staging_prefix + processed.key
+    # One staging copy per run, not per instance: two runs of one object at once (a redelivered
+    # event, one study sent twice) must not share it, or the first Publish deletes what the
+    # second is about to copy. A retried run's earlier copy is left to the staging expiry.
+    staging_key = f"{settings.staging_prefix}{secrets.token_hex(8)}/{processed.key}"
     services.s3.put_object(
         Bucket=settings.research_bucket, Key=staging_key, Body=processed.data, ContentType="application/dicom"
     )
