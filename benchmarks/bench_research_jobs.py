@@ -250,15 +250,26 @@ def parent_transitions(sfn: Any, execution_arn: str) -> tuple[int, Counter[str]]
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def wait(api: LocalResearchApi, token: str, job: str, timeout: float = 3600) -> dict[str, Any]:
+def wait(api: LocalResearchApi, token: str, job: str, timeout: float = 4 * 3600) -> dict[str, Any]:
+    """Poll the job as the portal does. An answer other than 200 is polled again, and counted:
+    moto's DynamoDB is not thread-safe, and a query racing a write (the audit sealer's, say) can
+    answer 500 on a long run."""
     deadline = time.monotonic() + timeout
+    errors = 0
     while time.monotonic() < deadline:
-        state = requests.get(
+        answer = requests.get(
             f"{api.base_url}/research/jobs/{job}", headers={"Authorization": f"Bearer {token}"}, timeout=60
-        ).json()["job"]
+        )
+        if answer.status_code != 200:
+            errors += 1
+            time.sleep(2.0)
+            continue
+        state = answer.json()["job"]
         if state["status"] in ("SUCCEEDED", "FAILED"):
+            if errors:
+                print(f"  (the status poll was answered {errors} time(s) with an error, and polled again)")
             return dict(state)
-        time.sleep(0.25)
+        time.sleep(2.0)  # the portal's pace: every poll is an audit record too
     raise TimeoutError(job)
 
 
