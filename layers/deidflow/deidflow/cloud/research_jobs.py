@@ -168,7 +168,7 @@ class JobStore:
                 ExpressionAttributeNames={"#s": "status", "#err": "error"},
                 ExpressionAttributeValues={
                     ":f": "FAILED",
-                    ":r": reason[:500],
+                    ":r": reason,
                     ":u": now_text(),
                     ":e": execution_arn,
                     ":q": "QUEUED",
@@ -791,7 +791,7 @@ class JobsApi:
         status = str(execution.get("status", ""))
         if job.status in ("QUEUED", "RUNNING") and status in ENDED_UNSUCCESSFULLY:
             reason = failure_reason(str(execution.get("error") or ""), str(execution.get("cause") or ""), status)
-            return replace(job, status="FAILED", error=reason[:500])
+            return replace(job, status="FAILED", error=reason)
         if job.status == "FAILED" and status == "RUNNING":
             return replace(job, status="RUNNING", error=None)
         return job

@@ -78,6 +78,7 @@ class JobLimitError(JobRequestError):
 # Our own errors: the request or the profiles must change, so retrying or redriving cannot help.
 PERMANENT_ERRORS = ("JobRequestError", "JobLimitError", "GapError")
 ENDED_UNSUCCESSFULLY = ("FAILED", "TIMED_OUT", "ABORTED")  # Step Functions execution statuses
+MAX_REASON = 500  # characters of a failure's reason, in the job record and the API
 
 
 def failure_reason(error: str, cause: str, status: str = "FAILED") -> str:
@@ -96,8 +97,9 @@ def failure_reason(error: str, cause: str, status: str = "FAILED") -> str:
         except (ValueError, AttributeError):
             message = None
         if message:
-            return str(message)[:500]
-    return f"a step failed after its retries ({error or 'unknown error'}); resume the job to continue where it stopped"
+            return str(message)[:MAX_REASON]
+    name = error[:200] or "unknown error"  # Step Functions error names are short; keep the reason bounded anyway
+    return f"a step failed after its retries ({name}); resume the job to continue where it stopped"
 
 
 def new_job_id() -> str:
