@@ -196,8 +196,9 @@ def check_research_objects(t: Templates) -> None:
                     prefix = sub(arn).removeprefix("${ResearchBucket.Arn}/")
                     allowed = {
                         "studies/*": {"PublishFunction"},
-                        # Quarantine and Park delete what a failed object left in staging.
-                        "staging/*": WRITERS | {"PublishFunction", "QuarantineFunction", "ParkFunction"},
+                        # IndexHeader deletes the staging copy it indexed; Quarantine and Park what a
+                        # failed object left in staging.
+                        "staging/*": WRITERS | {"IndexHeaderFunction", "QuarantineFunction", "ParkFunction"},
                         "headers/*": {"IndexHeaderFunction"},
                     }
                     assert name in allowed.get(prefix, set()), (name, prefix)
@@ -209,7 +210,7 @@ def check_research_objects(t: Templates) -> None:
             [
                 "DeidentifyHeaderFunctionRole",
                 "RedactBurnedInTextFunctionRole",
-                "PublishFunctionRole",
+                "IndexHeaderFunctionRole",
                 "QuarantineFunctionRole",
                 "ParkFunctionRole",
             ],

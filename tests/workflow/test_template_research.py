@@ -251,7 +251,8 @@ def test_the_catalog_is_in_every_functions_environment_and_written_by_index_head
             if "CatalogTable" in referenced(statement["Resource"]):
                 grants.setdefault(name, set()).update(as_list(statement["Action"]))
     assert grants == {
-        "IndexHeaderFunction": {"dynamodb:PutItem"},
+        # DeleteItem: a moved instance's old series and study, once nothing indexed is left there.
+        "IndexHeaderFunction": {"dynamodb:PutItem", "dynamodb:DeleteItem"},
         "ResearchApiFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:Scan"},
         "ResearchJobsFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:Scan"},
     }

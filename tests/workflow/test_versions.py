@@ -93,3 +93,153 @@ def test_a_replayed_event_of_an_older_version_never_brings_its_content_back(work
     status = status_of(workflow, key, v1)
     assert status["status"] == "skipped" and status["reason"] == "superseded"
     assert workflow.research_objects(prefix="staging/") == {}
+
+
+def pop_message(workflow) -> dict:
+    """The notification just sent, taken off the queue, as the Pipe hands it to ExpandBatch."""
+    [message] = [
+        m
+        for m in workflow.sqs.receive_message(QueueUrl=workflow.queue_url, MaxNumberOfMessages=10)["Messages"]
+        if "Records" in m["Body"]
+    ]
+    workflow.sqs.delete_message(QueueUrl=workflow.queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return workflow._pipe_record(message)
+
+
+def step(workflow, name: str, event):
+    """One state's handler, called as the state machine calls it."""
+    from deidflow.local.workflow import LambdaContext
+
+    return workflow.handlers[name](event, LambdaContext(workflow.function_arn(name)))
+
+
+def staged_by_hand(workflow, data: bytes) -> dict:
+    """An upload taken as far as its staging copy (ExpandBatch, DeidentifyHeader), by hand: the
+    rest of its run is then played in whatever order a test needs."""
+    workflow.drop("p/img.dcm", data)
+    [item] = step(workflow, "ExpandBatch", [pop_message(workflow)])["objects"]
+    return step(workflow, "DeidentifyHeader", item)
+
+
+def test_a_study_uid_corrected_on_re_send_moves_the_instance(workflow, corpus):
+    """The same SOP Instance re-sent under the same key with a corrected Study Instance UID: one
+    research object, at the new place; the index item and the catalog name the new study only."""
+    first = corpus.instances[0].dataset
+    corrected = copy.deepcopy(first)
+    corrected.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.99999"
+    workflow.drop("p/img.dcm", dicom_bytes(first))
+    workflow.run_pipe()
+    [old_key] = workflow.research_objects()
+    workflow.drop("p/img.dcm", dicom_bytes(corrected))
+    reports = workflow.run_pipe()
+
+    assert {r.status for r in reports} == {"SUCCEEDED"}
+    [new_key] = workflow.research_objects()
+    assert new_key != old_key and new_key.split("/")[1] != old_key.split("/")[1]
+    [item] = workflow.table_items(workflow.names.index_table)
+    assert item["research_key"] == new_key and item["study_instance_uid"] == new_key.split("/")[1]
+    catalog = workflow.table_items(workflow.names.catalog_table)
+    assert {c["study_instance_uid"] for c in catalog} == {item["study_instance_uid"]}
+    assert workflow.research_objects(prefix="staging/") == {}
+
+
+def test_a_newer_version_published_while_an_older_one_was_copying_ends_on_top(workflow, corpus):
+    """v1 passes the check before its copy; v2 is uploaded and published meanwhile; v1's copy then
+    lands on top. The check after the copy sees it, sends v2 through the queue again and leaves
+    v1 unindexed: once the queue is dry, bucket and index are v2's."""
+    from deidflow.cloud.handler import current_services
+
+    first = corpus.instances[0].dataset
+    corrected = copy.deepcopy(first)
+    corrected.SliceThickness = "7.25"
+    staged_v1 = staged_by_hand(workflow, dicom_bytes(first))
+    s3 = current_services().s3
+    real_copy = s3.copy_object
+
+    def v2_goes_first(**kwargs):
+        s3.copy_object = real_copy
+        workflow.drop("p/img.dcm", dicom_bytes(corrected))
+        assert {r.status for r in workflow.run_pipe()} == {"SUCCEEDED"}
+        return real_copy(**kwargs)
+
+    s3.copy_object = v2_goes_first
+    with pytest.raises(Exception, match="superseded"):
+        step(workflow, "Publish", staged_v1)
+    reports = workflow.run_pipe()  # v2, sent again by v1's Publish
+
+    assert [r.status for r in reports] == ["SUCCEEDED"]
+    [(key, data)] = workflow.research_objects().items()
+    [item] = workflow.table_items(workflow.names.index_table)
+    assert item["research_key"] == key
+    assert json.loads(item["dicom_json"])["00180050"]["Value"] == [7.25]
+    assert b"7.25" in data
+
+
+def test_an_older_versions_late_index_write_never_replaces_a_newer_ones(workflow, corpus):
+    """v1 is published, then v2 is published and indexed, then v1's IndexHeader runs (a slow
+    Lambda, a retry): the publish generation keeps v2's index item, and v1's staging copy goes."""
+    first = corpus.instances[0].dataset
+    corrected = copy.deepcopy(first)
+    corrected.SliceThickness = "7.25"
+    staged_v1 = staged_by_hand(workflow, dicom_bytes(first))
+    published_v1 = step(workflow, "Publish", staged_v1)
+    workflow.drop("p/img.dcm", dicom_bytes(corrected))
+    workflow.run_pipe()
+    [indexed_v2] = workflow.table_items(workflow.names.index_table)
+
+    late = step(workflow, "IndexHeader", published_v1)
+
+    assert late["indexed"]["current"] is False
+    assert workflow.table_items(workflow.names.index_table) == [indexed_v2]
+    assert json.loads(indexed_v2["dicom_json"])["00180050"]["Value"] == [7.25]
+    assert b"7.25" in next(iter(workflow.research_objects().values()))
+    assert workflow.research_objects(prefix="staging/") == {}
+
+
+def test_an_original_deleted_while_it_was_copying_is_taken_back(workflow, corpus):
+    from deidflow.cloud.handler import current_services
+
+    staged = staged_by_hand(workflow, dicom_bytes(corpus.instances[0].dataset))
+    s3 = current_services().s3
+    real_copy = s3.copy_object
+
+    def deleted_meanwhile(**kwargs):
+        s3.copy_object = real_copy
+        workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=workflow.names.ingest_prefix + "p/img.dcm")
+        return real_copy(**kwargs)
+
+    s3.copy_object = deleted_meanwhile
+    with pytest.raises(Exception, match="missing"):
+        step(workflow, "Publish", staged)
+
+    assert workflow.research_objects() == {}
+    assert workflow.table_items(workflow.names.index_table) == []
+
+
+def test_an_object_whose_publish_outlasts_the_retries_is_never_indexed_before_it_is_published(workflow, corpus):
+    """The index comes after Publish: S3 failing the copy through all its retries parks the
+    object with no index item naming an object that is not in the bucket; the redrive publishes it."""
+    from botocore.exceptions import ClientError
+    from deidflow.cloud.handler import current_services
+
+    s3 = current_services().s3
+    real_copy = s3.copy_object
+    seen = []
+
+    def slow_down(**kwargs):
+        if len(seen) < 6:  # the first call and its five retries
+            seen.append(workflow.table_items(workflow.names.index_table))
+            answer = {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}
+            raise ClientError(answer, "CopyObject")
+        return real_copy(**kwargs)
+
+    s3.copy_object = slow_down
+    key = workflow.drop("p/img.dcm", dicom_bytes(corpus.instances[0].dataset))
+    reports = workflow.run_pipe()
+
+    assert [r.status for r in reports] == ["SUCCEEDED", "SUCCEEDED"]
+    assert seen == [[]] * 6  # never an index item while the object was not published
+    [item] = workflow.table_items(workflow.names.index_table)
+    assert list(workflow.research_objects()) == [item["research_key"]]
+    version = workflow.s3.list_object_versions(Bucket=workflow.names.ingest_bucket, Prefix=key)["Versions"][0]
+    assert status_of(workflow, key, version["VersionId"])["status"] == "published"

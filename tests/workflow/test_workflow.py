@@ -268,11 +268,13 @@ def test_template_state_machine_and_functions_agree():
         assert machine["DefinitionSubstitutions"][f"{name}FunctionArn"] == {"Fn::GetAtt": [f"{name}Function", "Arn"]}
         assert (REPO / "functions" / folder / "app.py").is_file()
     # Every task but the batch expansion and the last resort (Park) is caught: content that
-    # cannot be made safe into Quarantine, anything else (transient, timeouts) into Park.
+    # cannot be made safe into Quarantine, anything else (transient, timeouts) into Park. After
+    # Publish the content is safe: IndexHeader only parks.
     asl = json.loads(asl_text)
     inner = asl["States"]["ProcessObjects"]["ItemProcessor"]["States"]
+    assert inner["Publish"]["Next"] == "IndexHeader" and inner["IndexHeader"]["End"] is True
     for name, state in inner.items():
-        if state["Type"] == "Task" and name == "Quarantine":
+        if state["Type"] == "Task" and name in ("Quarantine", "IndexHeader"):
             assert [(c["ErrorEquals"], c["Next"]) for c in state["Catch"]] == [(["States.ALL"], "Park")]
         elif state["Type"] == "Task" and name != "Park":
             assert [(c["ErrorEquals"], c["Next"]) for c in state["Catch"]] == [
@@ -318,13 +320,13 @@ def test_every_function_has_a_sample_event_in_the_shape_it_is_called_with(workfl
     )
     staged = run("DeidentifyHeader", item)
     assert shape({k: v for k, v in staged.items() if k != "source"}) == shape(
-        {k: v for k, v in events["index_header"].items() if k != "source"}
-    )
-    indexed = run("IndexHeader", staged)
-    assert shape({k: v for k, v in indexed.items() if k != "source"}) == shape(
         {k: v for k, v in events["publish"].items() if k != "source"}
     )
-    assert run("Publish", indexed)["status"] == "published"
+    published = run("Publish", staged)
+    assert shape({k: v for k, v in published.items() if k != "source"}) == shape(
+        {k: v for k, v in events["index_header"].items() if k != "source"}
+    )
+    assert run("IndexHeader", published)["status"] == "published"
     assert events["redact_burned_in_text"]["needs_pixel_scan"] is True
     quarantined = run("Quarantine", {**item, "error": events["quarantine"]["error"]})
     assert quarantined["reason"] == "not_dicom"
@@ -351,7 +353,7 @@ def test_local_run_command_shows_each_objects_path_and_exits_3_on_quarantine(tmp
     out = capsys.readouterr().out
     assert code == 3
     assert "incoming/notes.txt\n    ExpandBatch -> DeidentifyHeader -> Quarantine  [quarantined: not_dicom]" in out
-    assert out.count("-> IndexHeader -> Publish  [published: studies/") == 3
+    assert out.count("-> Publish -> IndexHeader  [published: studies/") == 3
     assert len(list((tmp_path / "research" / "studies").rglob("*.dcm"))) == 3
 
 

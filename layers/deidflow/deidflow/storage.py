@@ -22,6 +22,15 @@ def research_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
     return f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}.dcm"
 
 
+_RESEARCH_KEY = re.compile(r"^studies/([0-9.]+)/series/([0-9.]+)/instances/[0-9.]+\.dcm$")
+
+
+def research_place(key: str) -> tuple[str, str] | None:
+    """(Study, Series) of a key `research_key` made; None for any other key."""
+    match = _RESEARCH_KEY.match(key)
+    return (match.group(1), match.group(2)) if match else None
+
+
 class LocalStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)

@@ -38,10 +38,11 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ..engine import PixelScanRequired, ProcessedInstance
-from ..index import SIDECAR_CONTENT_TYPE, IndexEntry, index_file
+from ..index import SIDECAR_CONTENT_TYPE, IndexEntry, default_sidecar_key, index_file
 from ..research.qido import study_summary
 from ..rules import ALL_LABEL
-from .errors import MISSING_CODES, RejectedObject, rejection_from_error
+from ..storage import research_place
+from .errors import MISSING_CODES, RejectedObject, TransientError, rejection_from_error
 from .objects import ObjectRef, parse_batch, redrive_message
 from .services import Services
 
@@ -91,27 +92,90 @@ def redact_burned_in_text(event: Mapping[str, Any], services: Services) -> dict[
 def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """The de-identified header into the index table (a header too big for an item goes to a
     sidecar), with what the research API needs: the rules' labels, where each frame sits in the
-    object, and the study and series in the catalog. Every write is a put of deterministic content."""
+    object, and the study and series in the catalog. After Publish: the index never names an
+    object that is not in the bucket.
+
+    The item carries its publish generation, and the put is conditional on it: a slow run of an
+    older version never replaces the index item of a newer one. Then the staging copy goes, and
+    what a moved instance (a corrected Study or Series UID) left at its old place: its sidecar,
+    and its series and study in the catalog when no other instance is indexed there."""
     staged = event["staged"]
     research_key = staged["research_key"]
-    with _downloaded(services, ObjectRef(services.settings.research_bucket, staged["staging_key"])) as path:
+    settings = services.settings
+    generation = int((event.get("published") or {}).get("generation", 0))
+    with _downloaded(services, ObjectRef(settings.research_bucket, staged["staging_key"])) as path:
         entry = index_file(
             path,
             research_key,
             labels=staged.get("labels") or (),
-            max_item_bytes=services.settings.max_index_item_bytes,
+            max_item_bytes=settings.max_index_item_bytes,
         )
     if entry.sidecar is not None:
         services.s3.put_object(
-            Bucket=services.settings.research_bucket,
+            Bucket=settings.research_bucket,
             Key=entry.sidecar_key,
             Body=entry.sidecar,
             ContentType=SIDECAR_CONTENT_TYPE,
         )
-    services.table(services.settings.index_table).put_item(Item=entry.item)
-    for item in catalog_items(entry):
-        services.table(services.settings.catalog_table).put_item(Item=item)
-    return {**_passthrough(event), "indexed": {"sidecar": entry.sidecar is not None}}
+    written = _put_index_item(services, {**entry.item, PUBLISH_GENERATION: generation})
+    if written:
+        for item in catalog_items(entry):
+            services.table(settings.catalog_table).put_item(Item=item)
+    replaced = (event.get("published") or {}).get("replaced")
+    if replaced:
+        _forget_research_instance(services, replaced, keep_sidecar=entry.sidecar_key)
+    services.s3.delete_object(Bucket=settings.research_bucket, Key=staged["staging_key"])
+    return {
+        "source": event["source"],
+        "status": event.get("status", "published"),
+        "research_key": research_key,
+        "indexed": {"sidecar": entry.sidecar is not None, "current": written},
+    }
+
+
+# The index item's publish generation (the SOP claim's counter, see `publish`).
+PUBLISH_GENERATION = "publish_generation"
+
+
+def _put_index_item(services: Services, item: Mapping[str, Any]) -> bool:
+    """Put unless the index holds a newer publish of the same instance; True when written."""
+    try:
+        services.table(services.settings.index_table).put_item(
+            Item=dict(item),
+            ConditionExpression="attribute_not_exists(#gen) OR #gen <= :gen",
+            ExpressionAttributeNames={"#gen": PUBLISH_GENERATION},
+            ExpressionAttributeValues={":gen": item[PUBLISH_GENERATION]},
+        )
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        return False
+
+
+def _forget_research_instance(services: Services, research_key: str, *, keep_sidecar: str | None = None) -> None:
+    """What the index side held for an instance no longer at `research_key` (Publish removed the
+    object): its sidecar, and the catalog's series and study items once nothing indexed is left there."""
+    settings = services.settings
+    old_sidecar = default_sidecar_key(research_key)
+    if old_sidecar != keep_sidecar:
+        services.s3.delete_object(Bucket=settings.research_bucket, Key=old_sidecar)
+    place = research_place(research_key)
+    if place is None:
+        return
+    study, series = place
+    index = services.table(settings.index_table)
+    catalog = services.table(settings.catalog_table)
+    in_study = index.query(
+        IndexName="by_study",
+        KeyConditionExpression="study_instance_uid = :study",
+        ExpressionAttributeValues={":study": study},
+        ProjectionExpression="series_instance_uid",
+    ).get("Items", [])
+    if not any(i.get("series_instance_uid") == series for i in in_study):
+        catalog.delete_item(Key={"study_instance_uid": study, "item": f"series#{series}"})
+    if not in_study:
+        catalog.delete_item(Key={"study_instance_uid": study, "item": "study"})
 
 
 def catalog_items(entry: IndexEntry) -> list[dict[str, Any]]:
@@ -131,22 +195,99 @@ def catalog_items(entry: IndexEntry) -> list[dict[str, Any]]:
 
 
 def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
-    """Staging -> research bucket (server-side copy), then the staging copy goes."""
+    """Staging -> research bucket (server-side copy); IndexHeader comes after, so whatever the
+    index shows is in the bucket.
+
+    Ordering: the copy takes the next publish generation from the SOP's claim, which IndexHeader
+    writes with the index item (conditionally: an older generation never replaces a newer one).
+    The version listing is read before the copy (a replay of an older version publishes nothing)
+    and after it: if a newer version came meanwhile, this copy may have landed on top of the newer
+    one's, so the newer version is sent through the queue again and its run writes last; if the
+    original was deleted meanwhile, this copy is taken back. A Study or Series UID corrected on a
+    re-send moves the instance: the research object at the old key goes."""
     ref = services.with_ref(ObjectRef.from_event(event))
     staged = event["staged"]
     status = "duplicate" if staged.get("duplicate_of") else "published"
     bucket = services.settings.research_bucket
-    # Checked again: a delete or a newer upload may have come while this version was processed.
+    research_key = staged["research_key"]
     _still_current(services, ref)
-    services.s3.copy(
-        {"Bucket": bucket, "Key": staged["staging_key"]},
-        bucket,
-        staged["research_key"],
-        ExtraArgs={"ContentType": "application/dicom", "MetadataDirective": "REPLACE"},
+    generation, replaced = _next_generation(services, ref, staged)
+    copied = services.s3.copy_object(
+        CopySource={"Bucket": bucket, "Key": staged["staging_key"]},
+        Bucket=bucket,
+        Key=research_key,
+        ContentType="application/dicom",
+        MetadataDirective="REPLACE",
     )
-    services.s3.delete_object(Bucket=bucket, Key=staged["staging_key"])
-    record_status(services, ref, status, research_key=staged["research_key"], same_as=staged.get("duplicate_of"))
-    return {"source": ref.as_dict(), "status": status, "research_key": staged["research_key"]}
+    try:
+        _still_current(services, ref)
+    except RejectedObject as exc:
+        if exc.reason == "missing":  # deleted while it was copied: nothing of it stays published
+            _delete_version(services, bucket, research_key, copied.get("VersionId"))
+        else:
+            _send_again(services, _latest_version(services, ref))
+        raise
+    if replaced and replaced != research_key:
+        services.s3.delete_object(Bucket=bucket, Key=replaced)
+    record_status(services, ref, status, research_key=research_key, same_as=staged.get("duplicate_of"))
+    published: dict[str, Any] = {"generation": generation}
+    if replaced and replaced != research_key:
+        published["replaced"] = replaced
+    return {**_passthrough(event), "status": status, "research_key": research_key, "published": published}
+
+
+def _next_generation(services: Services, ref: ObjectRef, staged: Mapping[str, Any]) -> tuple[int, str | None]:
+    """The claim's publish counter, counted up by the holder (a duplicate's identical bytes take the
+    current one, never a new one), and the research key the holder published under before (a
+    corrected Study or Series UID moves it)."""
+    table = services.table(services.settings.status_table)
+    key = _claim_key(staged["sop_instance_uid"])
+    if staged.get("duplicate_of"):
+        held = table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
+        return int(held.get("generation", 0)), None
+    names = {"#rk": "research_key", "#gen": "generation", "#holder": "holder", "#version": "published_version"}
+    version = ref.version_id or "null"
+    try:
+        old = table.update_item(
+            Key=key,
+            UpdateExpression="SET #rk = :rk, #version = :version ADD #gen :one",
+            # The same version published again (a retry, a redelivered event) keeps its generation.
+            ConditionExpression="#holder = :me AND (attribute_not_exists(#version) OR #version <> :version)",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={
+                ":rk": staged["research_key"],
+                ":one": 1,
+                ":me": ref.status_key,
+                ":version": version,
+            },
+            ReturnValues="ALL_OLD",
+        ).get("Attributes", {})
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        held = table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
+        if held.get("holder") != ref.status_key:
+            # Let go by a failure of another run of this object before anything was published.
+            raise TransientError("the claim on the research SOP Instance UID changed hands") from None
+        return int(held.get("generation", 0)), None
+    return int(old.get("generation", 0)) + 1, (str(old["research_key"]) if old.get("research_key") else None)
+
+
+def _delete_version(services: Services, bucket: str, key: str, version_id: str | None) -> None:
+    args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if version_id:
+        args["VersionId"] = version_id
+    services.s3.delete_object(**args)
+
+
+def _send_again(services: Services, ref: ObjectRef | None) -> None:
+    """The current version through the ingest queue again, as its own notification."""
+    if ref is None:
+        return
+    if not services.settings.ingest_queue_url:
+        raise RuntimeError("environment variable INGEST_QUEUE_URL is not set")
+    message = redrive_message(ref, 0)
+    services.client("sqs").send_message(QueueUrl=services.settings.ingest_queue_url, MessageBody=message)
 
 
 def quarantine(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
@@ -199,9 +340,10 @@ def park(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
 
 
 def _discard_partial(services: Services, ref: ObjectRef, event: Mapping[str, Any]) -> None:
-    """What a failed object left on the way: its claim on the research UID (others may take it)
-    and its staging copy. Never the research object or its index entry, which another version of
-    the same instance may have published."""
+    """What a failed object left on the way: its staging copy, and its claim on the research UID
+    (others may take it) unless something was published under it. Never the research object or
+    its index entry: a failure after Publish is IndexHeader's, which parks, and the redrive
+    publishes the same bytes again and indexes them."""
     staged = event.get("staged") or {}
     if staged.get("sop_instance_uid"):
         _release_claim(services, ref, staged["sop_instance_uid"])
@@ -370,13 +512,14 @@ def _claim(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> 
 
 
 def _release_claim(services: Services, ref: ObjectRef, sop_uid: str) -> None:
-    """Give up this object's claim (it is being quarantined), if it holds one."""
+    """Give up this object's claim (it is being quarantined or parked), if it holds one and has
+    published nothing under it: a published instance keeps its source until it is withdrawn."""
     try:
         services.table(services.settings.status_table).update_item(
             Key=_claim_key(sop_uid),
             UpdateExpression="REMOVE #holder, #sha",
-            ConditionExpression="#holder = :me",
-            ExpressionAttributeNames={"#holder": "holder", "#sha": "sha256"},
+            ConditionExpression="#holder = :me AND attribute_not_exists(#gen)",
+            ExpressionAttributeNames={"#holder": "holder", "#sha": "sha256", "#gen": "generation"},
             ExpressionAttributeValues={":me": ref.status_key},
         )
     except ClientError as exc:
@@ -394,18 +537,30 @@ def _still_current(services: Services, ref: ObjectRef) -> None:
     access to the original's content and, for a deleted key, s3:ListBucket to tell 404 from 403."""
     if not ref.version_id:
         return  # an unversioned bucket: the key's one object is what there is
+    latest = _latest_entry(services, ref)
+    if latest is None or latest[1] == "DeleteMarkers":
+        raise RejectedObject("missing", "the object was deleted before it was published")
+    if latest[0].get("VersionId") != ref.version_id:
+        raise RejectedObject("superseded", "a newer version of the object was uploaded; its own event processes it")
+
+
+def _latest_entry(services: Services, ref: ObjectRef) -> tuple[dict[str, Any], str] | None:
+    """The key's latest version listing entry and its kind ("Versions" or "DeleteMarkers")."""
     # The key sorts first among the keys it prefixes, newest first: its latest entry is in here.
     listed = services.s3.list_object_versions(Bucket=ref.bucket, Prefix=ref.key, MaxKeys=10)
-    latest = [
-        (entry, kind)
-        for kind in ("Versions", "DeleteMarkers")
-        for entry in listed.get(kind, [])
-        if entry.get("Key") == ref.key and entry.get("IsLatest")
-    ]
-    if not latest or latest[0][1] == "DeleteMarkers":
-        raise RejectedObject("missing", "the object was deleted before it was published")
-    if latest[0][0].get("VersionId") != ref.version_id:
-        raise RejectedObject("superseded", "a newer version of the object was uploaded; its own event processes it")
+    for kind in ("Versions", "DeleteMarkers"):
+        for entry in listed.get(kind, []):
+            if entry.get("Key") == ref.key and entry.get("IsLatest"):
+                return entry, kind
+    return None
+
+
+def _latest_version(services: Services, ref: ObjectRef) -> ObjectRef | None:
+    """The key's current version as an object to process, or None when it is deleted."""
+    latest = _latest_entry(services, ref)
+    if latest is None or latest[1] == "DeleteMarkers":
+        return None
+    return replace(ref, version_id=latest[0].get("VersionId"), size=None, round=0)
 
 
 def _process_original(services: Services, ref: ObjectRef, *, scan_pixels: bool) -> ProcessedInstance:
@@ -419,7 +574,7 @@ def _process_original(services: Services, ref: ObjectRef, *, scan_pixels: bool) 
 
 
 def _passthrough(event: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: event[k] for k in ("source", "needs_pixel_scan", "staged", "pixels") if k in event}
+    return {k: event[k] for k in ("source", "needs_pixel_scan", "staged", "pixels", "published") if k in event}
 
 
 @contextmanager
