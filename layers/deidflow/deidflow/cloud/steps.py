@@ -6,8 +6,8 @@ bytes only ever travel between S3 and a function, never through the state machin
     expand_batch           SQS messages -> objects to process + skipped (recorded with a reason)
     deidentify_header      original -> staging object, unless its pixels need a scan
     redact_burned_in_text  original -> pixels cleaned, then header -> staging object
-    index_header           staging object -> index item (+ sidecar when large)
-    publish                staging object -> research bucket
+    publish                staging object -> research bucket, in version order
+    index_header           staging object -> index item (+ sidecar when large), after Publish
     quarantine             content that cannot be made safe -> status record, tags on the original, reason
     park                   a transient failure that outlasted the retries -> back in the queue, later
 
