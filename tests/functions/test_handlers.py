@@ -126,14 +126,16 @@ def test_deidentify_header_is_idempotent_and_each_run_stages_its_own_copy(workfl
 
 def test_two_runs_of_one_object_at_once_both_publish_and_neither_says_missing(workflow, corpus):
     """A redelivered event or a study sent twice: two runs of one object interleave, staging both,
-    then publishing both. Each publishes from its own staging copy; the research object is the
-    same bytes, the status says published, and nothing is left in staging."""
+    then publishing both, then indexing both. Each publishes from its own staging copy; the
+    research object is the same bytes, both index writes count (one version, one generation),
+    the status says published, and nothing is left in staging."""
     key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[1].dataset))
     runs = [call(workflow, "DeidentifyHeader", source(workflow, key)) for _ in range(2)]
-    indexed = [call(workflow, "IndexHeader", run) for run in runs]
-    published = [call(workflow, "Publish", run) for run in indexed]
+    published = [call(workflow, "Publish", run) for run in runs]
+    indexed = [call(workflow, "IndexHeader", run) for run in published]
 
     assert [p["status"] for p in published] == ["published", "published"]
+    assert [i["indexed"]["current"] for i in indexed] == [True, True]
     research = workflow.research_objects()
     assert list(research) == [runs[0]["staged"]["research_key"]]
     assert status_of(workflow, key)["status"] == "published"
@@ -273,25 +275,31 @@ def test_a_throttled_rekognition_is_transient_never_pixels_failed(workflow, monk
 # -- index_header, publish, quarantine --------------------------------------------------------------
 
 
-def test_index_then_publish(workflow, corpus):
+def test_publish_then_index(workflow, corpus):
     key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[0].dataset))
     staged = call(workflow, "DeidentifyHeader", source(workflow, key))
-    indexed = call(workflow, "IndexHeader", staged)
-    assert indexed["indexed"] == {"sidecar": False}
-    [item] = workflow.table_items(workflow.names.index_table)
-    assert item["sop_instance_uid"] == staged["staged"]["sop_instance_uid"]
-    assert item["research_key"] == staged["staged"]["research_key"]
-    for value in corpus.planted_values():
-        assert value not in json.dumps(item, default=str)
-
-    published = call(workflow, "Publish", indexed)
     research_key = staged["staged"]["research_key"]
-    assert published == {"source": staged["source"], "status": "published", "research_key": research_key}
-    research = workflow.research_objects()
-    assert list(research) == [research_key]
-    assert workflow.s3.list_objects_v2(Bucket=workflow.names.research_bucket, Prefix="staging/")["KeyCount"] == 0
+    published = call(workflow, "Publish", staged)
+    assert published["status"] == "published" and published["research_key"] == research_key
+    assert published["published"] == {"generation": 1}
+    assert list(workflow.research_objects()) == [research_key]
+    assert workflow.table_items(workflow.names.index_table) == []  # not yet: IndexHeader comes after
     assert status_of(workflow, key)["status"] == "published"
     assert status_of(workflow, key)["research_key"] == research_key
+
+    indexed = call(workflow, "IndexHeader", published)
+    assert indexed == {
+        "source": staged["source"],
+        "status": "published",
+        "research_key": research_key,
+        "indexed": {"sidecar": False, "current": True},
+    }
+    [item] = workflow.table_items(workflow.names.index_table)
+    assert item["sop_instance_uid"] == staged["staged"]["sop_instance_uid"]
+    assert item["research_key"] == research_key and item["publish_generation"] == 1
+    for value in corpus.planted_values():
+        assert value not in json.dumps(item, default=str)
+    assert workflow.s3.list_objects_v2(Bucket=workflow.names.research_bucket, Prefix="staging/")["KeyCount"] == 0
 
 
 def test_quarantine_records_the_reason_and_tags_the_original_in_place(workflow):
@@ -343,7 +351,7 @@ def test_handlers_log_references_and_reasons_never_keys_or_header_values(workflo
     handler.logger.setLevel("INFO")
     key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[0].dataset))
     staged = call(workflow, "DeidentifyHeader", source(workflow, key))
-    call(workflow, "Publish", call(workflow, "IndexHeader", staged))
+    call(workflow, "IndexHeader", call(workflow, "Publish", staged))
     with pytest.raises(RejectedObject):
         call(workflow, "DeidentifyHeader", source(workflow, workflow.drop("p0/bad.dcm", b"\0" * 128 + b"DICM")))
     # Every record with every extra field: what the JSON log line is made of.
