@@ -2,6 +2,7 @@
 """The workflow's overhead and its cost per million instances, Express against Standard.
 
     python benchmarks/bench_workflow.py [--count 200] [--data-dir DIR] [--batch-size 10]
+    python benchmarks/bench_workflow.py --faults [--fault-rate 0.02] [--stubborn-share 0.02] [--count 300]
 
 Uses the same synthetic CT instances as bench_deid.py (512x512, 16-bit, full header) and times, in
 this one process:
@@ -13,6 +14,16 @@ this one process:
 and prints the ratio, the mean duration of each Lambda step, the state transitions per instance
 (counted in the execution histories), and the cost per million instances for an EXPRESS and a
 STANDARD workflow with the arithmetic spelled out. Lambda memory sizes are read from template.yaml.
+
+`--faults` is the fault soak instead (deidflow.testing.faults): the same instances, with 2.5 % junk
+added, through two local workflows in the same run, one fault-free and one with throttling
+injected at random into S3, DynamoDB, Lambda and the detector (`--fault-rate` per call) and a
+share of objects whose one state is throttled through all its retries (`--stubborn-share`:
+parked, then redriven). It prints objects/s of each, state transitions and Lambda GB-s per
+object, retries and Park rounds, and the cost per million instances of each path an object took
+(published clean, published after retries, parked then published, quarantined). Retry waits are
+not slept (moto sleeps them for real); what Step Functions would have waited is added to the
+Express execution time.
 Durations here are this machine's CPU with moto standing in for S3/DynamoDB; a Lambda with 2 GB has
 a bit more than one vCPU, so treat the cost as an estimate of the right order. Exits 0: a benchmark,
 not a test.
@@ -24,8 +35,10 @@ import argparse
 import statistics
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -59,10 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/bench-data"))
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--faults", action="store_true", help="the fault soak (see above)")
+    parser.add_argument("--fault-rate", type=float, default=0.02)
+    parser.add_argument("--stubborn-share", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=14)
     args = parser.parse_args(argv)
 
     _, files = prepare_data(args.data_dir, args.count)
     blobs = [(f.relative_to(f.parents[2]).as_posix(), f.read_bytes()) for f in files]
+    if args.faults:
+        return fault_soak(blobs, args)
 
     engine = Engine(load_rules(), KEY)
     engine.process(blobs[0][1])  # warm-up
@@ -148,6 +167,180 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  the workflow itself: STANDARD / EXPRESS = {standard / express:,.0f}x")
     return 0
+
+
+PATHS = ("published clean", "published after retries", "parked then published", "quarantined")
+
+
+@dataclass
+class SoakRun:
+    """One run of the fault soak: what each object cost, and which path it took."""
+
+    label: str
+    objects: int
+    seconds: float
+    executions: int
+    retries: int
+    retry_wait_seconds: float
+    paths: dict[str, str]  # S3 key -> path (PATHS), or its final status if none of them
+    transitions: dict[str, float]  # S3 key -> state transitions
+    gb_seconds: dict[str, float]  # S3 key -> Lambda GB-s (ExpandBatch shared over its batch)
+    lambda_calls: dict[str, float]
+    rounds: dict[str, int]  # S3 key -> executions it was in (1 + its Park rounds)
+    execution_seconds: float
+
+
+def fault_soak(blobs: list[tuple[str, bytes]], args: argparse.Namespace) -> int:
+    """The same objects through a fault-free and a faulted local workflow; costs per path."""
+    from deidflow.testing.faults import FaultPlan
+
+    junk = [(f"junk/{n:04d}.dcm", b"not an image" if n % 2 else blobs[n][1][:2000]) for n in range(len(blobs) // 40)]
+    objects = blobs + junk
+    memory = {
+        name: int(load_template(REPO / "template.yaml")["Resources"][f"{name}Function"]["Properties"]["MemorySize"])
+        for name in FUNCTIONS
+    }
+    runs = [
+        _soak_run("without faults", objects, args, FaultPlan(), memory),
+        _soak_run(
+            f"with faults (rate {args.fault_rate}, stubborn {args.stubborn_share})",
+            objects,
+            args,
+            FaultPlan(rate=args.fault_rate, seed=args.seed, stubborn_share=args.stubborn_share),
+            memory,
+        ),
+    ]
+    print(f"\n{len(blobs)} CT instances + {len(junk)} junk objects, batch size {args.batch_size}")
+    print("run                                          objects/s  transitions/obj  GB-s/obj  retries  parks")
+    for run in runs:
+        n = run.objects
+        print(
+            f"{run.label:<44} {n / run.seconds:9.1f} {sum(run.transitions.values()) / n:16.2f}"
+            f" {sum(run.gb_seconds.values()) / n:9.4f} {run.retries:8d} {sum(run.rounds.values()) - n:6d}"
+        )
+    faulted = runs[1]
+    print(
+        f"\nretries: {faulted.retries} waits Step Functions would have slept, {faulted.retry_wait_seconds:.0f} s in all"
+        f" (not slept here; added to the Express execution time below)"
+    )
+    print("\ncost per million instances of each path (USD; the faulted run's objects, EXPRESS and STANDARD)")
+    print("  per object: Lambda = calls x $0.20/M + GB-s x $0.0000133334; SQS+Pipes = rounds x (1 + 2/batch) x $0.40/M")
+    print("  + rounds/batch x $0.40/M; STANDARD = transitions x $0.025/1000; EXPRESS = rounds/batch x ($1/M +")
+    print("  execution s x 64 MB x $0.00001667/GB-s); DynamoDB and S3 requests as in the fault-free estimate")
+    print("  (a quarantine: one status write, the original read, its tags read and written)")
+    batch = faulted.objects / max(1, faulted.executions) * max(1, sum(faulted.rounds.values())) / faulted.objects
+    seconds_per_execution = (faulted.execution_seconds + faulted.retry_wait_seconds) / max(1, faulted.executions)
+    print(f"  (objects per execution {batch:.2f}, execution {seconds_per_execution:.2f} s with the retry waits)")
+    print(
+        f"  {'path':<26} {'objects':>7} {'transitions':>11} {'GB-s':>8} {'rounds':>6} {'EXPRESS':>10} {'STANDARD':>10}"
+    )
+    for path in PATHS:
+        keys = [k for k, p in faulted.paths.items() if p == path]
+        if not keys:
+            print(f"  {path:<26} {0:7d}")
+            continue
+        mean = {
+            "transitions": statistics.mean(faulted.transitions[k] for k in keys),
+            "gb_seconds": statistics.mean(faulted.gb_seconds[k] for k in keys),
+            "calls": statistics.mean(faulted.lambda_calls[k] for k in keys),
+            "rounds": statistics.mean(faulted.rounds[k] for k in keys),
+        }
+        lam = mean["calls"] * PRICE["lambda_per_request"] + mean["gb_seconds"] * PRICE["lambda_arm_per_gb_second"]
+        queue = mean["rounds"] * ((1 + 2 / batch) * PRICE["sqs_per_request"] + PRICE["pipes_per_request"] / batch)
+        if path == "quarantined":  # the status update; the original read, its tags read and written
+            storage = PRICE["dynamodb_per_write_unit"] + PRICE["s3_put_per_request"] + 2 * PRICE["s3_get_per_request"]
+        else:
+            storage = (
+                8 * PRICE["dynamodb_per_write_unit"] + 2 * PRICE["s3_put_per_request"] + 2 * PRICE["s3_get_per_request"]
+            )
+        standard = mean["transitions"] * PRICE["standard_per_transition"]
+        express = (
+            mean["rounds"]
+            / batch
+            * (
+                PRICE["express_per_request"]
+                + seconds_per_execution * PRICE["express_memory_gb"] * PRICE["express_per_gb_second"]
+            )
+        )
+        shared = lam + queue + storage
+        print(
+            f"  {path:<26} {len(keys):7d} {mean['transitions']:11.2f} {mean['gb_seconds']:8.4f} {mean['rounds']:6.2f}"
+            f" {MILLION * (express + shared):10.2f} {MILLION * (standard + shared):10.2f}"
+            f"   (Lambda {MILLION * lam:.2f} + queue {MILLION * queue:.2f} + storage {MILLION * storage:.2f}"
+            f" + workflow {MILLION * express:.2f} | {MILLION * standard:.2f})"
+        )
+    other = Counter(p for p in faulted.paths.values() if p not in PATHS)
+    if other:
+        print(f"  objects that ended on no path: {dict(other)} (a bug: see tests/workflow/test_faults.py)")
+    return 0
+
+
+def _soak_run(
+    label: str, objects: list[tuple[str, bytes]], args: argparse.Namespace, plan: Any, memory: dict[str, int]
+) -> SoakRun:
+    from deidflow.testing.faults import FaultInjector
+
+    with LocalWorkflow(KEY, project=REPO, batch_size=args.batch_size) as workflow:
+        started = time.perf_counter()
+        with FaultInjector(workflow, plan) as faults:
+            keys = [workflow.drop(name, data) for name, data in objects]
+            reports = workflow.run_pipe()
+        seconds = time.perf_counter() - started
+        final: dict[str, str] = {}
+        transitions: Counter[str] = Counter()
+        rounds: Counter[str] = Counter()
+        for report in reports:
+            paths = [o for o in report.objects if o.status != "skipped" or o.key in keys]
+            # The batch's own states (ExpandBatch, the Map, Summarize) shared by its objects.
+            own = sum(len(o.states) - 1 for o in paths)
+            entered = sum(1 for e in workflow.history(report.execution_arn) if e["type"].endswith("StateEntered"))
+            for o in paths:
+                transitions[o.key] += len(o.states) - 1 + (entered - own) / max(1, len(paths))
+                rounds[o.key] += 1
+                final[o.key] = o.status
+        gb_seconds: Counter[str] = Counter()
+        calls: Counter[str] = Counter()
+        for name, key, _round, secs in faults.runs:
+            billed = max(0.001, round(secs + 0.0005, 3)) * memory[name] / 1024
+            # ExpandBatch's runs name no object: shared by all of them.
+            for each in [key] if key else keys:
+                share = 1 if key else 1 / len(keys)
+                gb_seconds[each] += billed * share
+                calls[each] += share
+        # Each retried attempt is a state transition too (Standard bills it); one retry per fault
+        # but the last of a state's attempts, which is caught into Park instead.
+        parks = Counter(key for name, key, *_ in faults.runs if name == "Park")
+        for key in keys:
+            transitions[key] += max(0, faults.injected_by_key[key] - parks[key])
+        paths: dict[str, str] = {}
+        for key in keys:
+            status = final.get(key, "lost")
+            if status == "quarantined":
+                paths[key] = "quarantined"
+            elif status in ("published", "duplicate"):
+                paths[key] = (
+                    "parked then published"
+                    if parks[key]
+                    else "published after retries"
+                    if faults.injected_by_key[key]
+                    else "published clean"
+                )
+            else:
+                paths[key] = status
+        return SoakRun(
+            label,
+            len(keys),
+            seconds,
+            len(reports),
+            len(faults.retry_waits),
+            sum(faults.retry_waits),
+            paths,
+            dict(transitions),
+            dict(gb_seconds),
+            dict(calls),
+            dict(rounds),
+            _execution_seconds(workflow, reports),
+        )
 
 
 def _execution_seconds(workflow: LocalWorkflow, reports: list) -> float:

@@ -213,6 +213,8 @@ class LocalWorkflow:
         self._saved_env: dict[str, str | None] = {}
         self._mock: Any = None
         self._lock = threading.Lock()
+        self._queue_arns: dict[str, str] = {}
+        self._histories: dict[str, list[dict[str, Any]]] = {}  # of finished executions
         self.metrics: list[dict[str, Any]] = []  # CloudWatch EMF documents the handlers emitted
         self.invocations: list[tuple[str, str]] = []  # (function, object key) in call order
         self.durations: list[tuple[str, float]] = []  # (function, seconds) per invocation, for costing
@@ -227,6 +229,7 @@ class LocalWorkflow:
         self._mock.start()
         try:
             _as_aws_notifies(True)
+            _moto_at_scale(True)
             import boto3
 
             boto3.setup_default_session()
@@ -280,6 +283,7 @@ class LocalWorkflow:
 
     def __exit__(self, *exc: object) -> None:
         _as_aws_notifies(False)
+        _moto_at_scale(False)
         reset_services()
         if hasattr(self, "_log_level"):
             handler.logger.setLevel(self._log_level)
@@ -318,7 +322,12 @@ class LocalWorkflow:
         self.state_machine_arn = self.stack.output("StateMachineArn")
 
     def _queue_arn(self, url: str) -> str:
-        return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        # Asked once per queue: moto computes every attribute of the queue, its message counts
+        # included, on each call, which is slow on a deep queue and the ARN never changes.
+        if url not in self._queue_arns:
+            attributes = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
+            self._queue_arns[url] = attributes["QueueArn"]
+        return self._queue_arns[url]
 
     def function_arn(self, name: str) -> str:
         """The ARN of a workflow function (FUNCTIONS' names) in the stack."""
@@ -326,10 +335,13 @@ class LocalWorkflow:
 
     # -- the Lambda stand-in --------------------------------------------------------------------
 
-    def _invoke(self, params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
+    def invoked(self, params: dict[str, Any]) -> tuple[str, str, Any]:
+        """(function name, ARN, event) of a lambda:Invoke call, from its request parameters."""
         arn = unquote(params["url_path"].split("/functions/", 1)[1].split("/", 1)[0])
-        name = self._arns[arn]
-        event = json.loads(params.get("body") or b"null")
+        return self._arns[arn], arn, json.loads(params.get("body") or b"null")
+
+    def _invoke(self, params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
+        name, arn, event = self.invoked(params)
         source = event.get("source", {}) if isinstance(event, dict) else {}
         self.invocations.append((name, str(source.get("key", ""))))
         # One call at a time (the Map runs iterations on threads): handlers see one container each,
@@ -408,7 +420,11 @@ class LocalWorkflow:
                 raise TimeoutError(f"execution {arn} still running after {timeout:.0f} s")
             time.sleep(0.02)
         output = json.loads(status.get("output") or "{}")
-        return ExecutionReport(arn, status["status"], object_paths(self.history(arn), output))
+        # A finished execution's history no longer changes: kept, so that reading it again (a
+        # test looking for PHI in it, a benchmark counting transitions) costs nothing (moto takes
+        # a third of a second to serialize a batch's).
+        self._histories[arn] = self.history(arn)
+        return ExecutionReport(arn, status["status"], object_paths(self._histories[arn], output))
 
     def _pipe_record(self, message: dict[str, Any]) -> dict[str, Any]:
         """An SQS message as an EventBridge Pipe hands it to its target."""
@@ -425,6 +441,8 @@ class LocalWorkflow:
         }
 
     def history(self, execution_arn: str) -> list[dict[str, Any]]:
+        if execution_arn in self._histories:
+            return self._histories[execution_arn]
         events: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
         while True:
@@ -494,6 +512,52 @@ def _as_aws_notifies(on: bool) -> None:
     elif not on and _MOTO_S3_EVENT is not None:
         notifications._get_s3_event = _MOTO_S3_EVENT  # noqa: SLF001
         _MOTO_S3_EVENT = None
+
+
+_LISTED_PREFIX = threading.local()
+_MOTO_ORIGINALS: dict[str, Any] = {}
+
+
+def _moto_at_scale(on: bool) -> None:
+    """Two of moto's costs that grow with a run, cut while a LocalWorkflow runs, with what moto
+    answers unchanged:
+
+    - moto lists a bucket's versions by deep-copying every version of every key, then filtering
+      by the prefix: the version check before each read and publish (`Prefix=key`) grew with the
+      bucket, and a drop of thousands of objects slowed to a crawl. Only the keys under the prefix
+      are copied now (the prefix filter and the pagination markers look at each key on its own).
+    - moto re-imports its S3 URL table on every S3 request (it may depend on the environment,
+      which does not change during a run): it is read once.
+    """
+    from moto.s3.models import S3Backend
+    from moto.s3.utils import _VersionedKeyStore
+
+    backend: Any = S3Backend  # patched where moto has no types to check against
+    store: Any = _VersionedKeyStore
+    if on and not _MOTO_ORIGINALS:
+        list_versions = _MOTO_ORIGINALS["list_object_versions"] = backend.list_object_versions
+        url_module = _MOTO_ORIGINALS["_url_module"] = vars(backend)["_url_module"]
+        all_lists = store._iterlists  # noqa: SLF001
+
+        def list_object_versions(self: Any, bucket_name: str, *args: Any, **kwargs: Any) -> Any:
+            _LISTED_PREFIX.value = kwargs.get("prefix") or ""
+            try:
+                return list_versions(self, bucket_name, *args, **kwargs)
+            finally:
+                _LISTED_PREFIX.value = ""
+
+        def prefixed_lists(self: Any) -> Iterator[tuple[str, list[Any]]]:
+            prefix = getattr(_LISTED_PREFIX, "value", "")
+            return ((key, versions) for key, versions in all_lists(self) if key.startswith(prefix))
+
+        loaded = url_module.fget(None)
+        backend.list_object_versions = list_object_versions
+        backend._url_module = property(lambda self: loaded)  # noqa: SLF001
+        store.iterlists = prefixed_lists
+    elif not on and _MOTO_ORIGINALS:
+        backend.list_object_versions = _MOTO_ORIGINALS.pop("list_object_versions")
+        backend._url_module = _MOTO_ORIGINALS.pop("_url_module")  # noqa: SLF001
+        store.iterlists = store._iterlists  # noqa: SLF001
 
 
 def lambda_answer(arn: str, call: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:

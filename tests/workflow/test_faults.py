@@ -1,0 +1,149 @@
+"""Throttling from S3, DynamoDB, Lambda and the text detector (deidflow.testing.faults) on the
+local workflow: the real state machine and handlers on moto. Throttling that clears is retried
+by the state; throttling that outlasts the state's retries parks the object, and the redrive
+publishes it; either way the end state is the one a fault-free run reaches (tests/workflow/endstate.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from deidflow.testing.faults import FaultInjector, FaultPlan
+from deidflow.testing.synthetic import make_burned_in_ultrasound, make_corpus
+
+from tests.conftest import dicom_bytes
+from tests.workflow.endstate import Dropped, as_text, end_state, leaks, phi_needles
+
+PUBLISH_RETRY_BUG = (
+    "steps.publish is not idempotent: when a call after its delete of the staging copy (the status "
+    "update) fails and the state retries, the retry's copy finds no staging object (HeadObject 404), "
+    "classify() calls that RejectedObject('missing'), and Quarantine records `skipped: missing` for a "
+    "published object and releases its SOP claim"
+)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return make_corpus(n_patients=1, studies_per_patient=1, images_per_series=3, rows=8, columns=8)
+
+
+def drop_corpus(workflow, corpus) -> list[Dropped]:
+    dropped = []
+    for n, instance in enumerate(corpus.instances):
+        data = dicom_bytes(instance.dataset)
+        dropped.append(Dropped(workflow.drop(f"{instance.patient.name}/{n:03d}.dcm", data), data))
+    return dropped
+
+
+def assert_end_state(workflow, dropped, reports) -> None:
+    state = end_state(workflow, dropped, reports)
+    assert not state.problems, "\n".join(state.problems)
+
+
+@pytest.mark.parametrize(
+    ("states", "services", "rate"),
+    [
+        (("DeidentifyHeader", "IndexHeader"), ("s3",), 0.15),
+        (("DeidentifyHeader", "IndexHeader"), ("dynamodb",), 0.15),
+        (("DeidentifyHeader", "IndexHeader", "Publish"), ("lambda",), 0.15),
+        pytest.param(("Publish",), ("dynamodb",), 0.9, marks=pytest.mark.xfail(strict=True, reason=PUBLISH_RETRY_BUG)),
+    ],
+)
+def test_throttling_that_clears_is_retried_by_the_state(workflow, corpus, states, services, rate):
+    dropped = drop_corpus(workflow, corpus)
+    plan = FaultPlan(rate=rate, seed=3, services=services, states=states)
+    with FaultInjector(workflow, plan) as faults:
+        reports = workflow.run_pipe()
+
+    calls = [name for name, _ in workflow.invocations]
+    assert sum(faults.injected.values()) and faults.retry_waits  # the state machine retried
+    assert_end_state(workflow, dropped, reports)
+    assert "Quarantine" not in calls
+
+
+@pytest.mark.parametrize(
+    ("state", "service"),
+    [
+        ("DeidentifyHeader", "s3"),
+        ("DeidentifyHeader", "dynamodb"),
+        ("IndexHeader", "s3"),
+        ("IndexHeader", "lambda"),
+        ("Publish", "s3"),
+        ("Publish", "lambda"),
+        pytest.param("Publish", "dynamodb", marks=pytest.mark.xfail(strict=True, reason=PUBLISH_RETRY_BUG)),
+    ],
+)
+def test_throttling_that_outlasts_the_retries_parks_the_object_and_the_redrive_publishes_it(
+    workflow, corpus, state, service
+):
+    dropped = drop_corpus(workflow, corpus)
+    stubborn = dropped[1].key
+    with FaultInjector(workflow, FaultPlan(stubborn={stubborn: (state, service)})) as faults:
+        reports = workflow.run_pipe()
+
+    calls = [name for name, _ in workflow.invocations]
+    parked = [o for r in reports for o in r.objects if o.status == "parked"]
+    assert [o.key for o in parked] == [stubborn] and parked[0].states[-2:] == [state, "Park"]
+    assert calls.count("Park") == 1 and "Quarantine" not in calls
+    # The first call and the state's five retries, all answered with the fault.
+    assert sum(n for (where, name), n in faults.injected.items() if where == state and name.startswith(service)) >= 6
+    assert_end_state(workflow, dropped, reports)
+
+
+def test_a_throttled_text_detector_is_retried_then_parked_never_pixels_failed(workflow):
+    """Rekognition throttling a burned-in ultrasound's scan (the detector raising DetectorBusy):
+    retried, then parked through every retry, and published by the redrive; never `pixels_failed`."""
+    us, _, _ = make_burned_in_ultrasound()
+    data = dicom_bytes(us)
+    key = workflow.drop("Ysolderan^Kasimir/echo.dcm", data)
+    with FaultInjector(workflow, FaultPlan(stubborn={key: ("RedactBurnedInText", "detector")})) as faults:
+        reports = workflow.run_pipe()
+
+    assert faults.injected[("RedactBurnedInText", "detector.ThrottlingException")] == 6
+    [first, second] = [o for r in reports for o in r.objects]
+    assert first.states[-2:] == ["RedactBurnedInText", "Park"] and first.status == "parked"
+    assert second.states[-3:] == ["RedactBurnedInText", "IndexHeader", "Publish"] and second.status == "published"
+    assert_end_state(workflow, [Dropped(key, data)], reports)
+
+
+def test_the_harness_is_never_faulted_and_leaving_the_injector_ends_the_faults(workflow, corpus):
+    """Every call a handler makes is answered with a fault, the test's own (drops, the queue,
+    reads of the tables) none; after the injector, a run is fault-free again."""
+    from deidflow.cloud.errors import TransientError
+    from deidflow.local.workflow import LambdaContext
+
+    def call(name, event):
+        return workflow.handlers[name](event, LambdaContext(workflow.function_arn(name)))
+
+    with FaultInjector(workflow, FaultPlan(rate=1.0)) as faults:
+        dropped = drop_corpus(workflow, corpus)
+        messages = workflow.sqs.receive_message(QueueUrl=workflow.queue_url, MaxNumberOfMessages=1)["Messages"]
+        workflow.table_items(workflow.names.status_table)
+        expanded = call("ExpandBatch", [workflow._pipe_record(messages[0])])  # S3 and DynamoDB untouched
+        with pytest.raises(TransientError):
+            call("DeidentifyHeader", expanded["objects"][0])
+        workflow.sqs.change_message_visibility(
+            QueueUrl=workflow.queue_url, ReceiptHandle=messages[0]["ReceiptHandle"], VisibilityTimeout=0
+        )
+    assert list(faults.injected) == [("DeidentifyHeader", "s3.SlowDown")] or set(faults.injected) <= {
+        ("DeidentifyHeader", "s3.SlowDown"),
+        ("DeidentifyHeader", "s3.ServiceUnavailable"),
+    }
+    injected = sum(faults.injected.values())
+    reports = workflow.run_pipe()
+    assert sum(faults.injected.values()) == injected
+    assert_end_state(workflow, dropped, reports)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14 asks for no object key in clear in any log or history; docs/workflow.md keeps keys in "
+    "the execution history's payloads (source.key), readable by whoever has states:GetExecutionHistory",
+)
+def test_no_object_key_in_the_execution_history(workflow, corpus):
+    dropped = drop_corpus(workflow, corpus)
+    reports = workflow.run_pipe()
+    histories = as_text([workflow.history(r.execution_arn) for r in reports])
+    assert not leaks(histories, phi_needles(corpus.planted_values(), workflow.names.ingest_prefix))
+    assert not [d.key for d in dropped if json.dumps(d.key)[1:-1] in histories]
