@@ -132,11 +132,6 @@ def test_the_harness_is_never_faulted_and_leaving_the_injector_ends_the_faults(w
     assert_end_state(workflow, dropped, reports)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 asks for no object key in clear in any log or history; docs/workflow.md keeps keys in "
-    "the execution history's payloads (source.key), readable by whoever has states:GetExecutionHistory",
-)
 def test_no_object_key_in_the_execution_history(workflow, corpus):
     dropped = drop_corpus(workflow, corpus)
     reports = workflow.run_pipe()

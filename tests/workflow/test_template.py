@@ -52,10 +52,11 @@ def test_queues_tables_and_logs_are_encrypted_and_recoverable(resources):
     # side's own logs are under ResearchKey (tests/workflow/test_template_research.py).
     substitutions = resources["DeidentifyStateMachine"]["Properties"]["DefinitionSubstitutions"]
     steps = [arn["Fn::GetAtt"][0] for arn in substitutions.values()]
+    steps.append(resources["IngestPipe"]["Properties"]["Enrichment"]["Fn::GetAtt"][0])  # ExpandBatch
     pipeline = {"StateMachineLogGroup", "PipeLogGroup"} | {
         resources[step]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] for step in steps
     }
-    assert len(pipeline) == 2 + len(substitutions)
+    assert len(pipeline) == 2 + len(steps)
     for name, log_group in of_type(resources, "AWS::Logs::LogGroup").items():
         expected = "DataKey" if name in pipeline else "ResearchKey"
         assert log_group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [expected, "Arn"]}, name

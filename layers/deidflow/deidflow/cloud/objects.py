@@ -8,11 +8,53 @@ skipped with a reason, not failed: they are not errors, and retrying them would 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+SEALED_KEY_PREFIX = "sk1."
+_SEAL_INFO = b"deidflow/object-key-seal/v1"
+_NONCE_BYTES = 12
+
+
+class KeySeal:
+    """Object keys sealed for the state payloads: AES-GCM under a key derived (HKDF) from the
+    object-reference key, with the bucket as associated data.
+
+    A payload is what the execution history shows to anyone with states:GetExecutionHistory and
+    what a Map's failure cause may quote; object keys are PHI (folders named after patients). The
+    functions that need a key open it; the reference (`ref`) is what names the object in the open.
+    Holding the object-reference key, an operator can open one too (`deidflow object-ref`'s key)."""
+
+    def __init__(self, object_ref_key: bytes):
+        derived = HKDF(algorithm=SHA256(), length=32, salt=None, info=_SEAL_INFO).derive(object_ref_key)
+        self._aead = AESGCM(derived)
+
+    def seal(self, bucket: str, key: str) -> str:
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = nonce + self._aead.encrypt(nonce, key.encode(), bucket.encode())
+        return SEALED_KEY_PREFIX + base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+
+    def open(self, bucket: str, sealed: str) -> str:
+        """The key, or ValueError when `sealed` was not made by this seal for this bucket."""
+        if not sealed.startswith(SEALED_KEY_PREFIX):
+            raise ValueError("not a sealed object key")
+        body = sealed[len(SEALED_KEY_PREFIX) :]
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            return self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], bucket.encode()).decode()
+        except (InvalidTag, binascii.Error, UnicodeDecodeError) as exc:
+            raise ValueError("the sealed object key does not open with this key and bucket") from exc
 
 
 @dataclass(frozen=True)
@@ -21,7 +63,8 @@ class ObjectRef:
 
     `ref` is the object's keyed reference (pseudonym.object_ref), computed once where the object
     enters (ExpandBatch) and carried from there: what logs and the status table name the object
-    by, since the key itself is PHI."""
+    by, since the key itself is PHI. In a payload the key travels sealed (`sealed_key`, KeySeal),
+    never in clear."""
 
     bucket: str
     key: str
@@ -31,23 +74,38 @@ class ObjectRef:
     # Redrive rounds so far: a transient failure that outlasted the retries parks the object, which
     # comes back through the queue with its round counted (Park's message, `deidflow.round`).
     round: int = 0
+    # The sealed form this object arrived with, reused on the way out (one seal per object, not
+    # one per state); not part of the object's identity.
+    sealed_key: str | None = field(default=None, compare=False, repr=False)
 
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        if not self.round:
-            del out["round"]
+    def as_payload(self, seal: KeySeal) -> dict[str, Any]:
+        """The `source` of a state payload: everything but the key, which is sealed."""
+        out: dict[str, Any] = {
+            "bucket": self.bucket,
+            "sealed_key": self.sealed_key or seal.seal(self.bucket, self.key),
+            "version_id": self.version_id,
+            "size": self.size,
+            "ref": self.ref,
+        }
+        if self.round:
+            out["round"] = self.round
         return out
 
     @classmethod
-    def from_event(cls, event: Mapping[str, Any]) -> ObjectRef:
+    def from_payload(cls, event: Mapping[str, Any], seal: KeySeal) -> ObjectRef:
+        """From a payload's `source` (or the source itself). A key in clear is accepted too: hand-made
+        events (a test, an operator's `sam local invoke`); the states never write one."""
         source = event.get("source", event)
+        bucket = str(source["bucket"])
+        sealed = source.get("sealed_key")
         return cls(
-            bucket=str(source["bucket"]),
-            key=str(source["key"]),
+            bucket=bucket,
+            key=seal.open(bucket, str(sealed)) if sealed else str(source["key"]),
             version_id=source.get("version_id") or None,
             size=int(source["size"]) if source.get("size") is not None else None,
             ref=source.get("ref") or None,
             round=int(source.get("round") or 0),
+            sealed_key=str(sealed) if sealed else None,
         )
 
     @property
@@ -66,11 +124,11 @@ class Skipped:
     message_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "reason": self.reason,
-            "source": self.ref.as_dict() if self.ref else None,
-            "message_id": self.message_id,
-        }
+        """What a skip shows: its reason and the object's reference, no key (nothing after it needs one)."""
+        source = None
+        if self.ref is not None:
+            source = {"bucket": self.ref.bucket, "version_id": self.ref.version_id, "ref": self.ref.ref}
+        return {"reason": self.reason, "source": source, "message_id": self.message_id}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ..keys import parse_key
 from ..pixels import TextDetector, make_detector
 from ..pseudonym import object_ref
 from ..rules import RuleSet, load_rules
-from .objects import ObjectRef
+from .objects import KeySeal, ObjectRef
 
 
 def make_rekognition_client(
@@ -174,6 +174,18 @@ class Services:
         if obj.ref:
             return obj
         return replace(obj, ref=object_ref(self.object_ref_key, obj.bucket, obj.key))
+
+    @cached_property
+    def key_seal(self) -> KeySeal:
+        return KeySeal(self.object_ref_key)
+
+    def source_of(self, event: Mapping[str, Any]) -> ObjectRef:
+        """The object a state payload points at: its key opened, its reference given."""
+        return self.with_ref(ObjectRef.from_payload(event, self.key_seal))
+
+    def payload(self, obj: ObjectRef) -> dict[str, Any]:
+        """`obj` as a state payload's `source`: with its reference, the key sealed."""
+        return self.with_ref(obj).as_payload(self.key_seal)
 
     @cached_property
     def engine(self) -> Engine:

@@ -61,24 +61,24 @@ def expand_batch(messages: Any, services: Services) -> dict[str, Any]:
         if skip.ref is not None:
             record_status(services, skip.ref, "skipped", reason=skip.reason)
     return {
-        "objects": [{"source": services.with_ref(ref).as_dict()} for ref in batch.objects],
+        "objects": [{"source": services.payload(ref)} for ref in batch.objects],
         "skipped": [s.as_dict() for s in skipped],
     }
 
 
 def deidentify_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Header de-identification; instances whose pixels need a scan go on to the redaction step."""
-    ref = services.with_ref(ObjectRef.from_event(event))
+    ref = services.source_of(event)
     try:
         processed = _process_original(services, ref, scan_pixels=False)
     except PixelScanRequired:
-        return {"source": ref.as_dict(), "needs_pixel_scan": True}
+        return {"source": services.payload(ref), "needs_pixel_scan": True}
     return _stage(services, ref, processed, needs_pixel_scan=False)
 
 
 def redact_burned_in_text(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Pixels first (the policy reads the original header), then the header, in one engine pass."""
-    ref = services.with_ref(ObjectRef.from_event(event))
+    ref = services.source_of(event)
     processed = _process_original(services, ref, scan_pixels=True)
     result = _stage(services, ref, processed, needs_pixel_scan=True)
     pixels = processed.pixels
@@ -205,7 +205,7 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     one's, so the newer version is sent through the queue again and its run writes last; if the
     original was deleted meanwhile, this copy is taken back. A Study or Series UID corrected on a
     re-send moves the instance: the research object at the old key goes."""
-    ref = services.with_ref(ObjectRef.from_event(event))
+    ref = services.source_of(event)
     staged = event["staged"]
     status = "duplicate" if staged.get("duplicate_of") else "published"
     bucket = services.settings.research_bucket
@@ -292,17 +292,17 @@ def _send_again(services: Services, ref: ObjectRef | None) -> None:
 
 def quarantine(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Record why the object failed and mark the original; the original itself stays where it is."""
-    ref = services.with_ref(ObjectRef.from_event(event))
+    ref = services.source_of(event)
     reason, detail, research_key = rejection_from_error(event.get("error") or {})
     _discard_partial(services, ref, event)  # it will not be published
     if reason in ("missing", "superseded"):
         # Deleted before it was published (Orthanc drops duplicates, users fix mistakes), or
         # overwritten by a newer version: nothing to keep, so a skip, not a quarantine.
         record_status(services, ref, "skipped", reason=reason, detail=detail)
-        return {"source": ref.as_dict(), "status": "skipped", "reason": reason}
+        return {"source": services.payload(ref), "status": "skipped", "reason": reason}
     record_status(services, ref, "quarantined", reason=reason, detail=detail, research_key=research_key)
     _tag_original(services, ref, reason)
-    return {"source": ref.as_dict(), "status": "quarantined", "reason": reason}
+    return {"source": services.payload(ref), "status": "quarantined", "reason": reason}
 
 
 # The longest an SQS message can be delayed.
@@ -315,7 +315,7 @@ def park(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     sent back through the ingest queue, later (a delay that doubles each round), as its own S3
     notification. After `redrive_rounds` rounds it goes to the dead-letter queue instead, whose
     alarm calls an operator, and SQS's DLQ redrive brings it back. What it left half done goes."""
-    ref = services.with_ref(ObjectRef.from_event(event))
+    ref = services.source_of(event)
     error = event.get("error") or {}
     reason = str(error.get("Error", "")) or "unknown"
     _discard_partial(services, ref, event)
@@ -328,7 +328,7 @@ def park(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
             raise RuntimeError("environment variable DEAD_LETTER_QUEUE_URL is not set")
         sqs.send_message(QueueUrl=settings.dead_letter_queue_url, MessageBody=message)
         record_status(services, ref, "stalled", reason=reason, detail=f"still failing after {ref.round} redrives")
-        return {"source": ref.as_dict(), "status": "stalled", "reason": reason, "round": ref.round}
+        return {"source": services.payload(ref), "status": "stalled", "reason": reason, "round": ref.round}
     if not settings.ingest_queue_url:
         raise RuntimeError("environment variable INGEST_QUEUE_URL is not set")
     delay = min(MAX_DELAY_SECONDS, settings.redrive_delay_seconds * 2 ** (round_ - 1))
@@ -336,7 +336,7 @@ def park(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     record_status(
         services, ref, "parked", reason=reason, detail=f"redrive {round_} of {settings.redrive_rounds} in {delay} s"
     )
-    return {"source": ref.as_dict(), "status": "parked", "reason": reason, "round": round_}
+    return {"source": services.payload(ref), "status": "parked", "reason": reason, "round": round_}
 
 
 def _discard_partial(services: Services, ref: ObjectRef, event: Mapping[str, Any]) -> None:
@@ -423,7 +423,7 @@ def _stage(
     if duplicate_of is not None:
         staged["duplicate_of"] = duplicate_of
     return {
-        "source": ref.as_dict(),
+        "source": services.payload(ref),
         "needs_pixel_scan": needs_pixel_scan,
         "staged": staged,
     }

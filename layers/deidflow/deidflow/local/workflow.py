@@ -6,8 +6,9 @@ table and secret used here and whose Lambda functions give the handlers their en
 `statemachines/deidentify.asl.json` executed by moto's Step Functions interpreter with the stack's
 function ARNs substituted, the handlers in `functions/<step>/app.py` called in-process for each
 Lambda task, S3 notifications into SQS, and a stand-in for the EventBridge Pipe (which moto cannot
-create) that reads the queue, starts an execution with the batch (the same input shape the Pipe
-sends) and deletes the messages only when the execution succeeded. Tests and `deidflow local run`
+create) that reads the queue, invokes its enrichment (ExpandBatch) with the batch as the Pipe
+does, starts an execution with the enrichment's answer and deletes the messages only when the
+execution succeeded. Tests and `deidflow local run`
 use it; nothing here is deployed.
 """
 
@@ -33,6 +34,7 @@ from urllib.parse import unquote
 
 from ..cloud import handler
 from ..cloud.handler import reset_services
+from ..cloud.objects import KeySeal, parse_batch
 from ..pseudonym import object_ref
 from ..storage import CATALOG_DUMP, INDEX_DUMP, LocalStore
 from .stack import RehearsalError, Stack, rehearse
@@ -217,6 +219,8 @@ class LocalWorkflow:
         self._histories: dict[str, list[dict[str, Any]]] = {}  # of finished executions
         self.metrics: list[dict[str, Any]] = []  # CloudWatch EMF documents the handlers emitted
         self.invocations: list[tuple[str, str]] = []  # (function, object key) in call order
+        self.enrichment_failures = 0  # batches the Pipe's ExpandBatch call failed (left on the queue)
+        self._keys_by_ref: dict[str, str] = {}  # object reference -> key, of every object the Pipe read
         self.durations: list[tuple[str, float]] = []  # (function, seconds) per invocation, for costing
 
     # -- set-up and tear-down -------------------------------------------------------------------
@@ -320,6 +324,8 @@ class LocalWorkflow:
         ):
             secretsmanager.put_secret_value(SecretId=secret_id, SecretString=base64.b64encode(secret_key).decode())
         self.state_machine_arn = self.stack.output("StateMachineArn")
+        self.key_seal = KeySeal(self.object_ref_key)
+        self.lambda_client = boto3.client("lambda")
 
     def _queue_arn(self, url: str) -> str:
         # Asked once per queue: moto computes every attribute of the queue, its message counts
@@ -343,7 +349,7 @@ class LocalWorkflow:
     def _invoke(self, params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
         name, arn, event = self.invoked(params)
         source = event.get("source", {}) if isinstance(event, dict) else {}
-        self.invocations.append((name, str(source.get("key", ""))))
+        self.invocations.append((name, self.key_of(source)))
         # One call at a time (the Map runs iterations on threads): handlers see one container each,
         # and the metrics they print (CloudWatch EMF on stdout) are collected, not shown.
         with self._lock, contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -352,6 +358,14 @@ class LocalWorkflow:
             self.durations.append((name, time.perf_counter() - started))
         self.metrics += [json.loads(line) for line in printed.getvalue().splitlines() if line.startswith('{"_aws"')]
         return answer
+
+    def key_of(self, source: Any) -> str:
+        """The key of a payload's `source` (its sealed key opened), or "" when it names none."""
+        if not isinstance(source, dict):
+            return ""
+        if source.get("sealed_key"):
+            return self.key_seal.open(str(source["bucket"]), str(source["sealed_key"]))
+        return str(source.get("key") or self._keys_by_ref.get(str(source.get("ref")), ""))
 
     def object_ref(self, key: str, bucket: str | None = None) -> str:
         """The reference logs and the status table give an ingest object (what `deidflow object-ref` prints)."""
@@ -396,7 +410,17 @@ class LocalWorkflow:
             ).get("Messages", [])
             if not messages:
                 return reports
-            report = self.execute([self._pipe_record(m) for m in messages], timeout=timeout)
+            batch = self.enrich([self._pipe_record(m) for m in messages])
+            if batch is None:  # the Pipe leaves the batch on the queue: it comes back (or, in time, to the DLQ)
+                self.sqs.change_message_visibility_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                        for i, m in enumerate(messages)
+                    ],
+                )
+                continue
+            report = self.run_execution(batch, timeout=timeout)
             reports.append(report)
             if report.status == "SUCCEEDED":
                 self.sqs.delete_message_batch(
@@ -406,8 +430,36 @@ class LocalWorkflow:
             else:  # a failed execution leaves its messages for redelivery (and, in time, the DLQ)
                 return reports
 
-    def execute(self, batch: list[dict[str, Any]], *, timeout: float = 600.0) -> ExecutionReport:
-        """Start one execution with `batch` as input and wait for it (the Pipe's REQUEST_RESPONSE)."""
+    def enrich(self, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The Pipe's enrichment: ExpandBatch invoked with the batch, its answer the execution's
+        input; None when the call failed (throttled, or the function raised)."""
+        for ref in parse_batch(records, ()).objects:
+            self._keys_by_ref[self.object_ref(ref.key, ref.bucket)] = ref.key
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.lambda_client.invoke(
+                FunctionName=self.function_arn("ExpandBatch"), Payload=json.dumps(records).encode()
+            )
+        except ClientError:
+            self.enrichment_failures += 1
+            return None
+        payload = json.loads(answer["Payload"].read())
+        if answer.get("FunctionError"):
+            self.enrichment_failures += 1
+            return None
+        return dict(payload)
+
+    def execute(self, records: list[dict[str, Any]], *, timeout: float = 600.0) -> ExecutionReport:
+        """What the Pipe does with one batch of SQS records: the enrichment, then the execution."""
+        batch = self.enrich(records)
+        if batch is None:
+            raise RuntimeError("the Pipe's enrichment (ExpandBatch) failed for this batch")
+        return self.run_execution(batch, timeout=timeout)
+
+    def run_execution(self, batch: dict[str, Any], *, timeout: float = 600.0) -> ExecutionReport:
+        """Start one execution with the enrichment's answer as input and wait for it (the Pipe's
+        REQUEST_RESPONSE)."""
         arn = self.sfn.start_execution(
             stateMachineArn=self.state_machine_arn, name=f"batch-{uuid.uuid4()}", input=json.dumps(batch)
         )["executionArn"]
@@ -424,7 +476,7 @@ class LocalWorkflow:
         # test looking for PHI in it, a benchmark counting transitions) costs nothing (moto takes
         # a third of a second to serialize a batch's).
         self._histories[arn] = self.history(arn)
-        return ExecutionReport(arn, status["status"], object_paths(self._histories[arn], output))
+        return ExecutionReport(arn, status["status"], object_paths(self._histories[arn], output, self.key_of))
 
     def _pipe_record(self, message: dict[str, Any]) -> dict[str, Any]:
         """An SQS message as an EventBridge Pipe hands it to its target."""
@@ -586,8 +638,11 @@ def _plain(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def object_paths(events: Iterable[dict[str, Any]], output: dict[str, Any]) -> list[ObjectPath]:
-    """Per Map iteration, the states entered (from the execution history), and how each ended."""
+def object_paths(
+    events: Iterable[dict[str, Any]], output: dict[str, Any], key_of: Callable[[Any], str]
+) -> list[ObjectPath]:
+    """Per Map iteration, the states entered (from the execution history), and how each ended;
+    `key_of` names the object of a payload's `source`."""
     events = list(events)
     by_id = {e["id"]: e for e in events}
     iteration_of: dict[int, int] = {}
@@ -608,9 +663,9 @@ def object_paths(events: Iterable[dict[str, Any]], output: dict[str, Any]) -> li
         status = str(result.get("status", "unknown"))
         detail = result.get("research_key") or result.get("reason")
         path = ["ExpandBatch", *states.get(index, [])]
-        paths.append(ObjectPath(str(source.get("key", "?")), path, status, detail))
+        paths.append(ObjectPath(key_of(source) or "?", path, status, detail))
     for skipped in output.get("skipped") or []:
-        key = (skipped.get("source") or {}).get("key") or f"(message {skipped.get('message_id')})"
+        key = key_of(skipped.get("source")) or f"(message {skipped.get('message_id')})"
         paths.append(ObjectPath(key, ["ExpandBatch"], "skipped", skipped.get("reason")))
     return paths
 

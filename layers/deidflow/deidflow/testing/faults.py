@@ -138,7 +138,7 @@ class FaultInjector:
         """The fault this call gets, if any; counted."""
         if service not in self.plan.services:
             return None
-        key = str(source.get("key", ""))
+        key = self.workflow.key_of(source)
         stubborn = self.stubborn_fault(key) if key else None
         choices = [f for f in (*FAULTS, DETECTOR_THROTTLED) if f.service == service]
         with self._lock:
@@ -173,7 +173,7 @@ class FaultInjector:
             finally:
                 self._current = None
                 self.runs.append(
-                    (name, str(source.get("key", "")), int(source.get("round") or 0), time.perf_counter() - started)
+                    (name, self.workflow.key_of(source), int(source.get("round") or 0), time.perf_counter() - started)
                 )
 
         return faulted
