@@ -2,7 +2,7 @@
 handlers on moto) with throttling injected at random into S3, DynamoDB, Lambda and the text
 detector, some of it outlasting the retries. The end state must be the fault-free one
 (tests/workflow/endstate.py), with no object key and no planted header value in a log line, a
-metric document or a status item. Marked slow (`-m "not slow"` leaves it out locally; CI runs it).
+metric document, a status item or an execution history. Marked slow (`-m "not slow"` leaves it out locally; CI runs it).
 """
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ def test_a_soak_under_random_throttling_ends_with_every_object_published_or_quar
         ("log lines", logged + printed.out + printed.err),
         ("metric documents", as_text(workflow.metrics)),
         ("status items", as_text(workflow.table_items(workflow.names.status_table))),
+        # Faults, retries, parks and quarantines included: their causes are in the histories too.
+        ("execution histories", as_text([workflow.history(r.execution_arn) for r in reports])),
     ):
         found = leaks(text, needles)
         state.check(not found, f"{where} hold {found[:5]}")
