@@ -7,6 +7,7 @@ publishes it; either way the end state is the one a fault-free run reaches (test
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote_plus
 
 import pytest
 from deidflow.testing.faults import FaultInjector, FaultPlan
@@ -138,3 +139,59 @@ def test_no_object_key_in_the_execution_history(workflow, corpus):
     histories = as_text([workflow.history(r.execution_arn) for r in reports])
     assert not leaks(histories, phi_needles(corpus.planted_values(), workflow.names.ingest_prefix))
     assert not [d.key for d in dropped if json.dumps(d.key)[1:-1] in histories]
+
+
+def test_an_object_that_cannot_even_be_parked_fails_its_own_message_only(workflow, corpus):
+    """Park outlasting its retries too (every call it makes throttled): the execution still
+    succeeds, names that object's SQS message in batchItemFailures, and the Pipe deletes the
+    batch's other messages; the failed one comes back and, the faults over, is published."""
+    dropped = drop_corpus(workflow, corpus)
+    stubborn = dropped[1].key
+    plan = FaultPlan(
+        rate=1.0, services=("s3", "lambda"), states=("Park",), stubborn={stubborn: ("DeidentifyHeader", "s3")}
+    )
+    with FaultInjector(workflow, plan) as faults:
+        [report] = workflow.run_pipe(batches=1)
+
+    assert report.status == "SUCCEEDED"
+    assert [(o.key, o.status) for o in report.objects if o.status != "published"] == [(stubborn, "unparked")]
+    assert sum(n for (where, _), n in faults.injected.items() if where == "Park") >= 6
+    [left] = workflow.sqs.receive_message(QueueUrl=workflow.queue_url, MaxNumberOfMessages=10)["Messages"]
+    assert report.item_failures == [left["MessageId"]]
+    assert [unquote_plus(r["s3"]["object"]["key"]) for r in json.loads(left["Body"])["Records"]] == [stubborn]
+    workflow.sqs.change_message_visibility(
+        QueueUrl=workflow.queue_url, ReceiptHandle=left["ReceiptHandle"], VisibilityTimeout=0
+    )
+    reports = [report, *workflow.run_pipe()]
+    assert [o.status for o in reports[-1].objects] == ["published"]
+    assert_end_state(workflow, dropped, reports)
+
+
+def test_in_a_standard_workflow_an_object_that_cannot_be_parked_waits_and_is_parked_again(corpus):
+    """Standard: the Pipe deleted the batch when the execution started, so a failed Park cannot
+    hand the message back; the object waits in its execution (ParkAgainSeconds) and is parked
+    again, and the redrive publishes it. At least once, with nothing left on the queues."""
+    from deidflow.local.workflow import LocalWorkflow
+
+    from tests.conftest import REPO, TEST_KEY
+
+    with LocalWorkflow(TEST_KEY, project=REPO, workflow_type="STANDARD") as workflow:
+        dropped = drop_corpus(workflow, corpus)
+        stubborn = dropped[0].key
+        with FaultInjector(workflow, FaultPlan(stubborn={stubborn: ("DeidentifyHeader", "s3")})):
+            park = workflow.handlers["Park"]
+            failures = []
+
+            def failing_once(event, context):
+                if not failures:
+                    failures.append(event)
+                    raise RuntimeError("the queue is unreachable")
+                return park(event, context)
+
+            workflow.handlers["Park"] = failing_once
+            reports = workflow.run_pipe()
+
+        [first] = [o for o in reports[0].objects if o.key == stubborn]
+        assert first.states[-5:] == ["Park", "ParkFailed", "HoldOrHandBack", "WaitToParkAgain", "Park"]
+        assert first.status == "parked" and len(failures) == 1 and not reports[0].item_failures
+        assert_end_state(workflow, dropped, reports)

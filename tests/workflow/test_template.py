@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from deidflow.local.workflow import FUNCTIONS
+
 from tests.workflow.conftest import of_type, roles, statements
 
 
@@ -51,12 +53,12 @@ def test_queues_tables_and_logs_are_encrypted_and_recoverable(resources):
     # The pipeline's logs (its functions, the state machine, the Pipe) are PHI side; the research
     # side's own logs are under ResearchKey (tests/workflow/test_template_research.py).
     substitutions = resources["DeidentifyStateMachine"]["Properties"]["DefinitionSubstitutions"]
-    steps = [arn["Fn::GetAtt"][0] for arn in substitutions.values()]
+    steps = [arn["Fn::GetAtt"][0] for arn in substitutions.values() if "Fn::GetAtt" in arn]
     steps.append(resources["IngestPipe"]["Properties"]["Enrichment"]["Fn::GetAtt"][0])  # ExpandBatch
     pipeline = {"StateMachineLogGroup", "PipeLogGroup"} | {
         resources[step]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] for step in steps
     }
-    assert len(pipeline) == 2 + len(steps)
+    assert len(pipeline) == 2 + len(steps) == 2 + len(FUNCTIONS)
     for name, log_group in of_type(resources, "AWS::Logs::LogGroup").items():
         expected = "DataKey" if name in pipeline else "ResearchKey"
         assert log_group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [expected, "Arn"]}, name

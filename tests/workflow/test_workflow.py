@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from urllib.parse import unquote_plus
 
 import pydicom
 import pytest
@@ -203,9 +204,10 @@ def test_a_failing_quarantine_parks_the_object_and_after_the_rounds_it_waits_in_
     )
 
 
-def test_a_failing_park_fails_the_execution_and_leaves_its_messages_on_the_queue(workflow):
-    """The last resort failing too: the execution fails, and SQS delivers the batch again (then
-    the dead-letter queue), so nothing is lost."""
+def test_a_failing_park_hands_the_message_back_until_the_dead_letter_queue(workflow):
+    """The last resort failing too: the execution still succeeds and hands the object's message
+    back to the Pipe (batchItemFailures); SQS delivers it again, and after the queue's
+    maxReceiveCount it is in the dead-letter queue, so nothing is lost."""
 
     def broken(event, context):
         raise RuntimeError("the queue is unreachable")
@@ -215,9 +217,12 @@ def test_a_failing_park_fails_the_execution_and_leaves_its_messages_on_the_queue
     key = workflow.drop("junk.txt", b"not dicom")
     reports = workflow.run_pipe()
 
-    assert reports[-1].status == "FAILED"
-    visible, in_flight = queue_counts(workflow)
-    assert visible + in_flight >= 1  # redelivered after the visibility timeout, then the DLQ
+    assert {r.status for r in reports} == {"SUCCEEDED"} and all(r.item_failures for r in reports)
+    assert [o.status for r in reports for o in r.objects] == ["unparked"] * len(reports)
+    assert len(reports) == 5  # the queue's maxReceiveCount
+    assert queue_counts(workflow) == (0, 0)
+    [letter] = dead_letters(workflow)
+    assert [unquote_plus(r["s3"]["object"]["key"]) for r in letter["Records"]] == [key]
     workflow.s3.head_object(Bucket=workflow.names.ingest_bucket, Key=key)  # and the original is still there
 
 
@@ -263,7 +268,9 @@ def test_template_state_machine_and_functions_agree():
     placeholders = set(re.findall(r"\$\{(\w+)\}", asl_text))
     # ExpandBatch is the Pipe's enrichment, not a state: its answer is the execution's input.
     states = {n: f for n, f in FUNCTIONS.items() if n != "ExpandBatch"}
-    assert placeholders == set(machine["DefinitionSubstitutions"]) == {f"{n}FunctionArn" for n in states}
+    settings = {"WorkflowType", "ParkAgainSeconds"}  # what a failed Park does depends on them
+    assert placeholders == set(machine["DefinitionSubstitutions"]) == {f"{n}FunctionArn" for n in states} | settings
+    assert {machine["DefinitionSubstitutions"][s]["Ref"] for s in settings} == settings
     for name, folder in FUNCTIONS.items():
         function = resources[f"{name}Function"]["Properties"]
         assert function["CodeUri"].rstrip("/") == f"functions/{folder}"

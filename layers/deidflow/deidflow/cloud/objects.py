@@ -77,6 +77,9 @@ class ObjectRef:
     # The sealed form this object arrived with, reused on the way out (one seal per object, not
     # one per state); not part of the object's identity.
     sealed_key: str | None = field(default=None, compare=False, repr=False)
+    # The SQS message it came in: what the execution names in `batchItemFailures` when the object
+    # could not even be parked, so that the Pipe retries that message only.
+    message_id: str | None = field(default=None, compare=False)
 
     def as_payload(self, seal: KeySeal) -> dict[str, Any]:
         """The `source` of a state payload: everything but the key, which is sealed."""
@@ -89,6 +92,8 @@ class ObjectRef:
         }
         if self.round:
             out["round"] = self.round
+        if self.message_id:
+            out["message_id"] = self.message_id
         return out
 
     @classmethod
@@ -106,6 +111,7 @@ class ObjectRef:
             ref=source.get("ref") or None,
             round=int(source.get("round") or 0),
             sealed_key=str(sealed) if sealed else None,
+            message_id=source.get("message_id") or None,
         )
 
     @property
@@ -166,8 +172,8 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
         round_ = int(redrive.get("round") or 0) if isinstance(redrive, Mapping) else 0
         for record in records:
             ref = _ref_from_record(record)
-            if ref is not None and round_:
-                ref = replace(ref, round=round_)
+            if ref is not None:
+                ref = replace(ref, round=round_, message_id=message_id)
             if ref is None:
                 skipped.append(Skipped("unreadable_message", message_id=message_id))
                 continue

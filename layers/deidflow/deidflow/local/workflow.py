@@ -127,6 +127,8 @@ class ExecutionReport:
     execution_arn: str
     status: str
     objects: list[ObjectPath] = field(default_factory=list)
+    # The SQS message ids the execution gave back to the Pipe (`batchItemFailures`): retried alone.
+    item_failures: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -208,6 +210,8 @@ class LocalWorkflow:
             "WorkflowType": workflow_type,
             "MaxObjectMB": str(max_object_mb),
             "BatchSize": str(batch_size),
+            # A Standard execution whose Park failed waits this long before parking again.
+            "ParkAgainSeconds": "1",
         }
         self.rules_file = rules_file
         self.text_detector = text_detector
@@ -401,10 +405,13 @@ class LocalWorkflow:
             keys.append(key)
         return keys
 
-    def run_pipe(self, *, timeout: float = 600.0) -> list[ExecutionReport]:
-        """The Pipe's job: batches from the queue into executions, until the queue is empty."""
+    def run_pipe(self, *, timeout: float = 600.0, batches: int | None = None) -> list[ExecutionReport]:
+        """The Pipe's job: batches from the queue into executions, until the queue is empty (or
+        `batches` executions ran). A succeeded execution's messages are deleted but for those it
+        names in `batchItemFailures`, which are visible again at once (the Pipe's partial batch
+        failure); a failed execution leaves all of its batch."""
         reports: list[ExecutionReport] = []
-        while True:
+        while batches is None or len(reports) < batches:
             messages = self.sqs.receive_message(
                 QueueUrl=self.queue_url, MaxNumberOfMessages=self.batch_size, AttributeNames=["All"]
             ).get("Messages", [])
@@ -422,13 +429,26 @@ class LocalWorkflow:
                 continue
             report = self.run_execution(batch, timeout=timeout)
             reports.append(report)
-            if report.status == "SUCCEEDED":
+            standard = self.parameters["WorkflowType"] == "STANDARD"
+            if report.status != "SUCCEEDED" and not standard:  # its messages stay for redelivery (then the DLQ)
+                return reports
+            # Standard: FIRE_AND_FORGET, the Pipe deleted the batch once the execution started.
+            done = [m for m in messages if standard or m["MessageId"] not in report.item_failures]
+            again = [m for m in messages if m not in done]
+            if done:
                 self.sqs.delete_message_batch(
                     QueueUrl=self.queue_url,
-                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
                 )
-            else:  # a failed execution leaves its messages for redelivery (and, in time, the DLQ)
-                return reports
+            if again:
+                self.sqs.change_message_visibility_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                        for i, m in enumerate(again)
+                    ],
+                )
+        return reports
 
     def enrich(self, records: list[dict[str, Any]]) -> dict[str, Any] | None:
         """The Pipe's enrichment: ExpandBatch invoked with the batch, its answer the execution's
@@ -476,7 +496,9 @@ class LocalWorkflow:
         # test looking for PHI in it, a benchmark counting transitions) costs nothing (moto takes
         # a third of a second to serialize a batch's).
         self._histories[arn] = self.history(arn)
-        return ExecutionReport(arn, status["status"], object_paths(self._histories[arn], output, self.key_of))
+        failures = [str(f.get("itemIdentifier")) for f in output.get("batchItemFailures") or []]
+        paths = object_paths(self._histories[arn], output, self.key_of)
+        return ExecutionReport(arn, status["status"], paths, failures)
 
     def _pipe_record(self, message: dict[str, Any]) -> dict[str, Any]:
         """An SQS message as an EventBridge Pipe hands it to its target."""
