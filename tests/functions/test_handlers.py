@@ -38,12 +38,12 @@ def call(workflow, step: str, event):
 def source(workflow, key: str) -> dict:
     bucket = workflow.names.ingest_bucket
     ref = workflow.object_ref(key)
-    return {"source": {"bucket": bucket, "key": key, "version_id": None, "size": None, "ref": ref}}
+    return {"source": {"bucket": bucket, "key": key, "version_id": None, "size": None, "ref": ref, "lane": "express"}}
 
 
 def opened(workflow, out: dict) -> dict:
     """A step's answer with its source's key opened, in the shape `source()` makes by hand."""
-    plain = {k: v for k, v in out["source"].items() if k != "sealed_key"}
+    plain = {k: v for k, v in out["source"].items() if k not in ("sealed_key", "budget")}
     return {**out, "source": {**plain, "key": workflow.key_of(out["source"])}}
 
 

@@ -10,6 +10,7 @@ import json
 from urllib.parse import unquote_plus
 
 import pytest
+from deidflow.cloud.budget import LAST_RESORT_RETRIES
 from deidflow.testing.faults import FaultInjector, FaultPlan
 from deidflow.testing.synthetic import make_burned_in_ultrasound, make_corpus
 
@@ -155,7 +156,7 @@ def test_an_object_that_cannot_even_be_parked_fails_its_own_message_only(workflo
 
     assert report.status == "SUCCEEDED"
     assert [(o.key, o.status) for o in report.objects if o.status != "published"] == [(stubborn, "unparked")]
-    assert sum(n for (where, _), n in faults.injected.items() if where == "Park") >= 6
+    assert sum(n for (where, _), n in faults.injected.items() if where == "Park") >= 1 + LAST_RESORT_RETRIES
     [left] = workflow.sqs.receive_message(QueueUrl=workflow.queue_url, MaxNumberOfMessages=10)["Messages"]
     assert report.item_failures == [left["MessageId"]]
     assert [unquote_plus(r["s3"]["object"]["key"]) for r in json.loads(left["Body"])["Records"]] == [stubborn]
@@ -195,3 +196,42 @@ def test_in_a_standard_workflow_an_object_that_cannot_be_parked_waits_and_is_par
         assert first.states[-5:] == ["Park", "ParkFailed", "HoldOrHandBack", "WaitToParkAgain", "Park"]
         assert first.status == "parked" and len(failures) == 1 and not reports[0].item_failures
         assert_end_state(workflow, dropped, reports)
+
+
+def test_a_slow_object_that_would_overrun_the_express_budget_finishes_in_the_long_lane(workflow, corpus, monkeypatch):
+    """Its header step takes 200 s (the handlers' clock moved on by that much): Publish could no
+    longer finish, with Quarantine's and Park's reserve, before the Express deadline, so it does
+    not start. Park sends the object to the long lane, a Standard execution, which publishes it;
+    the Express execution ends in time and its batch is not failed."""
+    import time as real_time
+
+    from deidflow.cloud import handler
+
+    class Clock:
+        offset = 0.0
+
+        @staticmethod
+        def time() -> float:
+            return real_time.time() + Clock.offset
+
+    monkeypatch.setattr(handler, "time", Clock)
+    [instance, *_] = corpus.instances
+    data = dicom_bytes(instance.dataset)
+    dropped = [Dropped(workflow.drop(f"{instance.patient.name}/slow.dcm", data), data)]
+    deidentify = workflow.handlers["DeidentifyHeader"]
+
+    def slow(event, context):
+        answer = deidentify(event, context)
+        Clock.offset += 200
+        return answer
+
+    workflow.handlers["DeidentifyHeader"] = slow
+    reports = workflow.run_pipe()
+
+    express, long_lane = reports
+    [first] = express.objects
+    assert express.status == "SUCCEEDED" and express.execution_arn.split(":")[-2].endswith("-deidentify")
+    assert first.states[-2:] == ["Publish", "Park"] and (first.status, first.detail) == ("parked", "OutOfTime")
+    assert long_lane.status == "SUCCEEDED" and long_lane.execution_arn.split(":")[-2].endswith("-deidentify-long")
+    assert [(o.key, o.status) for o in long_lane.objects] == [(dropped[0].key, "published")]
+    assert_end_state(workflow, dropped, reports)

@@ -330,9 +330,12 @@ def test_every_function_has_a_sample_event_in_the_shape_it_is_called_with(workfl
 
     # The samples name their object by key in clear, which the handlers accept from a hand-made
     # event; the states pass it sealed.
+    # The samples name their object by key in clear, and carry no deadline or budget: ExpandBatch's
+    # for the moment (cloud/budget.py), which a sample would hold stale.
     item = expanded["objects"][0]
     assert set(item) == set(events["deidentify_header"])
-    assert set(item["source"]) == set(events["deidentify_header"]["source"]) - {"key"} | {"sealed_key"}
+    own = set(item["source"]) - {"deadline", "budget"}
+    assert own == set(events["deidentify_header"]["source"]) - {"key"} | {"sealed_key"}
     staged = run("DeidentifyHeader", item)
     assert shape({k: v for k, v in staged.items() if k != "source"}) == shape(
         {k: v for k, v in events["publish"].items() if k != "source"}
@@ -412,8 +415,11 @@ def test_an_event_claiming_a_huge_size_does_not_quarantine_a_good_object(workflo
     body = json.loads(message["Body"])
     body["Records"][0]["s3"]["object"]["size"] = 10**12
     report = workflow.execute([{**workflow._pipe_record(message), "body": json.dumps(body)}])
-    assert report.status == "SUCCEEDED"
-    assert [o.status for o in report.objects] == ["published"]
+    # Too large for the express lane, by its word: the long lane (a Standard execution) reads the
+    # object's own size, and publishes it.
+    [long_lane] = workflow.long_lane_reports()
+    assert report.status == long_lane.status == "SUCCEEDED"
+    assert report.objects == [] and [o.status for o in long_lane.objects] == ["published"]
     assert len(workflow.research_objects()) == 1
 
 

@@ -7,6 +7,7 @@ the names below are part of the contract with `statemachines/deidentify.asl.json
   retried; caught and quarantined with its reason.
 - TransientError: throttling, a 5xx, a dropped connection. Retried with backoff and jitter.
 - ProcessingError: anything else. Not retried (a bug does not heal by itself); quarantined.
+- OutOfTime: the object's Express deadline is too near for the attempt; parked into the long lane.
 
 Messages carry reason codes, AWS error codes and exception class names only, never header values:
 the Cause lands in the execution history and in CloudWatch.
@@ -71,6 +72,11 @@ class ProcessingError(Exception):
     """Unexpected failure; quarantined as `internal_error` without retries."""
 
 
+class OutOfTime(Exception):
+    """An attempt could overrun its Express execution's deadline (budget.py): not retried; Park
+    sends the object to the long lane."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """Throttling, a 5xx or a dropped connection: worth the same call again later."""
     if isinstance(exc, ClientError):
@@ -82,7 +88,7 @@ def is_transient(exc: BaseException) -> bool:
 
 def classify(exc: BaseException) -> Exception:
     """The workflow error an exception stands for, with a message free of header values."""
-    if isinstance(exc, RejectedObject | TransientError | ProcessingError):
+    if isinstance(exc, RejectedObject | TransientError | ProcessingError | OutOfTime):
         return exc
     if isinstance(exc, Unavailable):
         return TransientError(str(exc)[:200])
@@ -108,7 +114,7 @@ def classify(exc: BaseException) -> Exception:
 
 
 def workflow_errors(func: F) -> F:
-    """Re-raise whatever `func` raises as one of the three workflow errors, without its chain.
+    """Re-raise whatever `func` raises as one of the workflow errors, without its chain.
 
     `from None` matters: the Lambda runtime prints the chained original, whose message may quote a
     value from the file.

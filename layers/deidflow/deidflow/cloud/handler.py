@@ -8,13 +8,15 @@ header values (the steps never return any). Traces and metrics carry no key eith
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-from .errors import classify, workflow_errors
+from .budget import out_of_time
+from .errors import OutOfTime, classify, workflow_errors
 from .services import Services, Settings
 
 Step = Callable[[Any, Services], dict[str, Any]]
@@ -54,6 +56,7 @@ def lambda_handler(step: Step) -> Callable[[Any, Any], dict[str, Any]]:
     @workflow_errors
     def handler(event: Any, context: Any) -> dict[str, Any]:
         try:
+            _within_deadline(step.__name__, event)
             result = step(event, current_services())
         except Exception as exc:
             # The state machine decides what happens next (retry or quarantine); this counts it.
@@ -65,6 +68,14 @@ def lambda_handler(step: Step) -> Callable[[Any, Any], dict[str, Any]]:
 
     handler.__name__ = step.__name__
     return handler
+
+
+def _within_deadline(step_name: str, event: Any) -> None:
+    """An attempt that could overrun the object's Express deadline does not start (budget.py)."""
+    state = "".join(part.title() for part in step_name.split("_"))
+    source = event.get("source") if isinstance(event, Mapping) else None
+    if isinstance(source, Mapping) and out_of_time(state, source, time.time()):
+        raise OutOfTime(f"{state} cannot finish before the Express deadline")
 
 
 def _observe(step_name: str, result: Mapping[str, Any]) -> None:

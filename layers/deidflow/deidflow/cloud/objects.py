@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .budget import BUDGETS, EXPRESS, LONG
+
 SEALED_KEY_PREFIX = "sk1."
 _SEAL_INFO = b"deidflow/object-key-seal/v1"
 _NONCE_BYTES = 12
@@ -80,6 +82,9 @@ class ObjectRef:
     # The SQS message it came in: what the execution names in `batchItemFailures` when the object
     # could not even be parked, so that the Pipe retries that message only.
     message_id: str | None = field(default=None, compare=False)
+    # Its lane and, in the express lane, its deadline (budget.py): how long each state may take.
+    lane: str = field(default=EXPRESS, compare=False)
+    deadline: float | None = field(default=None, compare=False)
 
     def as_payload(self, seal: KeySeal) -> dict[str, Any]:
         """The `source` of a state payload: everything but the key, which is sealed."""
@@ -94,6 +99,10 @@ class ObjectRef:
             out["round"] = self.round
         if self.message_id:
             out["message_id"] = self.message_id
+        out["lane"] = self.lane
+        out["budget"] = BUDGETS[self.lane]  # each Task's TimeoutSecondsPath
+        if self.deadline is not None:
+            out["deadline"] = self.deadline
         return out
 
     @classmethod
@@ -112,6 +121,8 @@ class ObjectRef:
             round=int(source.get("round") or 0),
             sealed_key=str(sealed) if sealed else None,
             message_id=source.get("message_id") or None,
+            lane=LONG if source.get("lane") == LONG else EXPRESS,
+            deadline=float(source["deadline"]) if source.get("deadline") is not None else None,
         )
 
     @property
@@ -169,11 +180,13 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
             skipped.append(Skipped("unreadable_message", message_id=message_id))
             continue
         redrive = notification.get("deidflow")
-        round_ = int(redrive.get("round") or 0) if isinstance(redrive, Mapping) else 0
+        redrive = redrive if isinstance(redrive, Mapping) else {}
+        round_ = int(redrive.get("round") or 0)
+        lane = LONG if redrive.get("lane") == LONG else EXPRESS
         for record in records:
             ref = _ref_from_record(record)
             if ref is not None:
-                ref = replace(ref, round=round_, message_id=message_id)
+                ref = replace(ref, round=round_, message_id=message_id, lane=lane)
             if ref is None:
                 skipped.append(Skipped("unreadable_message", message_id=message_id))
                 continue
@@ -190,7 +203,7 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
 
 def redrive_message(ref: ObjectRef, round_: int) -> str:
     """The queue message that brings a parked object back: S3's own notification shape (what
-    parse_batch reads), for that version, with the redrive round under `deidflow`."""
+    parse_batch reads), for that version, with the redrive round (and a long lane) under `deidflow`."""
     obj: dict[str, Any] = {"key": quote_plus(ref.key, safe="/")}
     if ref.version_id:
         obj["versionId"] = ref.version_id
@@ -201,7 +214,10 @@ def redrive_message(ref: ObjectRef, round_: int) -> str:
         "eventName": "ObjectCreated:Redrive",
         "s3": {"bucket": {"name": ref.bucket}, "object": obj},
     }
-    return json.dumps({"Records": [record], "deidflow": {"round": round_}}, sort_keys=True)
+    ours: dict[str, Any] = {"round": round_}
+    if ref.lane == LONG:
+        ours["lane"] = LONG
+    return json.dumps({"Records": [record], "deidflow": ours}, sort_keys=True)
 
 
 def _ref_from_record(record: Mapping[str, Any]) -> ObjectRef | None:

@@ -29,6 +29,7 @@ import json
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -42,6 +43,7 @@ from ..index import SIDECAR_CONTENT_TYPE, IndexEntry, default_sidecar_key, index
 from ..research.qido import study_summary
 from ..rules import ALL_LABEL
 from ..storage import research_place
+from .budget import EXPRESS, LONG, express_deadline
 from .errors import MISSING_CODES, RejectedObject, TransientError, rejection_from_error
 from .objects import ObjectRef, parse_batch, redrive_message
 from .services import Services
@@ -51,19 +53,56 @@ QUARANTINE_TAG_KEYS = ("deidflow-status", "deidflow-reason")
 
 
 def expand_batch(messages: Any, services: Services) -> dict[str, Any]:
-    """The Pipe's batch of SQS messages -> {"objects": [...], "skipped": [...]}."""
+    """The Pipe's batch of SQS messages -> {"objects": [...], "skipped": [...], "long_lane": [...]}.
+
+    Each object gets its lane here (budget.py): in an EXPRESS workflow the express lane, with its
+    deadline, unless it is too large for it or comes back from the long lane, in which case its
+    long-lane execution is started here and only its reference is listed."""
     if isinstance(messages, Mapping):  # a single message, or {"Records": [...]} from a test
         messages = messages.get("Records") if "Records" in messages and "body" not in messages else [messages]
-    batch = parse_batch(messages or [], services.settings.skip_suffixes)
+    settings = services.settings
+    batch = parse_batch(messages or [], settings.skip_suffixes)
     # Each object gets its keyed reference here, once: later steps log and record it from the payload.
     skipped = [replace(s, ref=services.with_ref(s.ref)) if s.ref is not None else s for s in batch.skipped]
     for skip in skipped:
         if skip.ref is not None:
             record_status(services, skip.ref, "skipped", reason=skip.reason)
+    objects: list[ObjectRef] = []
+    long_lane: list[ObjectRef] = []
+    deadline = express_deadline(time.time())
+    for ref in map(services.with_ref, batch.objects):
+        if settings.workflow_type != "EXPRESS":
+            objects.append(replace(ref, lane=LONG))
+        elif ref.lane == LONG or (ref.size or 0) > (settings.long_lane_object_bytes or 0) > 0:
+            long_lane.append(replace(ref, lane=LONG))
+        else:
+            objects.append(replace(ref, lane=EXPRESS, deadline=deadline))
+    for ref in long_lane:
+        start_long_lane(services, ref)
     return {
-        "objects": [{"source": services.payload(ref)} for ref in batch.objects],
+        "objects": [{"source": services.payload(ref)} for ref in objects],
         "skipped": [s.as_dict() for s in skipped],
+        "long_lane": [{"ref": ref.ref, "version_id": ref.version_id} for ref in long_lane],
     }
+
+
+def start_long_lane(services: Services, ref: ObjectRef) -> str:
+    """A Standard execution of the workflow for this one object (budget.py's long lane). Named
+    after the object version and its round, so a retried or replayed start is the same execution."""
+    arn = services.settings.long_lane_arn
+    if not arn:
+        raise RuntimeError("environment variable LONG_LANE_STATE_MACHINE_ARN is not set")
+    version = hashlib.sha256(str(ref.version_id).encode()).hexdigest()[:12]
+    name = f"{ref.ref}-{version}-r{ref.round}"
+    start = {"objects": [{"source": services.payload(replace(ref, lane=LONG, deadline=None))}], "skipped": []}
+    try:
+        services.client("stepfunctions").start_execution(
+            stateMachineArn=arn, name=name, input=json.dumps({**start, "long_lane": []})
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ExecutionAlreadyExists":
+            raise
+    return name
 
 
 def deidentify_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
@@ -320,6 +359,10 @@ def park(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     reason = str(error.get("Error", "")) or "unknown"
     _discard_partial(services, ref, event)
     settings = services.settings
+    if reason == "OutOfTime" and ref.lane == EXPRESS:  # not slow content: too little time left here
+        start_long_lane(services, ref)
+        record_status(services, ref, "parked", reason=reason, detail="sent to the long lane (a Standard execution)")
+        return {"source": services.payload(ref), "status": "parked", "reason": reason, "lane": LONG}
     round_ = ref.round + 1
     message = redrive_message(ref, round_)
     sqs = services.client("sqs")

@@ -246,7 +246,9 @@ class LocalWorkflow:
             handler.logger.setLevel(self.log_level)
             # The template, packaged, translated and created as a stack (deidflow.local.stack): every
             # name below comes from its outputs and resources, the handlers' settings from its functions.
-            self.stack = rehearse(self.project, self.parameters, executable={"DeidentifyStateMachine"})
+            self.stack = rehearse(
+                self.project, self.parameters, executable={"DeidentifyStateMachine", "DeidentifyLongStateMachine"}
+            )
             self.names = names_of(self.stack)
             self.batch_size = int(self.stack.parameters["BatchSize"])
             self._arns = {self.stack.functions[f"{name}Function"]: name for name in FUNCTIONS}
@@ -328,6 +330,9 @@ class LocalWorkflow:
         ):
             secretsmanager.put_secret_value(SecretId=secret_id, SecretString=base64.b64encode(secret_key).decode())
         self.state_machine_arn = self.stack.output("StateMachineArn")
+        # The long lane (cloud/budget.py): started by ExpandBatch and Park, not by the Pipe.
+        self.long_lane_arn = self.stack.physical_id("DeidentifyLongStateMachine")
+        self._reported: set[str] = set()
         self.key_seal = KeySeal(self.object_ref_key)
         self.lambda_client = boto3.client("lambda")
 
@@ -416,7 +421,12 @@ class LocalWorkflow:
                 QueueUrl=self.queue_url, MaxNumberOfMessages=self.batch_size, AttributeNames=["All"]
             ).get("Messages", [])
             if not messages:
-                return reports
+                # The long lane's executions, once they end: their Parks may have queued more.
+                long_lane = self.long_lane_reports(timeout=timeout)
+                if not long_lane:
+                    return reports
+                reports += long_lane
+                continue
             batch = self.enrich([self._pipe_record(m) for m in messages])
             if batch is None:  # the Pipe leaves the batch on the queue: it comes back (or, in time, to the DLQ)
                 self.sqs.change_message_visibility_batch(
@@ -483,6 +493,22 @@ class LocalWorkflow:
         arn = self.sfn.start_execution(
             stateMachineArn=self.state_machine_arn, name=f"batch-{uuid.uuid4()}", input=json.dumps(batch)
         )["executionArn"]
+        return self._report(arn, timeout)
+
+    def long_lane_reports(self, *, timeout: float = 600.0) -> list[ExecutionReport]:
+        """The long lane's executions not reported yet, each waited for."""
+        arns: list[str] = []
+        kwargs: dict[str, Any] = {"stateMachineArn": self.long_lane_arn}
+        while True:
+            page = self.sfn.list_executions(**kwargs)
+            arns += [e["executionArn"] for e in page["executions"] if e["executionArn"] not in self._reported]
+            if not page.get("nextToken"):
+                break
+            kwargs["nextToken"] = page["nextToken"]
+        return [self._report(arn, timeout) for arn in sorted(arns)]
+
+    def _report(self, arn: str, timeout: float) -> ExecutionReport:
+        self._reported.add(arn)
         deadline = time.monotonic() + timeout
         while True:
             status = self.sfn.describe_execution(executionArn=arn)
