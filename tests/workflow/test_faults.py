@@ -235,3 +235,21 @@ def test_a_slow_object_that_would_overrun_the_express_budget_finishes_in_the_lon
     assert long_lane.status == "SUCCEEDED" and long_lane.execution_arn.split(":")[-2].endswith("-deidentify-long")
     assert [(o.key, o.status) for o in long_lane.objects] == [(dropped[0].key, "published")]
     assert_end_state(workflow, dropped, reports)
+
+
+@pytest.mark.parametrize("service", ["lambda", "s3"])
+def test_throttling_that_outlasts_the_redrive_rounds_waits_for_capacity_and_is_published(workflow, corpus, service):
+    """A drop bigger than the capacity: the object's header step throttled (Lambda's reserved
+    concurrency, S3's request rate) through its retries in more rounds than RedriveRounds allows.
+    Throttling is backpressure, not a fault: the object waits in the queue for capacity, no round
+    counted, never reaches the dead-letter queue, and is published once there is room."""
+    dropped = drop_corpus(workflow, corpus)
+    stubborn = dropped[1].key
+    rounds = int(workflow.environment["REDRIVE_ROUNDS"]) + 2
+    plan = FaultPlan(stubborn={stubborn: ("DeidentifyHeader", service)}, stubborn_rounds=rounds)
+    with FaultInjector(workflow, plan):
+        reports = workflow.run_pipe()
+
+    paths = [o for r in reports for o in r.objects if o.key == stubborn]
+    assert [o.status for o in paths] == ["parked"] * rounds + ["published"]
+    assert_end_state(workflow, dropped, reports)

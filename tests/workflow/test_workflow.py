@@ -350,7 +350,8 @@ def test_every_function_has_a_sample_event_in_the_shape_it_is_called_with(workfl
     assert quarantined["reason"] == "not_dicom"
     parked = run("Park", {**item, "needs_pixel_scan": True, "error": events["park"]["error"]})
     assert set(events["park"]) == set(item) | {"needs_pixel_scan", "error"}
-    assert parked["status"] == "parked" and parked["reason"] == "TransientError" and parked["round"] == 1
+    # The sample is Rekognition throttling: backpressure, a wait for capacity, not a redrive round.
+    assert parked["status"] == "parked" and parked["reason"] == "TransientError" and parked["waits"] == 1
 
 
 def test_local_run_command_shows_each_objects_path_and_exits_3_on_quarantine(tmp_path, corpus, capsys):

@@ -46,6 +46,19 @@ TRANSIENT_CODES = frozenset(
         "TransactionConflictException",
     }
 )
+# Of those, the ones that say "not now, too many": capacity, not a fault (backpressure).
+THROTTLING_CODES = frozenset(
+    {
+        "LimitExceededException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "ThrottledException",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequestsException",
+    }
+)
 # The object went away between the notification and the read: nothing to clean, record and move on.
 MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
 
@@ -128,6 +141,18 @@ def workflow_errors(func: F) -> F:
             raise classify(exc) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def is_throttling(error: dict[str, Any]) -> bool:
+    """Whether a Catch's {"Error", "Cause"} says a service had no capacity (Lambda's concurrency,
+    Rekognition's or S3's request rate, DynamoDB's throughput) rather than that something failed."""
+    name = str(error.get("Error", ""))
+    if name == "Lambda.TooManyRequestsException":
+        return True
+    if name != "TransientError":
+        return False
+    _, message, _ = rejection_from_error(error)  # our TransientError names the AWS error code
+    return any(code in message for code in THROTTLING_CODES)
 
 
 def reason_from_error(error: dict[str, Any]) -> tuple[str, str]:

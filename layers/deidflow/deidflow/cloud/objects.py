@@ -76,6 +76,8 @@ class ObjectRef:
     # Redrive rounds so far: a transient failure that outlasted the retries parks the object, which
     # comes back through the queue with its round counted (Park's message, `deidflow.round`).
     round: int = 0
+    # Waits for capacity so far: a throttled object (backpressure) comes back without a round counted.
+    waits: int = 0
     # The sealed form this object arrived with, reused on the way out (one seal per object, not
     # one per state); not part of the object's identity.
     sealed_key: str | None = field(default=None, compare=False, repr=False)
@@ -97,6 +99,8 @@ class ObjectRef:
         }
         if self.round:
             out["round"] = self.round
+        if self.waits:
+            out["waits"] = self.waits
         if self.message_id:
             out["message_id"] = self.message_id
         out["lane"] = self.lane
@@ -119,6 +123,7 @@ class ObjectRef:
             size=int(source["size"]) if source.get("size") is not None else None,
             ref=source.get("ref") or None,
             round=int(source.get("round") or 0),
+            waits=int(source.get("waits") or 0),
             sealed_key=str(sealed) if sealed else None,
             message_id=source.get("message_id") or None,
             lane=LONG if source.get("lane") == LONG else EXPRESS,
@@ -182,11 +187,12 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
         redrive = notification.get("deidflow")
         redrive = redrive if isinstance(redrive, Mapping) else {}
         round_ = int(redrive.get("round") or 0)
+        waits = int(redrive.get("waits") or 0)
         lane = LONG if redrive.get("lane") == LONG else EXPRESS
         for record in records:
             ref = _ref_from_record(record)
             if ref is not None:
-                ref = replace(ref, round=round_, message_id=message_id, lane=lane)
+                ref = replace(ref, round=round_, waits=waits, message_id=message_id, lane=lane)
             if ref is None:
                 skipped.append(Skipped("unreadable_message", message_id=message_id))
                 continue
@@ -201,9 +207,10 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
     return Batch(objects, skipped)
 
 
-def redrive_message(ref: ObjectRef, round_: int) -> str:
+def redrive_message(ref: ObjectRef, round_: int, waits: int | None = None) -> str:
     """The queue message that brings a parked object back: S3's own notification shape (what
-    parse_batch reads), for that version, with the redrive round (and a long lane) under `deidflow`."""
+    parse_batch reads), for that version, with the redrive round, its waits for capacity (and a
+    long lane) under `deidflow`."""
     obj: dict[str, Any] = {"key": quote_plus(ref.key, safe="/")}
     if ref.version_id:
         obj["versionId"] = ref.version_id
@@ -215,6 +222,8 @@ def redrive_message(ref: ObjectRef, round_: int) -> str:
         "s3": {"bucket": {"name": ref.bucket}, "object": obj},
     }
     ours: dict[str, Any] = {"round": round_}
+    if waits:
+        ours["waits"] = waits
     if ref.lane == LONG:
         ours["lane"] = LONG
     return json.dumps({"Records": [record], "deidflow": ours}, sort_keys=True)

@@ -93,6 +93,7 @@ class Settings:
     dead_letter_queue_url: str | None = None
     redrive_rounds: int = 3
     redrive_delay_seconds: int = 300
+    backpressure_waits: int = 24
     # The lanes (budget.py): EXPRESS has an express lane and a long one (a Standard state machine,
     # ExpandBatch's and Park's), STANDARD only the long lane, the workflow itself.
     workflow_type: str = "EXPRESS"
@@ -123,6 +124,7 @@ class Settings:
             dead_letter_queue_url=env.get("DEAD_LETTER_QUEUE_URL") or None,
             redrive_rounds=_int(env, "REDRIVE_ROUNDS", 3),
             redrive_delay_seconds=_int(env, "REDRIVE_DELAY_SECONDS", 300),
+            backpressure_waits=_int(env, "BACKPRESSURE_WAITS", 24),
             workflow_type=env.get("WORKFLOW_TYPE") or "EXPRESS",
             long_lane_arn=env.get("LONG_LANE_STATE_MACHINE_ARN") or None,
             long_lane_object_bytes=_int(env, "LONG_LANE_OBJECT_MB", 256) * 1024**2,

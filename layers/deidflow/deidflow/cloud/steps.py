@@ -44,7 +44,7 @@ from ..research.qido import study_summary
 from ..rules import ALL_LABEL
 from ..storage import research_place
 from .budget import EXPRESS, LONG, express_deadline
-from .errors import MISSING_CODES, RejectedObject, TransientError, rejection_from_error
+from .errors import MISSING_CODES, RejectedObject, TransientError, is_throttling, rejection_from_error
 from .objects import ObjectRef, parse_batch, redrive_message
 from .services import Services
 
@@ -363,8 +363,19 @@ def park(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
         start_long_lane(services, ref)
         record_status(services, ref, "parked", reason=reason, detail="sent to the long lane (a Standard execution)")
         return {"source": services.payload(ref), "status": "parked", "reason": reason, "lane": LONG}
+    if is_throttling(error) and ref.waits < settings.backpressure_waits:
+        # Backpressure: a 100,000-object drop meets the functions' reserved concurrency and the
+        # services' rates. Not a fault of the object: it waits its turn, without a round counted.
+        if not settings.ingest_queue_url:
+            raise RuntimeError("environment variable INGEST_QUEUE_URL is not set")
+        delay = min(MAX_DELAY_SECONDS, 3 * settings.redrive_delay_seconds)
+        message = redrive_message(ref, ref.round, ref.waits + 1)
+        services.client("sqs").send_message(QueueUrl=settings.ingest_queue_url, MessageBody=message, DelaySeconds=delay)
+        detail = f"no capacity: waiting {delay} s ({ref.waits + 1} of {settings.backpressure_waits})"
+        record_status(services, ref, "parked", reason=reason, detail=detail)
+        return {"source": services.payload(ref), "status": "parked", "reason": reason, "waits": ref.waits + 1}
     round_ = ref.round + 1
-    message = redrive_message(ref, round_)
+    message = redrive_message(ref, round_, ref.waits)
     sqs = services.client("sqs")
     if round_ > settings.redrive_rounds:
         if not settings.dead_letter_queue_url:

@@ -147,7 +147,8 @@ class FaultInjector:
             self._calls[call] += 1
             n = self._calls[call]
             randomly = self.plan.states is None or state in self.plan.states
-            if stubborn == (state, service) and int(source.get("round") or 0) < self.plan.stubborn_rounds:
+            rounds = int(source.get("round") or 0) + int(source.get("waits") or 0)  # waits for capacity too
+            if stubborn == (state, service) and rounds < self.plan.stubborn_rounds:
                 fault: Fault | None = choices[0]
             elif randomly and self._roll("call", *call, n) < self.plan.rate:
                 fault = choices[int(self._roll("which", *call, n) * len(choices))]
