@@ -4,6 +4,10 @@ The queue carries S3 event notifications. A message may hold several records, no
 event S3 sends when a notification is configured), or records for things that are not DICOM
 instances (folder markers, the `.json` attachments Orthanc's storage plugin may write). Those are
 skipped with a reason, not failed: they are not errors, and retrying them would not help.
+
+An `ObjectRemoved` record (a delete marker, or a version deleted for good) is an object to
+withdraw (`action` "withdraw"): WithdrawSource decides from the key's current state, not from the
+event, whether its published instance goes.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
+
+# ObjectRef.action: an upload (ObjectCreated), a delete (ObjectRemoved).
+DEIDENTIFY, WITHDRAW = "deidentify", "withdraw"
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,9 @@ class ObjectRef:
     # Redrive rounds so far: a transient failure that outlasted the retries parks the object, which
     # comes back through the queue with its round counted (Park's message, `deidflow.round`).
     round: int = 0
+    # What the workflow does with it, which the state machine's first Choice reads: DEIDENTIFY an
+    # upload, WITHDRAW what an ObjectRemoved record's original published.
+    action: str = DEIDENTIFY
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -48,6 +58,7 @@ class ObjectRef:
             size=int(source["size"]) if source.get("size") is not None else None,
             ref=source.get("ref") or None,
             round=int(source.get("round") or 0),
+            action=str(source.get("action") or DEIDENTIFY),
         )
 
     @property
@@ -80,7 +91,8 @@ class Batch:
 
 
 def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[str]) -> Batch:
-    """Objects to process (in order, each object version once) and what was skipped, from SQS records.
+    """Objects to process or withdraw (in order, each object version and action once) and what was
+    skipped, from SQS records.
 
     Accepts what an EventBridge Pipe sends a state machine from an SQS source: a list of messages
     with a JSON `body` holding the S3 notification.
@@ -88,7 +100,7 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
     suffixes = tuple(s.lower() for s in skip_suffixes if s)
     objects: list[ObjectRef] = []
     skipped: list[Skipped] = []
-    seen: set[tuple[str, str, str | None]] = set()
+    seen: set[tuple[str, str, str | None, str]] = set()
     for message in messages:
         message_id = message.get("messageId")
         body = message.get("body", message)
@@ -117,7 +129,9 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
             if reason:
                 skipped.append(Skipped(reason, ref, message_id))
                 continue
-            identity = (ref.bucket, ref.key, ref.version_id)
+            if _is_removal(record):
+                ref = replace(ref, action=WITHDRAW)
+            identity = (ref.bucket, ref.key, ref.version_id, ref.action)
             if identity not in seen:  # the same delivery twice in one batch is processed once
                 seen.add(identity)
                 objects.append(ref)
@@ -126,7 +140,8 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
 
 def redrive_message(ref: ObjectRef, round_: int) -> str:
     """The queue message that brings a parked object back: S3's own notification shape (what
-    parse_batch reads), for that version, with the redrive round under `deidflow`."""
+    parse_batch reads), for that version, with the redrive round under `deidflow`. A parked
+    withdrawal comes back as one (`ObjectRemoved:Redrive`)."""
     obj: dict[str, Any] = {"key": quote_plus(ref.key, safe="/")}
     if ref.version_id:
         obj["versionId"] = ref.version_id
@@ -134,7 +149,7 @@ def redrive_message(ref: ObjectRef, round_: int) -> str:
         obj["size"] = ref.size
     record = {
         "eventSource": "aws:s3",
-        "eventName": "ObjectCreated:Redrive",
+        "eventName": "ObjectRemoved:Redrive" if ref.action == WITHDRAW else "ObjectCreated:Redrive",
         "s3": {"bucket": {"name": ref.bucket}, "object": obj},
     }
     return json.dumps({"Records": [record], "deidflow": {"round": round_}}, sort_keys=True)
@@ -155,8 +170,14 @@ def _ref_from_record(record: Mapping[str, Any]) -> ObjectRef | None:
         return None
 
 
+def _is_removal(record: Mapping[str, Any]) -> bool:
+    """ObjectRemoved:Delete (a version deleted for good, or the key of an unversioned bucket) and
+    ObjectRemoved:DeleteMarkerCreated (a delete on a versioned bucket) alike."""
+    return str(record.get("eventName", "")).startswith("ObjectRemoved")
+
+
 def _skip_reason(record: Mapping[str, Any], ref: ObjectRef, suffixes: tuple[str, ...]) -> str | None:
-    if not str(record.get("eventName", "")).startswith("ObjectCreated"):
+    if not str(record.get("eventName", "")).startswith("ObjectCreated") and not _is_removal(record):
         return "not_object_created"
     if ref.key.endswith("/"):
         return "folder"
