@@ -73,6 +73,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(value) if value != "" else default
 
 
+# What a deleted original does to its published instance (the OnSourceDelete parameter).
+ON_SOURCE_DELETE = ("remove", "keep")
+
+
+def _on_source_delete(env: Mapping[str, str]) -> str:
+    value = env.get("ON_SOURCE_DELETE", "") or "remove"
+    if value not in ON_SOURCE_DELETE:
+        raise RuntimeError(f"environment variable ON_SOURCE_DELETE is {value!r}: {' or '.join(ON_SOURCE_DELETE)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     research_bucket: str
@@ -93,6 +104,9 @@ class Settings:
     dead_letter_queue_url: str | None = None
     redrive_rounds: int = 3
     redrive_delay_seconds: int = 300
+    # WithdrawSource's own: "remove" takes a deleted original's instance out of research, "keep"
+    # leaves it there and marks its index item (`source_deleted`).
+    on_source_delete: str = "remove"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -118,6 +132,7 @@ class Settings:
             dead_letter_queue_url=env.get("DEAD_LETTER_QUEUE_URL") or None,
             redrive_rounds=_int(env, "REDRIVE_ROUNDS", 3),
             redrive_delay_seconds=_int(env, "REDRIVE_DELAY_SECONDS", 300),
+            on_source_delete=_on_source_delete(env),
         )
 
 
