@@ -453,8 +453,8 @@ def test_an_undeleted_original_is_published_again(workflow, corpus):
 
 def test_a_withdrawal_racing_a_newer_upload_never_takes_the_newer_publish_out(workflow, corpus):
     """The delete's WithdrawSource reads the claim and sees the delete marker on top; a new upload
-    of the key is published before it acts: the claim no longer names the deleted version, so the
-    new publish stays."""
+    of the key is published (not yet indexed) before it acts: the claim no longer names the
+    deleted version, so the new research object stays, and its IndexHeader indexes it."""
     from deidflow.cloud.handler import current_services
 
     first = corpus.instances[0].dataset
@@ -466,16 +466,17 @@ def test_a_withdrawal_racing_a_newer_upload_never_takes_the_newer_publish_out(wo
     assert item["source"]["action"] == "withdraw"
     s3 = current_services().s3
     real_listing = s3.list_object_versions
+    newer = []
 
     def uploaded_meanwhile(**kwargs):
         s3.list_object_versions = real_listing
         listed = real_listing(**kwargs)
-        workflow.drop("p/img.dcm", dicom_bytes(again))
-        assert [status for status, _ in outcomes(workflow.run_pipe())] == ["published"]
+        newer.append(step(workflow, "Publish", staged_by_hand(workflow, dicom_bytes(again))))
         return listed
 
     s3.list_object_versions = uploaded_meanwhile
     out = step(workflow, "WithdrawSource", item)
+    step(workflow, "IndexHeader", newer[0])
 
     assert (out["status"], out["reason"]) == ("skipped", "superseded")
     [(research_key, data)] = workflow.research_objects().items()
@@ -483,6 +484,22 @@ def test_a_withdrawal_racing_a_newer_upload_never_takes_the_newer_publish_out(wo
     [indexed] = workflow.table_items(workflow.names.index_table)
     assert indexed["research_key"] == research_key
     assert status_of(workflow, key, versions_of(workflow, key)[0]["VersionId"])["status"] == "published"
+
+
+def test_a_withdrawal_waits_for_the_index_item_of_a_version_published_a_moment_ago(workflow, corpus):
+    """Deleted between Publish and IndexHeader: WithdrawSource waits (TransientError: retried)
+    rather than withdraw before the index item it would then leave behind is written."""
+    from deidflow.cloud.errors import TransientError
+
+    published_now = step(workflow, "Publish", staged_by_hand(workflow, dicom_bytes(corpus.instances[0].dataset)))
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=published_now["source"]["key"])
+    [item] = step(workflow, "ExpandBatch", [pop_message(workflow)])["objects"]
+    with pytest.raises(TransientError, match="not indexed yet"):
+        step(workflow, "WithdrawSource", item)
+    step(workflow, "IndexHeader", published_now)
+
+    assert step(workflow, "WithdrawSource", item)["status"] == "withdrawn"
+    assert workflow.research_objects() == {} and workflow.table_items(workflow.names.index_table) == []
 
 
 def test_a_withdrawal_that_failed_half_way_holds_the_claim_until_its_retry_ends(workflow, corpus):
