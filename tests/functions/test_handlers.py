@@ -38,7 +38,17 @@ def call(workflow, step: str, event):
 def source(workflow, key: str) -> dict:
     bucket = workflow.names.ingest_bucket
     ref = workflow.object_ref(key)
-    return {"source": {"bucket": bucket, "key": key, "version_id": None, "size": None, "ref": ref, "lane": "express"}}
+    return {
+        "source": {
+            "bucket": bucket,
+            "key": key,
+            "version_id": None,
+            "size": None,
+            "ref": ref,
+            "lane": "express",
+            "action": "deidentify",
+        }
+    }
 
 
 def opened(workflow, out: dict) -> dict:
@@ -63,18 +73,25 @@ def test_expand_batch_keeps_instances_and_records_what_it_skips(workflow):
         s3_message(bucket, "orthanc/8a1c.json", message_id="b"),
         s3_message(bucket, "orthanc/8a1c.dcm.head", message_id="b2"),
         s3_message(bucket, "incoming/folder/", size=0, message_id="c"),
-        s3_message(bucket, "incoming/gone.dcm", event="ObjectRemoved:Delete", message_id="d"),
+        s3_message(bucket, "incoming/gone.dcm", event="ObjectRemoved:DeleteMarkerCreated", message_id="d"),
+        s3_message(bucket, "orthanc/8a1c.json", event="ObjectRemoved:Delete", message_id="d2"),
+        s3_message(bucket, "incoming/old.dcm", event="ObjectRestore:Completed", message_id="d3"),
         {"messageId": "e", "body": json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"})},
         {"messageId": "f", "body": "not json"},
     ]
     out = call(workflow, "ExpandBatch", messages)
-    assert [workflow.key_of(o["source"]) for o in out["objects"]] == ["incoming/study one/img 1.dcm"]
+    # A delete is an object too: one to withdraw (the state machine's Choice reads the action).
+    assert [(workflow.key_of(o["source"]), o["source"]["action"]) for o in out["objects"]] == [
+        ("incoming/study one/img 1.dcm", "deidentify"),
+        ("incoming/gone.dcm", "withdraw"),
+    ]
     reasons = {s["message_id"]: s["reason"] for s in out["skipped"]}
     assert reasons == {
         "b": "not_an_instance",
         "b2": "not_an_instance",
         "c": "folder",
-        "d": "not_object_created",
+        "d2": "not_an_instance",
+        "d3": "not_object_created",
         "e": "s3_test_event",
         "f": "unreadable_message",
     }

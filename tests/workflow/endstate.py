@@ -4,9 +4,11 @@ redrives, in any order): what the fault tests and the soak check.
 Written against what the workflow promises, not how the steps do it, so that it holds whatever
 the order of the states: every instance published once, under one research key, indexed under
 that key, its status `published` (its byte-identical copies `duplicate`, naming it), its claim
-held by it; every object that cannot be made safe quarantined with the reason its content gives;
-nothing else left behind (queue, dead-letter queue, status items); no object key and no planted
-header value in a log line, a metric document or a status item.
+held by it; every instance whose original was deleted after publishing withdrawn (nothing of it
+in research, its status `withdrawn`, no claim held by it); every object that cannot be made safe
+quarantined with the reason its content gives; nothing else left behind (queue, dead-letter
+queue, status items); no object key and no planted header value in a log line, a metric document
+or a status item.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ TRANSIENT_STATUSES = frozenset({"parked", "stalled", "deidentified", "skipped"})
 class Dropped:
     """An object the test put into the drop folder, and what must become of it: `publish` (a
     distinct instance), `copy_of` another dropped key (byte-identical: one of them published, the
-    others duplicates of it), or `quarantine` with that content reason."""
+    others duplicates of it), `quarantine` with that content reason, or `withdrawn` (published,
+    then its original deleted, with OnSourceDelete remove)."""
 
     key: str
     data: bytes
     copy_of: str | None = None
     quarantine: str | None = None
+    withdrawn: bool = False
 
 
 @dataclass
@@ -76,7 +80,7 @@ def end_state(workflow, dropped: list[Dropped], reports) -> EndState:
     claims = {ref[len("sop:") :]: i for (ref, _), i in items.items() if ref.startswith("sop:")}
     groups: dict[str, list[Dropped]] = {}
     for d in dropped:
-        if d.quarantine is None:
+        if d.quarantine is None and not d.withdrawn:
             groups.setdefault(d.copy_of or d.key, []).append(d)
 
     def status_of(key: str) -> dict:
@@ -124,6 +128,21 @@ def end_state(workflow, dropped: list[Dropped], reports) -> EndState:
         check(status.get("reason") not in TRANSIENT_REASONS, "quarantined for a reason that is not its content's")
         tags = workflow.s3.get_object_tagging(Bucket=workflow.names.ingest_bucket, Key=d.key).get("TagSet", [])
         check({"Key": "deidflow-reason", "Value": d.quarantine} in tags, "a quarantined original is not tagged")
+
+    for d in dropped:
+        if not d.withdrawn:
+            continue
+        ref = workflow.object_ref(d.key)
+        seen_refs.add(ref)
+        listed = workflow.s3.list_object_versions(Bucket=workflow.names.ingest_bucket, Prefix=d.key)
+        versions = [v for v in listed.get("Versions", []) if v["Key"] == d.key]
+        check(not any(v["IsLatest"] for v in versions), "a withdrawn object's key still has a live version")
+        withdrawn = [i for (r, _), i in items.items() if r == ref and i.get("status") == "withdrawn"]
+        state.counts["status withdrawn"] += len(withdrawn)
+        check(len(withdrawn) == 1, f"a deleted original has {len(withdrawn)} withdrawn versions, not one")
+        check(all("published_key" not in i for i in withdrawn), "a withdrawn version still names what it published")
+        check(not any(c.get("holder") == ref for c in claims.values()), "a deleted original still holds a claim")
+        # What it published is gone: the research objects were counted against the instances above.
 
     strays = {ref for ref, _ in items if not ref.startswith("sop:")} - seen_refs
     check(not strays, f"{len(strays)} status items of objects nobody dropped")

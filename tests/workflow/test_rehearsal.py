@@ -176,8 +176,15 @@ def test_a_renamed_output_breaks_the_local_run(tmp_path, monkeypatch):
 
 def test_an_ingest_bucket_that_does_not_notify_the_drop_prefix_processes_nothing(tmp_path):
     """The runner drops under the DropPrefix output; the bucket notifies what the template says."""
+    # The uploads' notification of the drop prefix (its deletes' stays: they withdraw nothing here).
+    created = (
+        "- Event: s3:ObjectCreated:*\n            Queue: !GetAtt IngestQueue.Arn\n"
+        "            Filter:\n              S3Key:\n"
+    )
     project = mutated_project(
-        tmp_path, "Rules: [{ Name: prefix, Value: !Ref DropPrefix }]", "Rules: [{ Name: prefix, Value: elsewhere/ }]"
+        tmp_path,
+        created + "                Rules: [{ Name: prefix, Value: !Ref DropPrefix }]",
+        created + "                Rules: [{ Name: prefix, Value: elsewhere/ }]",
     )
     corpus = make_corpus(n_patients=1, studies_per_patient=1, images_per_series=1, with_sr=False)
     with LocalWorkflow(TEST_KEY, project=project, text_detector="none") as workflow:

@@ -104,6 +104,7 @@ def test_the_object_reference_key_is_a_generated_phi_side_secret_read_by_the_fun
         "PublishFunction",
         "QuarantineFunction",
         "ParkFunction",
+        "WithdrawSourceFunction",
     }
     # The honest broker too: the pseudonyms a known patient gets (tests/workflow/test_template_privilege.py).
     assert readers["pseudonym"] == {"DeidentifyHeaderFunction", "RedactBurnedInTextFunction", "HonestBrokerRole"}

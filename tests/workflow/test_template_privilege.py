@@ -183,9 +183,10 @@ def check_honest_broker(t: Templates) -> None:
 
 
 def check_research_objects(t: Templates) -> None:
-    """Research objects (studies/) are written by Publish alone: IAM grants nobody else an object
+    """Research objects (studies/) are written by Publish alone, and deleted by it and by
+    WithdrawSource (a deleted original's instance, never a put): IAM grants nobody else an object
     write there, and the bucket policy denies everyone else, whatever IAM says; the index step
-    writes header sidecars under headers/ only."""
+    writes header sidecars under headers/ only, which WithdrawSource may delete too."""
     resources = t["main"]["Resources"]
     for name, resource in roles(resources).items():
         for statement in statements(resource):
@@ -195,16 +196,21 @@ def check_research_objects(t: Templates) -> None:
                 if "ResearchBucket" in json.dumps(arn):
                     prefix = sub(arn).removeprefix("${ResearchBucket.Arn}/")
                     allowed = {
-                        "studies/*": {"PublishFunction"},
+                        "studies/*": {"PublishFunction", "WithdrawSourceFunction"},
                         # IndexHeader deletes the staging copy it indexed; Quarantine and Park what a
                         # failed object left in staging.
                         "staging/*": WRITERS | {"IndexHeaderFunction", "QuarantineFunction", "ParkFunction"},
-                        "headers/*": {"IndexHeaderFunction"},
+                        "headers/*": {"IndexHeaderFunction", "WithdrawSourceFunction"},
                     }
                     assert name in allowed.get(prefix, set()), (name, prefix)
+                    if name == "WithdrawSourceFunction":  # it takes out, never puts
+                        assert set(as_list(statement["Action"])) <= {"s3:DeleteObject", "s3:DeleteObjectVersion"}
     policy = by_sid(resources["ResearchBucketPolicy"]["Properties"]["PolicyDocument"])
     expected = {
-        "OnlyPublishWritesResearchObjects": ("studies/*", ["PublishFunctionRole"]),
+        "OnlyPublishAndWithdrawWriteResearchObjects": (
+            "studies/*",
+            ["PublishFunctionRole", "WithdrawSourceFunctionRole"],
+        ),
         "OnlyTheWorkflowStepsWriteStaging": (
             "staging/*",
             [
@@ -215,7 +221,10 @@ def check_research_objects(t: Templates) -> None:
                 "ParkFunctionRole",
             ],
         ),
-        "OnlyIndexHeaderWritesHeaderSidecars": ("headers/*", ["IndexHeaderFunctionRole"]),
+        "OnlyIndexHeaderAndWithdrawWriteHeaderSidecars": (
+            "headers/*",
+            ["IndexHeaderFunctionRole", "WithdrawSourceFunctionRole"],
+        ),
     }
     for sid, (prefix, writers) in expected.items():
         statement = policy[sid]
@@ -378,19 +387,25 @@ def give_index_put_object_on_studies(t: Templates) -> None:
 def remove_the_research_object_deny(t: Templates) -> None:
     _drop_sid(
         _main(t)["ResearchBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"],
-        "OnlyPublishWritesResearchObjects",
+        "OnlyPublishAndWithdrawWriteResearchObjects",
     )
 
 
 def except_index_from_the_research_object_deny(t: Templates) -> None:
     statement = _sid(
         _main(t)["ResearchBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"],
-        "OnlyPublishWritesResearchObjects",
+        "OnlyPublishAndWithdrawWriteResearchObjects",
     )
     statement["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] = [
         {"Fn::GetAtt": ["PublishFunctionRole", "Arn"]},
         {"Fn::GetAtt": ["IndexHeaderFunctionRole", "Arn"]},
     ]
+
+
+def give_withdraw_put_object_on_studies(t: Templates) -> None:
+    for statement in _policy_of(t, "WithdrawSourceFunction"):
+        if "s3:DeleteObjectVersion" in as_list(statement["Action"]):
+            statement["Action"] = [*as_list(statement["Action"]), "s3:PutObject"]
 
 
 def unpin_the_image(t: Templates) -> None:
@@ -437,6 +452,7 @@ MUTATIONS: list[tuple[Callable[[Templates], None], Callable[[Templates], None]]]
     (give_index_put_object_on_studies, check_research_objects),
     (remove_the_research_object_deny, check_research_objects),
     (except_index_from_the_research_object_deny, check_research_objects),
+    (give_withdraw_put_object_on_studies, check_research_objects),
     (unpin_the_image, check_orthanc_front_door),
     (accept_a_tag_for_the_digest, check_orthanc_front_door),
     (let_any_modality_store, check_orthanc_front_door),

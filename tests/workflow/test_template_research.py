@@ -239,6 +239,7 @@ def test_the_research_api_reads_published_studies_only(resources):
 
 
 def test_the_catalog_is_in_every_functions_environment_and_written_by_index_header_only(template, resources):
+    """Written by IndexHeader; WithdrawSource only deletes the rows a withdrawn instance left empty."""
     assert template["Globals"]["Function"]["Environment"]["Variables"]["CATALOG_TABLE"] == {"Ref": "CatalogTable"}
     catalog = resources["CatalogTable"]["Properties"]
     assert catalog["KeySchema"] == [
@@ -253,6 +254,7 @@ def test_the_catalog_is_in_every_functions_environment_and_written_by_index_head
     assert grants == {
         # DeleteItem: a moved instance's old series and study, once nothing indexed is left there.
         "IndexHeaderFunction": {"dynamodb:PutItem", "dynamodb:DeleteItem"},
+        "WithdrawSourceFunction": {"dynamodb:DeleteItem"},
         "ResearchApiFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:Scan"},
         "ResearchJobsFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:Scan"},
     }

@@ -51,6 +51,28 @@ def test_notifications_carry_the_version_and_a_sequencer_that_grows(workflow):
     assert max(objects, key=lambda o: o["sequencer"])["versionId"] == latest
 
 
+def test_deletes_notify_as_aws_does_a_marker_with_its_version_and_a_version_delete_with_the_deleted_one(workflow):
+    key = workflow.drop("p/a.dcm", b"one")
+    workflow.drop("p/a.dcm", b"two")
+    [v2, v1] = [
+        v["VersionId"] for v in workflow.s3.list_object_versions(Bucket=workflow.names.ingest_bucket)["Versions"]
+    ]
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=key, VersionId=v1)
+    marker = workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=key)["VersionId"]
+    messages = workflow.sqs.receive_message(QueueUrl=workflow.queue_url, MaxNumberOfMessages=10)["Messages"]
+    records = [json.loads(m["Body"])["Records"][0] for m in messages]
+    removed = sorted(
+        (r["eventName"], r["s3"]["object"]["versionId"], sorted(r["s3"]["object"]))
+        for r in records
+        if r["eventName"].startswith("ObjectRemoved")
+    )
+    assert removed == [
+        ("ObjectRemoved:Delete", v1, ["key", "sequencer", "versionId"]),
+        ("ObjectRemoved:DeleteMarkerCreated", marker, ["key", "sequencer", "versionId"]),
+    ]
+    assert v2 != marker
+
+
 def test_an_object_deleted_before_processing_is_not_published(workflow, corpus):
     """The version-pinned read could still fetch it: the delete marker on top decides."""
     key = workflow.drop("p/img.dcm", dicom_bytes(corpus.instances[0].dataset))
@@ -243,3 +265,272 @@ def test_an_object_whose_publish_outlasts_the_retries_is_never_indexed_before_it
     assert list(workflow.research_objects()) == [item["research_key"]]
     version = workflow.s3.list_object_versions(Bucket=workflow.names.ingest_bucket, Prefix=key)["Versions"][0]
     assert status_of(workflow, key, version["VersionId"])["status"] == "published"
+
+
+# -- deletes after publishing (OnSourceDelete) ------------------------------------------------------
+
+
+def versions_of(workflow, key: str) -> list[dict]:
+    """The key's versions in the ingest bucket, newest first."""
+    listed = workflow.s3.list_object_versions(Bucket=workflow.names.ingest_bucket, Prefix=key)
+    return [v for v in listed.get("Versions", []) if v["Key"] == key]
+
+
+def research_versions(workflow) -> list[str]:
+    """Every version and delete marker left under studies/ and headers/ (a plain delete hides content, keeps it)."""
+    found = []
+    for prefix in ("studies/", "headers/"):
+        listed = workflow.s3.list_object_versions(Bucket=workflow.names.research_bucket, Prefix=prefix)
+        found += [v["Key"] for kind in ("Versions", "DeleteMarkers") for v in listed.get(kind, [])]
+    return found
+
+
+def outcomes(reports) -> list[tuple[str, str | None]]:
+    return [(o.status, o.detail) for r in reports for o in r.objects]
+
+
+def published(workflow, data: bytes, relative_key: str = "p/img.dcm") -> tuple[str, str]:
+    """`data` dropped and run through: its key and its version."""
+    key = workflow.drop(relative_key, data)
+    assert outcomes(workflow.run_pipe())[-1][0] == "published"
+    return key, versions_of(workflow, key)[0]["VersionId"]
+
+
+def metric_names(workflow) -> set[str]:
+    return {m["Name"] for doc in workflow.metrics for d in doc["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
+
+
+def test_an_original_deleted_after_publishing_is_withdrawn_from_research(workflow, corpus):
+    """OnSourceDelete remove (the default): the delete marker's event takes the instance out: the
+    research object with every version, its index item, its catalog rows; its claim is let go, the
+    published version's status says `withdrawn`."""
+    from tests.workflow.endstate import Dropped, end_state
+
+    data = dicom_bytes(corpus.instances[0].dataset)
+    key, version = published(workflow, data)
+    assert workflow.research_objects() and workflow.table_items(workflow.names.catalog_table)
+
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=key)
+    reports = workflow.run_pipe()
+
+    assert outcomes(reports) == [("withdrawn", None)]
+    assert workflow.research_objects() == {} and research_versions(workflow) == []
+    assert workflow.table_items(workflow.names.index_table) == []
+    assert workflow.table_items(workflow.names.catalog_table) == []
+    status = status_of(workflow, key, version)
+    assert status["status"] == "withdrawn" and status["research_key"].startswith("studies/")
+    assert end_state(workflow, [Dropped(key, data, withdrawn=True)], reports).problems == []
+    assert "ObjectsWithdrawn" in metric_names(workflow)
+
+
+@pytest.fixture
+def keeping_workflow():
+    """The local stack deployed with OnSourceDelete=keep."""
+    from deidflow.local.workflow import LocalWorkflow
+
+    from tests.conftest import REPO, TEST_KEY
+
+    with LocalWorkflow(TEST_KEY, project=REPO, text_detector="local", on_source_delete="keep") as wf:
+        yield wf
+
+
+def test_with_on_source_delete_keep_the_instance_stays_and_its_index_item_is_marked(keeping_workflow, corpus):
+    workflow = keeping_workflow
+    assert workflow.stack.environment("WithdrawSourceFunction")["ON_SOURCE_DELETE"] == "keep"
+    key, version = published(workflow, dicom_bytes(corpus.instances[0].dataset))
+    research = workflow.research_objects()
+    [indexed] = workflow.table_items(workflow.names.index_table)
+    catalog = workflow.table_items(workflow.names.catalog_table)
+
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=key)
+    reports = workflow.run_pipe()
+
+    assert outcomes(reports) == [("source_deleted", None)]
+    assert workflow.research_objects() == research
+    [marked] = workflow.table_items(workflow.names.index_table)
+    assert marked.pop("source_deleted") and marked == indexed
+    assert workflow.table_items(workflow.names.catalog_table) == catalog
+    status = status_of(workflow, key, version)
+    assert status["status"] == "source_deleted" and status["research_key"] == indexed["research_key"]
+    claim = next(i for i in workflow.table_items(workflow.names.status_table) if i["object_ref"].startswith("sop:"))
+    assert claim["holder"] == workflow.object_ref(key)  # still what research shows
+    assert "ObjectsMarkedSourceDeleted" in metric_names(workflow)
+
+
+def test_deleting_an_old_noncurrent_version_withdraws_nothing(workflow, corpus):
+    """v1 published, then a corrected v2; v1 deleted for good (a version delete): the key still
+    has its current content, so research keeps v2's, and nothing is sent again."""
+    first = corpus.instances[0].dataset
+    corrected = copy.deepcopy(first)
+    corrected.SliceThickness = "7.25"
+    key, v1 = published(workflow, dicom_bytes(first))
+    key, v2 = published(workflow, dicom_bytes(corrected))
+    research = workflow.research_objects()
+    index = workflow.table_items(workflow.names.index_table)
+
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=key, VersionId=v1)
+    reports = workflow.run_pipe()
+
+    assert outcomes(reports) == [("skipped", "live_version")]
+    assert workflow.research_objects() == research and b"7.25" in next(iter(research.values()))
+    assert workflow.table_items(workflow.names.index_table) == index
+    assert status_of(workflow, key, v2)["status"] == "published"
+    assert "ObjectsWithdrawn" not in metric_names(workflow)
+
+
+def test_deleting_the_published_version_for_good_brings_the_one_before_back(workflow, corpus):
+    """v2 (published) deleted by its version id: v1 is the key's content again, and research
+    shows it once v1 has been through the queue again."""
+    first = corpus.instances[0].dataset
+    corrected = copy.deepcopy(first)
+    corrected.SliceThickness = "7.25"
+    key, v1 = published(workflow, dicom_bytes(first))
+    _, v2 = published(workflow, dicom_bytes(corrected))
+
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=key, VersionId=v2)
+    reports = workflow.run_pipe()
+
+    assert outcomes(reports)[0] == ("skipped", "live_version") and outcomes(reports)[1][0] == "published"
+    [(research_key, data)] = workflow.research_objects().items()
+    assert b"7.25" not in data
+    [item] = workflow.table_items(workflow.names.index_table)
+    assert item["research_key"] == research_key
+    assert json.loads(item["dicom_json"])["00180050"]["Value"] != [7.25]
+    assert status_of(workflow, key, v1)["status"] == "published"
+
+
+def test_an_original_deleted_then_uploaded_again_is_published_again(workflow, corpus):
+    from tests.workflow.endstate import Dropped, end_state
+
+    data = dicom_bytes(corpus.instances[0].dataset)
+    key, v1 = published(workflow, data)
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=key)
+    assert outcomes(workflow.run_pipe()) == [("withdrawn", None)]
+
+    workflow.drop("p/img.dcm", data)
+    reports = workflow.run_pipe()
+
+    assert [status for status, _ in outcomes(reports)] == ["published"]
+    assert len(workflow.research_objects()) == 1 and len(workflow.table_items(workflow.names.index_table)) == 1
+    assert end_state(workflow, [Dropped(key, data)], reports).problems == []
+    assert status_of(workflow, key, v1)["status"] == "withdrawn"
+
+
+def test_an_original_moved_to_another_key_is_published_from_there(workflow, corpus):
+    """Deleted here, uploaded there: the withdrawal let the claim go, so the new key publishes the
+    instance as its own (not as a duplicate of a deleted original)."""
+    from tests.workflow.endstate import Dropped, end_state
+
+    data = dicom_bytes(corpus.instances[0].dataset)
+    old_key, _ = published(workflow, data)
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=old_key)
+    first = workflow.run_pipe()
+    new_key = workflow.drop("q/img.dcm", data)
+    reports = workflow.run_pipe()
+
+    assert [status for status, _ in outcomes(reports)] == ["published"]
+    dropped = [Dropped(old_key, data, withdrawn=True), Dropped(new_key, data)]
+    assert end_state(workflow, dropped, first + reports).problems == []
+
+
+def test_an_undeleted_original_is_published_again(workflow, corpus):
+    """The delete marker removed again (S3's undelete) after the withdrawal: the version is the
+    key's content again, and goes through the queue again."""
+    from tests.workflow.endstate import Dropped, end_state
+
+    data = dicom_bytes(corpus.instances[0].dataset)
+    key, version = published(workflow, data)
+    marker = workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=key)["VersionId"]
+    assert outcomes(workflow.run_pipe()) == [("withdrawn", None)]
+
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=key, VersionId=marker)
+    reports = workflow.run_pipe()
+
+    assert [status for status, _ in outcomes(reports)] == ["skipped", "published"]
+    assert status_of(workflow, key, version)["status"] == "published"
+    assert end_state(workflow, [Dropped(key, data)], reports).problems == []
+
+
+def test_a_withdrawal_racing_a_newer_upload_never_takes_the_newer_publish_out(workflow, corpus):
+    """The delete's WithdrawSource reads the claim and sees the delete marker on top; a new upload
+    of the key is published (not yet indexed) before it acts: the claim no longer names the
+    deleted version, so the new research object stays, and its IndexHeader indexes it."""
+    from deidflow.cloud.handler import current_services
+
+    first = corpus.instances[0].dataset
+    again = copy.deepcopy(first)
+    again.SliceThickness = "7.25"
+    key, _ = published(workflow, dicom_bytes(first))
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=key)
+    [item] = step(workflow, "ExpandBatch", [pop_message(workflow)])["objects"]
+    assert item["source"]["action"] == "withdraw"
+    s3 = current_services().s3
+    real_listing = s3.list_object_versions
+    newer = []
+
+    def uploaded_meanwhile(**kwargs):
+        s3.list_object_versions = real_listing
+        listed = real_listing(**kwargs)
+        newer.append(step(workflow, "Publish", staged_by_hand(workflow, dicom_bytes(again))))
+        return listed
+
+    s3.list_object_versions = uploaded_meanwhile
+    out = step(workflow, "WithdrawSource", item)
+    step(workflow, "IndexHeader", newer[0])
+
+    assert (out["status"], out["reason"]) == ("skipped", "superseded")
+    [(research_key, data)] = workflow.research_objects().items()
+    assert b"7.25" in data
+    [indexed] = workflow.table_items(workflow.names.index_table)
+    assert indexed["research_key"] == research_key
+    assert status_of(workflow, key, versions_of(workflow, key)[0]["VersionId"])["status"] == "published"
+
+
+def test_a_withdrawal_waits_for_the_index_item_of_a_version_published_a_moment_ago(workflow, corpus):
+    """Deleted between Publish and IndexHeader: WithdrawSource waits (TransientError: retried)
+    rather than withdraw before the index item it would then leave behind is written."""
+    from deidflow.cloud.errors import TransientError
+
+    published_now = step(workflow, "Publish", staged_by_hand(workflow, dicom_bytes(corpus.instances[0].dataset)))
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=workflow.key_of(published_now["source"]))
+    [item] = step(workflow, "ExpandBatch", [pop_message(workflow)])["objects"]
+    with pytest.raises(TransientError, match="not indexed yet"):
+        step(workflow, "WithdrawSource", item)
+    step(workflow, "IndexHeader", published_now)
+
+    assert step(workflow, "WithdrawSource", item)["status"] == "withdrawn"
+    assert workflow.research_objects() == {} and workflow.table_items(workflow.names.index_table) == []
+
+
+def test_a_withdrawal_that_failed_half_way_holds_the_claim_until_its_retry_ends(workflow, corpus):
+    """WithdrawSource fails after it took the claim (S3 down while deleting): the instance is half
+    taken out, so an upload of it meanwhile is told to come back later (TransientError), not let
+    publish into it; the retry ends the withdrawal, and the upload then publishes."""
+    from botocore.exceptions import ClientError
+    from deidflow.cloud.errors import TransientError
+    from deidflow.cloud.handler import current_services
+
+    data = dicom_bytes(corpus.instances[0].dataset)
+    key, _ = published(workflow, data)
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=key)
+    [item] = step(workflow, "ExpandBatch", [pop_message(workflow)])["objects"]
+    s3 = current_services().s3
+    real_delete = s3.delete_object
+
+    def unavailable(**kwargs):
+        raise ClientError({"Error": {"Code": "ServiceUnavailable"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "X")
+
+    s3.delete_object = unavailable
+    with pytest.raises(TransientError):
+        step(workflow, "WithdrawSource", item)
+    s3.delete_object = real_delete
+    workflow.drop("p/img.dcm", data)
+    [upload] = step(workflow, "ExpandBatch", [pop_message(workflow)])["objects"]
+    with pytest.raises(TransientError, match="withdrawn"):
+        step(workflow, "DeidentifyHeader", upload)
+
+    assert step(workflow, "WithdrawSource", item)["status"] == "withdrawn"  # the retry
+    assert workflow.research_objects() == {} and research_versions(workflow) == []
+    staged = step(workflow, "DeidentifyHeader", upload)
+    step(workflow, "IndexHeader", step(workflow, "Publish", staged))
+    assert len(workflow.research_objects()) == 1 and len(workflow.table_items(workflow.names.index_table)) == 1

@@ -283,13 +283,21 @@ def test_template_state_machine_and_functions_agree():
     assert json.dumps(enrichment)[1:-1] in pipe_grants
     # Every task but the batch expansion and the last resort (Park) is caught: content that
     # cannot be made safe into Quarantine, anything else (transient, timeouts) into Park. After
-    # Publish the content is safe: IndexHeader only parks.
+    # Publish the content is safe: IndexHeader only parks, as does WithdrawSource (a delete has no
+    # content to quarantine). Each object starts with the Choice on its action.
     asl = json.loads(asl_text)
-    inner = asl["States"]["ProcessObjects"]["ItemProcessor"]["States"]
+    processor = asl["States"]["ProcessObjects"]["ItemProcessor"]
+    inner = processor["States"]
+    start = inner[processor["StartAt"]]
+    assert start["Type"] == "Choice" and start["Default"] == "DeidentifyHeader"
+    assert start["Choices"] == [{"Variable": "$.source.action", "StringEquals": "withdraw", "Next": "WithdrawSource"}]
     assert inner["Publish"]["Next"] == "IndexHeader" and inner["IndexHeader"]["End"] is True
+    assert inner["WithdrawSource"]["End"] is True
     for name, state in inner.items():
-        if state["Type"] == "Task" and name in ("Quarantine", "IndexHeader"):
+        if state["Type"] == "Task" and name in ("Quarantine", "IndexHeader", "WithdrawSource"):
             assert [(c["ErrorEquals"], c["Next"]) for c in state["Catch"]] == [(["States.ALL"], "Park")]
+            if name != "Quarantine":
+                assert state["Retry"] == inner["Publish"]["Retry"], name
         elif state["Type"] == "Task" and name != "Park":
             assert [(c["ErrorEquals"], c["Next"]) for c in state["Catch"]] == [
                 (["RejectedObject", "ProcessingError"], "Quarantine"),
@@ -328,13 +336,11 @@ def test_every_function_has_a_sample_event_in_the_shape_it_is_called_with(workfl
     assert [workflow.key_of(o["source"]) for o in sample_expanded["objects"]] == ["incoming/patient0/img0000.dcm"]
     assert [s["reason"] for s in sample_expanded["skipped"]] == ["s3_test_event"]
 
-    # The samples name their object by key in clear, which the handlers accept from a hand-made
-    # event; the states pass it sealed.
     # The samples name their object by key in clear, and carry no deadline or budget: ExpandBatch's
     # for the moment (cloud/budget.py), which a sample would hold stale.
     item = expanded["objects"][0]
     assert set(item) == set(events["deidentify_header"])
-    own = set(item["source"]) - {"deadline", "budget"}
+    own = set(item["source"]) - {"deadline", "budget"}  # the samples name their object by key in clear
     assert own == set(events["deidentify_header"]["source"]) - {"key"} | {"sealed_key"}
     staged = run("DeidentifyHeader", item)
     assert shape({k: v for k, v in staged.items() if k != "source"}) == shape(
@@ -352,6 +358,20 @@ def test_every_function_has_a_sample_event_in_the_shape_it_is_called_with(workfl
     assert set(events["park"]) == set(item) | {"needs_pixel_scan", "error"}
     # The sample is Rekognition throttling: backpressure, a wait for capacity, not a redrive round.
     assert parked["status"] == "parked" and parked["reason"] == "TransientError" and parked["waits"] == 1
+
+    # A delete: ExpandBatch's item for it is what WithdrawSource is called with.
+    workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=workflow.key_of(item["source"]))
+    [message] = [
+        m
+        for m in workflow.sqs.receive_message(QueueUrl=workflow.queue_url, MaxNumberOfMessages=10)["Messages"]
+        if "ObjectRemoved" in m["Body"]
+    ]
+    [deleted] = run("ExpandBatch", [workflow._pipe_record(message)])["objects"]
+    assert set(deleted["source"]) - {"deadline", "budget"} == set(events["withdraw_source"]["source"]) - {"key"} | {
+        "sealed_key"
+    }
+    assert deleted["source"]["action"] == events["withdraw_source"]["source"]["action"] == "withdraw"
+    assert run("WithdrawSource", deleted)["status"] == "withdrawn"
 
 
 def test_local_run_command_shows_each_objects_path_and_exits_3_on_quarantine(tmp_path, corpus, capsys):
@@ -371,7 +391,8 @@ def test_local_run_command_shows_each_objects_path_and_exits_3_on_quarantine(tmp
 
     out = capsys.readouterr().out
     assert code == 3
-    assert "incoming/notes.txt\n    ExpandBatch -> DeidentifyHeader -> Quarantine  [quarantined: not_dicom]" in out
+    path = "ExpandBatch -> UploadOrDelete -> DeidentifyHeader -> Quarantine  [quarantined: not_dicom]"
+    assert f"incoming/notes.txt\n    {path}" in out
     assert out.count("-> Publish -> IndexHeader  [published: studies/") == 3
     assert len(list((tmp_path / "research" / "studies").rglob("*.dcm"))) == 3
 

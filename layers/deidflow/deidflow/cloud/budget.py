@@ -11,7 +11,7 @@ Express lane go there straight from ExpandBatch. With a STANDARD workflow there 
 
     lane     per-state budget (s)                               deadline
     express  Deidentify 60, Redact 150, Publish 30, Index 30,   ExpandBatch's clock + 290 s
-             Quarantine 10, Park 10
+             Withdraw 30, Quarantine 10, Park 10
     long     the functions' Lambda timeouts                     none
 """
 
@@ -35,6 +35,7 @@ BUDGETS: dict[str, dict[str, int]] = {
         "RedactBurnedInText": 150,
         "Publish": 30,
         "IndexHeader": 30,
+        "WithdrawSource": 30,
         "Quarantine": 10,
         "Park": 10,
     },
@@ -43,12 +44,13 @@ BUDGETS: dict[str, dict[str, int]] = {
         "RedactBurnedInText": 900,
         "Publish": 120,
         "IndexHeader": 60,
+        "WithdrawSource": 60,
         "Quarantine": 30,
         "Park": 30,
     },
 }
 # The states that process an object; each attempt of one is checked against the deadline.
-PROCESSING_STATES = ("DeidentifyHeader", "RedactBurnedInText", "Publish", "IndexHeader")
+PROCESSING_STATES = ("DeidentifyHeader", "RedactBurnedInText", "Publish", "IndexHeader", "WithdrawSource")
 # What must still fit after a processing attempt: Quarantine, then Park, each through all its
 # retries (3 retries, delays of at most 2 + 4 + 8 s: the ASL's Retry of those two states).
 LAST_RESORT_RETRIES = 3

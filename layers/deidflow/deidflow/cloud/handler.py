@@ -103,6 +103,10 @@ def _observe(step_name: str, result: Mapping[str, Any]) -> None:
             metrics.add_metric("InstancesRedacted", MetricUnit.Count, 1)
     elif step_name == "index_header":
         metrics.add_metric("InstancesIndexed", MetricUnit.Count, 1)
+    elif step_name == "withdraw_source" and result.get("status") == "withdrawn":
+        metrics.add_metric("ObjectsWithdrawn", MetricUnit.Count, 1)
+    elif step_name == "withdraw_source" and result.get("status") == "source_deleted":
+        metrics.add_metric("ObjectsMarkedSourceDeleted", MetricUnit.Count, 1)
     elif result.get("status") == "published":
         metrics.add_metric("ObjectsPublished", MetricUnit.Count, 1)
     elif result.get("status") == "quarantined":
@@ -111,5 +115,5 @@ def _observe(step_name: str, result: Mapping[str, Any]) -> None:
     elif result.get("status") in ("parked", "stalled"):  # ObjectsStalled: the dead-letter queue's alarm too
         metrics.add_metric("ObjectsParked" if result["status"] == "parked" else "ObjectsStalled", MetricUnit.Count, 1)
         metrics.add_metadata("error", result.get("reason"))
-    else:  # a quarantine step that found the object gone: a skip
+    else:  # a quarantine step that found the object gone, a delete that withdrew nothing: a skip
         metrics.add_metric("ObjectsSkipped", MetricUnit.Count, 1)

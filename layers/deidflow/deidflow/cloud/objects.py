@@ -4,6 +4,10 @@ The queue carries S3 event notifications. A message may hold several records, no
 event S3 sends when a notification is configured), or records for things that are not DICOM
 instances (folder markers, the `.json` attachments Orthanc's storage plugin may write). Those are
 skipped with a reason, not failed: they are not errors, and retrying them would not help.
+
+An `ObjectRemoved` record (a delete marker, or a version deleted for good) is an object to
+withdraw (`action` "withdraw"): WithdrawSource decides from the key's current state, not from the
+event, whether its published instance goes.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class KeySeal:
             raise ValueError("the sealed object key does not open with this key and bucket") from exc
 
 
+# ObjectRef.action: an upload (ObjectCreated), a delete (ObjectRemoved).
+DEIDENTIFY, WITHDRAW = "deidentify", "withdraw"
+
+
 @dataclass(frozen=True)
 class ObjectRef:
     """A pointer to one object version: what the states pass instead of DICOM bytes.
@@ -87,6 +95,9 @@ class ObjectRef:
     # Its lane and, in the express lane, its deadline (budget.py): how long each state may take.
     lane: str = field(default=EXPRESS, compare=False)
     deadline: float | None = field(default=None, compare=False)
+    # What the workflow does with it, which the state machine's first Choice reads: DEIDENTIFY an
+    # upload, WITHDRAW what an ObjectRemoved record's original published.
+    action: str = DEIDENTIFY
 
     def as_payload(self, seal: KeySeal) -> dict[str, Any]:
         """The `source` of a state payload: everything but the key, which is sealed."""
@@ -103,6 +114,7 @@ class ObjectRef:
             out["waits"] = self.waits
         if self.message_id:
             out["message_id"] = self.message_id
+        out["action"] = self.action
         out["lane"] = self.lane
         out["budget"] = BUDGETS[self.lane]  # each Task's TimeoutSecondsPath
         if self.deadline is not None:
@@ -128,6 +140,7 @@ class ObjectRef:
             message_id=source.get("message_id") or None,
             lane=LONG if source.get("lane") == LONG else EXPRESS,
             deadline=float(source["deadline"]) if source.get("deadline") is not None else None,
+            action=str(source.get("action") or DEIDENTIFY),
         )
 
     @property
@@ -160,7 +173,8 @@ class Batch:
 
 
 def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[str]) -> Batch:
-    """Objects to process (in order, each object version once) and what was skipped, from SQS records.
+    """Objects to process or withdraw (in order, each object version and action once) and what was
+    skipped, from SQS records.
 
     Accepts what an EventBridge Pipe sends a state machine from an SQS source: a list of messages
     with a JSON `body` holding the S3 notification.
@@ -168,7 +182,7 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
     suffixes = tuple(s.lower() for s in skip_suffixes if s)
     objects: list[ObjectRef] = []
     skipped: list[Skipped] = []
-    seen: set[tuple[str, str, str | None]] = set()
+    seen: set[tuple[str, str, str | None, str]] = set()
     for message in messages:
         message_id = message.get("messageId")
         body = message.get("body", message)
@@ -200,7 +214,9 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
             if reason:
                 skipped.append(Skipped(reason, ref, message_id))
                 continue
-            identity = (ref.bucket, ref.key, ref.version_id)
+            if _is_removal(record):
+                ref = replace(ref, action=WITHDRAW)
+            identity = (ref.bucket, ref.key, ref.version_id, ref.action)
             if identity not in seen:  # the same delivery twice in one batch is processed once
                 seen.add(identity)
                 objects.append(ref)
@@ -210,7 +226,7 @@ def parse_batch(messages: Iterable[Mapping[str, Any]], skip_suffixes: Iterable[s
 def redrive_message(ref: ObjectRef, round_: int, waits: int | None = None) -> str:
     """The queue message that brings a parked object back: S3's own notification shape (what
     parse_batch reads), for that version, with the redrive round, its waits for capacity (and a
-    long lane) under `deidflow`."""
+    long lane) under `deidflow`. A parked withdrawal comes back as one (`ObjectRemoved:Redrive`)."""
     obj: dict[str, Any] = {"key": quote_plus(ref.key, safe="/")}
     if ref.version_id:
         obj["versionId"] = ref.version_id
@@ -218,7 +234,7 @@ def redrive_message(ref: ObjectRef, round_: int, waits: int | None = None) -> st
         obj["size"] = ref.size
     record = {
         "eventSource": "aws:s3",
-        "eventName": "ObjectCreated:Redrive",
+        "eventName": "ObjectRemoved:Redrive" if ref.action == WITHDRAW else "ObjectCreated:Redrive",
         "s3": {"bucket": {"name": ref.bucket}, "object": obj},
     }
     ours: dict[str, Any] = {"round": round_}
@@ -244,8 +260,14 @@ def _ref_from_record(record: Mapping[str, Any]) -> ObjectRef | None:
         return None
 
 
+def _is_removal(record: Mapping[str, Any]) -> bool:
+    """ObjectRemoved:Delete (a version deleted for good, or the key of an unversioned bucket) and
+    ObjectRemoved:DeleteMarkerCreated (a delete on a versioned bucket) alike."""
+    return str(record.get("eventName", "")).startswith("ObjectRemoved")
+
+
 def _skip_reason(record: Mapping[str, Any], ref: ObjectRef, suffixes: tuple[str, ...]) -> str | None:
-    if not str(record.get("eventName", "")).startswith("ObjectCreated"):
+    if not str(record.get("eventName", "")).startswith("ObjectCreated") and not _is_removal(record):
         return "not_object_created"
     if ref.key.endswith("/"):
         return "folder"

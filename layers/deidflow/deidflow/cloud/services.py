@@ -73,6 +73,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(value) if value != "" else default
 
 
+# What a deleted original does to its published instance (the OnSourceDelete parameter).
+ON_SOURCE_DELETE = ("remove", "keep")
+
+
+def _on_source_delete(env: Mapping[str, str]) -> str:
+    value = env.get("ON_SOURCE_DELETE", "") or "remove"
+    if value not in ON_SOURCE_DELETE:
+        raise RuntimeError(f"environment variable ON_SOURCE_DELETE is {value!r}: {' or '.join(ON_SOURCE_DELETE)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     research_bucket: str
@@ -99,6 +110,9 @@ class Settings:
     workflow_type: str = "EXPRESS"
     long_lane_arn: str | None = None
     long_lane_object_bytes: int | None = None
+    # WithdrawSource's own: "remove" takes a deleted original's instance out of research, "keep"
+    # leaves it there and marks its index item (`source_deleted`).
+    on_source_delete: str = "remove"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -128,6 +142,7 @@ class Settings:
             workflow_type=env.get("WORKFLOW_TYPE") or "EXPRESS",
             long_lane_arn=env.get("LONG_LANE_STATE_MACHINE_ARN") or None,
             long_lane_object_bytes=_int(env, "LONG_LANE_OBJECT_MB", 256) * 1024**2,
+            on_source_delete=_on_source_delete(env),
         )
 
 

@@ -10,6 +10,7 @@ bytes only ever travel between S3 and a function, never through the state machin
     index_header           staging object -> index item (+ sidecar when large), after Publish
     quarantine             content that cannot be made safe -> status record, tags on the original, reason
     park                   a transient failure that outlasted the retries -> back in the queue, later
+    withdraw_source        an original deleted -> its published instance out of research (or marked)
 
 Every step is idempotent: outputs are keyed by the new UIDs and their bytes are deterministic, so
 a redelivered event or a retried state overwrites with the same content. Staging copies alone are
@@ -19,7 +20,9 @@ One SOP Instance UID, one source: the first object to reach staging with a (pseu
 Instance UID claims it, in a `sop:<UID>` item of the status table. Another object with the same
 UID and the same output bytes is a duplicate (published again, identically, and recorded as
 such); with other bytes it is quarantined as `sop_instance_uid_conflict`, and the claim item
-names the object kept. `deidflow deid` applies the same rule in input order.
+names the object kept. `deidflow deid` applies the same rule in input order. The claim goes with
+its instance: a deleted original's instance is withdrawn (`withdraw_source`) and its claim
+released, so that a later upload of the same instance publishes again.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from ..rules import ALL_LABEL
 from ..storage import research_place
 from .budget import EXPRESS, LONG, express_deadline
 from .errors import MISSING_CODES, RejectedObject, TransientError, is_throttling, rejection_from_error
-from .objects import ObjectRef, parse_batch, redrive_message
+from .objects import DEIDENTIFY, ObjectRef, parse_batch, redrive_message
 from .services import Services
 
 # Identifiers the honest broker needs to go from a pseudonym back to the source.
@@ -93,7 +96,7 @@ def start_long_lane(services: Services, ref: ObjectRef) -> str:
     if not arn:
         raise RuntimeError("environment variable LONG_LANE_STATE_MACHINE_ARN is not set")
     version = hashlib.sha256(str(ref.version_id).encode()).hexdigest()[:12]
-    name = f"{ref.ref}-{version}-r{ref.round}"
+    name = f"{ref.ref}-{ref.action[:1]}{version}-r{ref.round}"
     start = {"objects": [{"source": services.payload(replace(ref, lane=LONG, deadline=None))}], "skipped": []}
     try:
         services.client("stepfunctions").start_execution(
@@ -268,7 +271,14 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
         raise
     if replaced and replaced != research_key:
         services.s3.delete_object(Bucket=bucket, Key=replaced)
-    record_status(services, ref, status, research_key=research_key, same_as=staged.get("duplicate_of"))
+    record_status(
+        services,
+        ref,
+        status,
+        research_key=research_key,
+        same_as=staged.get("duplicate_of"),
+        published_key=research_key if status == "published" else None,
+    )
     published: dict[str, Any] = {"generation": generation}
     if replaced and replaced != research_key:
         published["replaced"] = replaced
@@ -283,15 +293,29 @@ def _next_generation(services: Services, ref: ObjectRef, staged: Mapping[str, An
     key = _claim_key(staged["sop_instance_uid"])
     if staged.get("duplicate_of"):
         held = table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
+        if WITHDRAWING in held or not held.get("holder"):
+            # Its holder is being withdrawn, or was (its original deleted): this copy's run comes
+            # back (Park) and claims the UID for itself, rather than publish what was taken out.
+            raise TransientError("the research SOP Instance UID's holder was withdrawn")
         return int(held.get("generation", 0)), None
-    names = {"#rk": "research_key", "#gen": "generation", "#holder": "holder", "#version": "published_version"}
+    names = {
+        "#rk": "research_key",
+        "#gen": "generation",
+        "#holder": "holder",
+        "#version": "published_version",
+        "#withdrawing": WITHDRAWING,
+    }
     version = ref.version_id or "null"
     try:
         old = table.update_item(
             Key=key,
             UpdateExpression="SET #rk = :rk, #version = :version ADD #gen :one",
-            # The same version published again (a retry, a redelivered event) keeps its generation.
-            ConditionExpression="#holder = :me AND (attribute_not_exists(#version) OR #version <> :version)",
+            # The same version published again (a retry, a redelivered event) keeps its generation;
+            # nothing is published while WithdrawSource takes the instance out.
+            ConditionExpression=(
+                "#holder = :me AND (attribute_not_exists(#version) OR #version <> :version)"
+                " AND attribute_not_exists(#withdrawing)"
+            ),
             ExpressionAttributeNames=names,
             ExpressionAttributeValues={
                 ":rk": staged["research_key"],
@@ -306,8 +330,11 @@ def _next_generation(services: Services, ref: ObjectRef, staged: Mapping[str, An
             raise
         held = table.get_item(Key=key, ConsistentRead=True).get("Item") or {}
         if held.get("holder") != ref.status_key:
-            # Let go by a failure of another run of this object before anything was published.
+            # Let go by a failure of another run of this object before anything was published, or
+            # by a withdrawal (the original deleted meanwhile).
             raise TransientError("the claim on the research SOP Instance UID changed hands") from None
+        if WITHDRAWING in held:
+            raise TransientError("the research SOP Instance UID is being withdrawn") from None
         return int(held.get("generation", 0)), None
     return int(old.get("generation", 0)) + 1, (str(old["research_key"]) if old.get("research_key") else None)
 
@@ -393,6 +420,246 @@ def park(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     return {"source": services.payload(ref), "status": "parked", "reason": reason, "round": round_}
 
 
+# The claim attribute WithdrawSource holds while it takes an instance out (the version it withdraws):
+# nothing claims or publishes the UID meanwhile.
+WITHDRAWING = "withdrawing"
+# The status of a published version whose original was deleted (OnSourceDelete remove | keep).
+WITHDRAWN, SOURCE_DELETED = "withdrawn", "source_deleted"
+# The index item attribute that marks an instance kept in research after its original was deleted.
+SOURCE_DELETED_AT = "source_deleted"
+
+
+def withdraw_source(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
+    """An original deleted (a delete marker, or a version deleted for good): what it published is
+    taken out of research (OnSourceDelete `remove`: the research object with all its versions, its
+    index item, sidecar and emptied catalog rows; the claim released, status `withdrawn`), or kept
+    and marked (`keep`: the index item's `source_deleted`, status `source_deleted`).
+
+    Decided on the key's state, not on the event: the claims this object holds are read first,
+    then the key's version listing. A live latest version (the delete removed a noncurrent
+    version, or the key was uploaded again since) withdraws nothing; if that version is not what
+    research shows and it was (the published version itself deleted by id, or an undelete: the
+    delete marker of a withdrawn version removed), it is sent through the queue again. Otherwise
+    each instance whose claim this object holds goes, conditionally on the claim still naming the
+    version and publish generation read: a newer upload published meanwhile is never taken out.
+    A withdrawal that failed half way (after taking the claim) is ended first, whatever the key
+    holds by then."""
+    ref = services.source_of(event)
+    rows = _status_rows(services, ref)
+    held = _held_claims(services, ref, rows)
+    keep = services.settings.on_source_delete == "keep"
+    # A withdrawal of this object that failed after it took a claim ends first, whatever the key
+    # holds now: its instance is half taken out, and the claim holds the UID until it ends.
+    done: list[str] = []
+    for uid in sorted(uid for uid, claim in held.items() if WITHDRAWING in claim):
+        _take_out(services, ref, uid, held.pop(uid), rows, done, keep=False)
+    latest = _latest_entry(services, ref)
+    if latest is not None and latest[1] == "Versions":
+        live = str(latest[0].get("VersionId") or "null")
+        shown = any(claim["published_version"] == live for claim in held.values())
+        deleted_was_shown = any(claim["published_version"] == (ref.version_id or "null") for claim in held.values())
+        undeleted = (rows.get(live) or {}).get("status") in (WITHDRAWN, SOURCE_DELETED)
+        result: dict[str, Any] = {"source": services.payload(ref), "status": "skipped", "reason": "live_version"}
+        if not shown and (deleted_was_shown or undeleted):
+            current = None if live == "null" else live
+            _send_again(services, replace(ref, version_id=current, size=None, round=0, action=DEIDENTIFY))
+            result["sent_again"] = True
+        if done:
+            result = {"source": services.payload(ref), "status": WITHDRAWN, "research_keys": done}
+        return result
+    if not held and not done:
+        return {"source": services.payload(ref), "status": "skipped", "reason": "not_published"}
+    for uid, claim in sorted(held.items()):
+        _take_out(services, ref, uid, claim, rows, done, keep=keep)
+    if not done:  # each claim moved on meanwhile: a newer upload of the key was published
+        return {"source": services.payload(ref), "status": "skipped", "reason": "superseded"}
+    return {"source": services.payload(ref), "status": SOURCE_DELETED if keep else WITHDRAWN, "research_keys": done}
+
+
+def _take_out(
+    services: Services,
+    ref: ObjectRef,
+    uid: str,
+    claim: Mapping[str, Any],
+    rows: Mapping[str, Mapping[str, Any]],
+    done: list[str],
+    *,
+    keep: bool,
+) -> None:
+    """One instance withdrawn (or marked, `keep`) and its version's status recorded, its research
+    key added to `done`; nothing when its claim moved on."""
+    version = str(claim["published_version"])
+    _index_written(services, uid, claim, rows.get(version) or {})
+    if not (_mark_source_deleted(services, uid, claim) if keep else _withdraw_instance(services, ref, uid, claim)):
+        return
+    research_key = str(claim["research_key"])
+    record_status(
+        services,
+        replace(ref, version_id=None if version == "null" else version),
+        SOURCE_DELETED if keep else WITHDRAWN,
+        research_key=research_key,
+        published_key=None if keep else "",
+    )
+    done.append(research_key)
+
+
+def _status_rows(services: Services, ref: ObjectRef) -> dict[str, dict[str, Any]]:
+    """The object's status items, by version (a consistent read: a publish just made is in it)."""
+    table = services.table(services.settings.status_table)
+    rows: dict[str, dict[str, Any]] = {}
+    args: dict[str, Any] = {
+        "KeyConditionExpression": "object_ref = :ref",
+        "ExpressionAttributeValues": {":ref": ref.status_key},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = table.query(**args)
+        rows.update({str(item["version_id"]): item for item in page.get("Items", [])})
+        if "LastEvaluatedKey" not in page:
+            return rows
+        args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _held_claims(
+    services: Services, ref: ObjectRef, rows: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The research SOP Instance UIDs this object published and still holds, with their claims: the
+    UIDs its versions' status items name (`published_key`, kept whatever came after; `research_key`),
+    and of those the claims whose holder is this object and that name a published version."""
+    uids = set()
+    for row in rows.values():
+        for field in ("published_key", "research_key"):
+            if research_place(str(row.get(field) or "")) is not None:
+                uids.add(str(row[field]).rsplit("/", 1)[-1].removesuffix(".dcm"))
+    table = services.table(services.settings.status_table)
+    held = {}
+    for uid in uids:
+        claim = table.get_item(Key=_claim_key(uid), ConsistentRead=True).get("Item") or {}
+        if claim.get("holder") == ref.status_key and claim.get("published_version") and claim.get("research_key"):
+            held[uid] = claim
+    return held
+
+
+def _index_written(services: Services, uid: str, claim: Mapping[str, Any], row: Mapping[str, Any]) -> None:
+    """A version published a moment ago may not be indexed yet: its IndexHeader writes the item
+    after Publish, and would write it after the withdrawal. Then this waits (the state's retries,
+    Park), until the item of the claim's generation is there. A version whose run ended otherwise
+    (parked, skipped) writes no index item any more; a withdrawal retried has deleted it already."""
+    if row.get("status") != "published" or WITHDRAWING in claim:
+        return
+    item = (
+        services.table(services.settings.index_table)
+        .get_item(
+            Key={"sop_instance_uid": uid},
+            ConsistentRead=True,
+            ProjectionExpression="#gen",
+            ExpressionAttributeNames={"#gen": PUBLISH_GENERATION},
+        )
+        .get("Item")
+    )
+    if item is None or int(item.get(PUBLISH_GENERATION, 0)) < int(claim.get("generation", 0)):
+        raise TransientError("the published instance is not indexed yet")
+
+
+def _withdraw_instance(services: Services, ref: ObjectRef, uid: str, claim: Mapping[str, Any]) -> bool:
+    """Take one instance out of research; False when its claim moved on (nothing is touched then).
+
+    The claim is held (`withdrawing`) while the index item, the catalog rows, the sidecar and the
+    research object with every version go, so that no upload claims or publishes the UID in
+    between; then it is released, its publish generation counted up, for a later upload of the
+    same instance (this key again, or another) to publish anew."""
+    settings = services.settings
+    status = services.table(settings.status_table)
+    version = str(claim["published_version"])
+    generation = int(claim.get("generation", 0))
+    research_key = str(claim["research_key"])
+    names = {"#holder": "holder", "#version": "published_version", "#gen": "generation", "#withdrawing": WITHDRAWING}
+    try:
+        status.update_item(
+            Key=_claim_key(uid),
+            UpdateExpression="SET #withdrawing = :version",
+            ConditionExpression="#holder = :me AND #version = :version AND #gen = :gen",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={":me": ref.status_key, ":version": version, ":gen": generation},
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        return False
+    # The index first (it never names an object that is not in the bucket), then the objects. An
+    # item of a newer generation cannot be there (the claim counts every publish): if it were, it
+    # would be a newer publish's, which this leaves alone, the claim let go again.
+    try:
+        services.table(settings.index_table).delete_item(
+            Key={"sop_instance_uid": uid},
+            ConditionExpression="attribute_not_exists(#gen) OR #gen <= :gen",
+            ExpressionAttributeNames={"#gen": PUBLISH_GENERATION},
+            ExpressionAttributeValues={":gen": generation},
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        status.update_item(
+            Key=_claim_key(uid),
+            UpdateExpression="REMOVE #withdrawing",
+            ExpressionAttributeNames={"#withdrawing": WITHDRAWING},
+        )
+        return False
+    _forget_research_instance(services, research_key)
+    for key in (research_key, default_sidecar_key(research_key)):
+        _delete_every_version(services, settings.research_bucket, key)
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    status.update_item(
+        Key=_claim_key(uid),
+        UpdateExpression=(
+            "REMOVE #holder, #sha, #version, #rk, #withdrawing SET #withdrawn = :version, #at = :now ADD #gen :one"
+        ),
+        ConditionExpression="#withdrawing = :version",
+        ExpressionAttributeNames={
+            **names,
+            "#sha": "sha256",
+            "#rk": "research_key",
+            "#withdrawn": "withdrawn_version",
+            "#at": "withdrawn_at",
+        },
+        ExpressionAttributeValues={":version": version, ":now": now, ":one": 1},
+    )
+    return True
+
+
+def _mark_source_deleted(services: Services, uid: str, claim: Mapping[str, Any]) -> bool:
+    """OnSourceDelete `keep`: the instance stays served, its index item says since when its
+    original is gone. Only the item of the claim's generation: a newer publish's item is not marked."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    try:
+        services.table(services.settings.index_table).update_item(
+            Key={"sop_instance_uid": uid},
+            UpdateExpression="SET #deleted = if_not_exists(#deleted, :now)",
+            ConditionExpression="attribute_exists(#uid) AND #gen = :gen",
+            ExpressionAttributeNames={
+                "#deleted": SOURCE_DELETED_AT,
+                "#uid": "sop_instance_uid",
+                "#gen": PUBLISH_GENERATION,
+            },
+            ExpressionAttributeValues={":now": now, ":gen": int(claim.get("generation", 0))},
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        return False
+    return True
+
+
+def _delete_every_version(services: Services, bucket: str, key: str) -> None:
+    """Every version and delete marker of `key`: in a versioned bucket a plain delete only hides
+    the content behind a marker."""
+    paginator = services.s3.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket, Prefix=key):
+        for entry in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            if entry.get("Key") == key:
+                services.s3.delete_object(Bucket=bucket, Key=key, VersionId=entry["VersionId"])
+
+
 def _discard_partial(services: Services, ref: ObjectRef, event: Mapping[str, Any]) -> None:
     """What a failed object left on the way: its staging copy, and its claim on the research UID
     (others may take it) unless something was published under it. Never the research object or
@@ -403,6 +670,12 @@ def _discard_partial(services: Services, ref: ObjectRef, event: Mapping[str, Any
         _release_claim(services, ref, staged["sop_instance_uid"])
     if staged.get("staging_key"):
         services.s3.delete_object(Bucket=services.settings.research_bucket, Key=staged["staging_key"])
+
+
+# Status fields set when given and kept by every later status of the version (a replayed event
+# skipped as superseded, a park): the research key the version published, which WithdrawSource
+# looks for when the original is deleted. An empty value removes it (the instance was withdrawn).
+STICKY_FIELDS = ("published_key",)
 
 
 def record_status(services: Services, ref: ObjectRef, status: str, **fields: Any) -> None:
@@ -419,6 +692,15 @@ def record_status(services: Services, ref: ObjectRef, status: str, **fields: Any
             sets.append(f"#f{i} = :f{i}")
         else:
             removes.append(f"#f{i}")  # a reprocessed object drops its old quarantine reason
+    for i, name in enumerate(STICKY_FIELDS):
+        if fields.get(name) is None:
+            continue
+        names[f"#s{i}"] = name
+        if fields[name] == "":
+            removes.append(f"#s{i}")
+        else:
+            values[f":s{i}"] = str(fields[name])
+            sets.append(f"#s{i} = :s{i}")
     expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
     services.table(services.settings.status_table).update_item(
         Key={"object_ref": ref.status_key, "version_id": ref.version_id or "null"},
@@ -531,13 +813,16 @@ def _claim(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> 
     byte-identical duplicate of it; raises RejectedObject when the holder has other bytes."""
     table = services.table(services.settings.status_table)
     digest = hashlib.sha256(processed.data).hexdigest()
-    names = {"#holder": "holder", "#sha": "sha256", "#at": "claimed_at"}
+    names = {"#holder": "holder", "#sha": "sha256", "#at": "claimed_at", "#withdrawing": WITHDRAWING}
     now = datetime.now(UTC).isoformat(timespec="milliseconds")
     try:
         table.update_item(
             Key=_claim_key(processed.sop_uid),
             UpdateExpression="SET #holder = :me, #sha = :sha, #at = if_not_exists(#at, :now)",
-            ConditionExpression="attribute_not_exists(#holder) OR #holder = :me",
+            # Not while WithdrawSource takes the UID's instance out (it releases the claim after).
+            ConditionExpression=(
+                "(attribute_not_exists(#holder) OR #holder = :me) AND attribute_not_exists(#withdrawing)"
+            ),
             ExpressionAttributeNames=names,
             ExpressionAttributeValues={":me": ref.status_key, ":sha": digest, ":now": now},
         )
@@ -549,14 +834,17 @@ def _claim(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> 
         held = table.update_item(
             Key=_claim_key(processed.sop_uid),
             UpdateExpression="ADD #dups :one",
-            ConditionExpression="#sha = :sha",
-            ExpressionAttributeNames={"#sha": "sha256", "#dups": "duplicates"},
+            ConditionExpression="#sha = :sha AND attribute_not_exists(#withdrawing)",
+            ExpressionAttributeNames={"#sha": "sha256", "#dups": "duplicates", "#withdrawing": WITHDRAWING},
             ExpressionAttributeValues={":sha": digest, ":one": 1},
             ReturnValues="ALL_OLD",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
         )
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
             raise
+        if WITHDRAWING in (exc.response.get("Item") or {}):
+            raise TransientError("the research SOP Instance UID is being withdrawn") from None
         raise RejectedObject(
             "sop_instance_uid_conflict",
             "another object holds this SOP Instance UID with other content; the first one is kept",
@@ -566,14 +854,15 @@ def _claim(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> 
 
 
 def _release_claim(services: Services, ref: ObjectRef, sop_uid: str) -> None:
-    """Give up this object's claim (it is being quarantined or parked), if it holds one and has
-    published nothing under it: a published instance keeps its source until it is withdrawn."""
+    """Give up this object's claim (it is being quarantined or parked), if it holds one and nothing
+    is published under it (never was, or was withdrawn): a published instance keeps its source
+    until it is withdrawn."""
     try:
         services.table(services.settings.status_table).update_item(
             Key=_claim_key(sop_uid),
             UpdateExpression="REMOVE #holder, #sha",
-            ConditionExpression="#holder = :me AND attribute_not_exists(#gen)",
-            ExpressionAttributeNames={"#holder": "holder", "#sha": "sha256", "#gen": "generation"},
+            ConditionExpression="#holder = :me AND attribute_not_exists(#version)",
+            ExpressionAttributeNames={"#holder": "holder", "#sha": "sha256", "#version": "published_version"},
             ExpressionAttributeValues={":me": ref.status_key},
         )
     except ClientError as exc:

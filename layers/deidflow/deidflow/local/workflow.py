@@ -50,6 +50,7 @@ FUNCTIONS = {
     "Publish": "publish",
     "Quarantine": "quarantine",
     "Park": "park",
+    "WithdrawSource": "withdraw_source",
 }
 ASL_PATH = Path("statemachines") / "deidentify.asl.json"
 TEMPLATE_PATH = Path("template.yaml")
@@ -197,6 +198,7 @@ class LocalWorkflow:
         log_level: str = "WARNING",
         object_ref_key: bytes | None = None,
         redrive_delay_seconds: int = 0,
+        on_source_delete: str = "remove",
     ):
         self.project = find_project(project)
         self.key = key
@@ -204,14 +206,15 @@ class LocalWorkflow:
         # (`deidflow object-ref --key-file` computes a reference with a given one).
         self.object_ref_key = object_ref_key if object_ref_key is not None else secrets.token_bytes(32)
         self.log_level = log_level
-        # The stack's parameters for this run: the functions' MAX_OBJECT_MB, the state machine's
-        # type and the Pipe's batch size come from them, as in a deploy.
+        # The stack's parameters for this run: the functions' MAX_OBJECT_MB and ON_SOURCE_DELETE,
+        # the state machine's type and the Pipe's batch size come from them, as in a deploy.
         self.parameters = {
             "WorkflowType": workflow_type,
             "MaxObjectMB": str(max_object_mb),
             "BatchSize": str(batch_size),
             # A Standard execution whose Park failed waits this long before parking again.
             "ParkAgainSeconds": "1",
+            "OnSourceDelete": on_source_delete,
         }
         self.rules_file = rules_file
         self.text_detector = text_detector
@@ -590,28 +593,93 @@ _MOTO_S3_EVENT: Callable[..., Any] | None = None
 _SEQUENCER = iter(range(1, 1 << 62))
 
 
-def _as_aws_notifies(on: bool) -> None:
-    """moto's S3 notifications carry neither `versionId` nor `sequencer`, which AWS sends and the
-    workflow relies on (the version-pinned read, newer versions winning over replays): while a
-    LocalWorkflow runs, they carry both, the sequencer growing with every event as AWS's does per key."""
-    import moto.s3.notifications as notifications
+_MOTO_DELETE: Callable[..., Any] | None = None
+_MOTO_SEND: Callable[..., Any] | None = None
+_DELETING = threading.local()
 
-    global _MOTO_S3_EVENT
+
+def _is_removal(event_name: Any) -> bool:
+    """moto's event names are a str Enum, whose str() is its member name (Python 3.11)."""
+    return str(getattr(event_name, "value", event_name)).startswith("s3:ObjectRemoved")
+
+
+@dataclass(frozen=True)
+class _Removed:
+    """What moto's notification builder reads of a key, for a delete's event (AWS sends no size or
+    ETag with one)."""
+
+    name: str
+    version_id: str | None
+    size: int = 0
+    etag: str = ""
+
+
+def _as_aws_notifies(on: bool) -> None:
+    """moto's S3 notifications are not quite what AWS sends, and the workflow relies on what AWS
+    sends. While a LocalWorkflow runs they are:
+
+    - every event carries `versionId` and `sequencer` (moto sends neither): the version-pinned
+      read, newer versions winning over replays; the sequencer grows with every event as AWS's
+      does per key;
+    - a delete on a versioned bucket sends `ObjectRemoved:DeleteMarkerCreated` with the marker's
+      version (moto sends nothing), a delete of one version `ObjectRemoved:Delete` with that
+      version (moto sends one only when the key's last version goes, naming the latest), each
+      without size or ETag, as AWS's removal events are."""
+    import moto.s3.notifications as notifications
+    from moto.s3.models import S3Backend
+
+    global _MOTO_S3_EVENT, _MOTO_DELETE, _MOTO_SEND
+    backend: Any = S3Backend  # patched where moto has no types to check against
+    module: Any = notifications
     if on and _MOTO_S3_EVENT is None:
         original = _MOTO_S3_EVENT = notifications._get_s3_event  # noqa: SLF001 - the one place moto is corrected
+        delete = _MOTO_DELETE = backend.delete_object
+        removed = notifications.S3NotificationEvent
 
         def with_version(event_name: str, bucket: Any, key: Any, notification_id: str) -> Any:
             event = original(event_name, bucket, key, notification_id)
             obj = event["Records"][0]["s3"]["object"]
             if getattr(bucket, "is_versioned", False) and getattr(key, "version_id", None):
                 obj["versionId"] = key.version_id
+            if _is_removal(event_name):
+                obj.pop("size", None)
+                obj.pop("eTag", None)
             obj["sequencer"] = f"{next(_SEQUENCER):016X}"
             return event
 
+        def notify_as_aws(self: Any, bucket_name: str, key_name: str, version_id: str | None = None, **kw: Any) -> Any:
+            bucket = self.get_bucket(bucket_name)
+            if not getattr(bucket, "is_versioned", False) or getattr(_DELETING, "on", False):
+                return delete(self, bucket_name, key_name, version_id, **kw)
+            _DELETING.on = True  # moto's own removal event (if any) is not sent: this one is
+            try:
+                deleted, meta = delete(self, bucket_name, key_name, version_id, **kw)
+            finally:
+                _DELETING.on = False
+            if deleted:
+                event = removed.OBJECT_REMOVED_DELETE_EVENT
+                if version_id is None:
+                    event = removed.OBJECT_REMOVED_DELETE_MARKER_CREATED_EVENT
+                notifications.send_event(
+                    self.account_id, event, bucket, _Removed(key_name, version_id or meta.get("version-id"))
+                )
+            return deleted, meta
+
+        send = _MOTO_SEND = notifications.send_event
+
+        def unless_deleting(account_id: str, event_name: Any, bucket: Any, key: Any) -> None:
+            if getattr(_DELETING, "on", False) and _is_removal(event_name):
+                return
+            send(account_id, event_name, bucket, key)
+
         notifications._get_s3_event = with_version  # noqa: SLF001
+        module.send_event = unless_deleting
+        backend.delete_object = notify_as_aws
     elif not on and _MOTO_S3_EVENT is not None:
         notifications._get_s3_event = _MOTO_S3_EVENT  # noqa: SLF001
-        _MOTO_S3_EVENT = None
+        module.send_event = _MOTO_SEND
+        backend.delete_object = _MOTO_DELETE
+        _MOTO_S3_EVENT = _MOTO_DELETE = _MOTO_SEND = None
 
 
 _LISTED_PREFIX = threading.local()
