@@ -53,3 +53,12 @@ def test_a_hand_made_event_may_name_its_key_in_clear(seal):
     ref = ObjectRef.from_payload({"source": {"bucket": "ingest", "key": KEY, "ref": "obj-1"}}, seal)
     assert ref.key == KEY and ref.sealed_key is None
     assert "key" not in ref.as_payload(seal)
+
+
+def test_the_leak_check_reads_around_sealed_keys_not_through_them():
+    """Ciphertext in base64url holds any 3 letters by chance; a value in the open is still found."""
+    from tests.workflow.endstate import leaks
+
+    sealed = SEALED_KEY_PREFIX + "q9MRNx_ACC-" + "A" * 40
+    assert leaks(json.dumps({"source": {"sealed_key": sealed}}), ["MRN", "ACC"]) == []
+    assert leaks(json.dumps({"source": {"sealed_key": sealed}, "detail": "MRN 1234"}), ["MRN", "ACC"]) == ["MRN"]
