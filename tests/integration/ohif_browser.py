@@ -101,6 +101,15 @@ def dicomweb_sequence(entries: list[LoggedRequest]) -> list[str]:
     return sequence
 
 
+def in_viewer_order(kinds: list[str]) -> bool:
+    """A viewer's way through DICOMweb: QIDO for the study and its series, in either order (OHIF
+    sends the two at once, so they arrive in either), then the metadata, then frames."""
+    if "metadata" not in kinds:
+        return False
+    first_metadata = kinds.index("metadata")
+    return {"studies", "series"} <= set(kinds[:first_metadata]) and "frames" in kinds[first_metadata:]
+
+
 @dataclass
 class RequestLog:
     entries: list[LoggedRequest] = field(default_factory=list)

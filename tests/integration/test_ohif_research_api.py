@@ -27,7 +27,7 @@ import pytest
 from deidflow.local.api import LocalResearchApi
 from deidflow.local.ohif import OhifServer, app_config
 
-from .ohif_browser import OhifBrowser, dicomweb_kind
+from .ohif_browser import OhifBrowser, dicomweb_kind, in_viewer_order
 
 pytestmark = pytest.mark.integration
 
@@ -107,11 +107,6 @@ def api_log_since(api: LocalResearchApi, start: int) -> list[tuple[str, str, int
     return list(api.requests[start:])
 
 
-def is_subsequence(expected: list[str], actual: list[str]) -> bool:
-    remaining = iter(actual)
-    return all(any(item == seen for seen in remaining) for item in expected)
-
-
 def assert_clean(browser: OhifBrowser, server: OhifServer) -> None:
     """Nothing left the one origin, everything was answered, nothing in the page broke."""
     assert browser.log.foreign(server.url) == []
@@ -141,7 +136,7 @@ def open_and_check(
     served = api_log_since(api, api_first)
     kinds = dicomweb_sequence_of_paths([path for _, path, _ in served])
     print(f"{name}: the API answered {len(served)} requests: {kinds}")
-    assert is_subsequence(["studies", "series", "metadata", "frames"], kinds), kinds
+    assert in_viewer_order(kinds), kinds
     assert {status for _, _, status in served} == {200}
     assert all(study in path for _, path, _ in served if "/studies/" in path), "a request for another study"
     requests = [e for e in browser.log.entries[first:] if e.url.startswith(server.dicomweb_root + "/")]

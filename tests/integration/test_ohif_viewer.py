@@ -21,7 +21,7 @@ import pytest
 from deidflow.local.ohif import OhifServer, app_config
 from deidflow.local.orthanc import LocalOrthanc, OrthancNotInstalled, _auth_header, find_orthanc, stow_rs
 
-from .ohif_browser import OhifBrowser, dicomweb_sequence
+from .ohif_browser import OhifBrowser, dicomweb_sequence, in_viewer_order
 
 pytestmark = pytest.mark.integration
 
@@ -86,11 +86,6 @@ def browser(viewer: OhifServer, ohif_artifacts: Path) -> Iterator[OhifBrowser]:
     print(f"ohif browser session: {time.monotonic() - started:.1f} s")
 
 
-def is_subsequence(expected: list[str], actual: list[str]) -> bool:
-    remaining = iter(actual)
-    return all(any(item == seen for seen in remaining) for item in expected)
-
-
 # -- the tests ---------------------------------------------------------------------------------------
 
 
@@ -120,7 +115,7 @@ def test_the_viewer_draws_a_study_over_dicomweb(
 
     requests = [e for e in browser.log.entries[first:] if e.url.startswith(viewer.dicomweb_root + "/")]
     kinds = dicomweb_sequence(requests)
-    assert is_subsequence(["studies", "series", "metadata", "frames"], kinds), kinds
+    assert in_viewer_order(kinds), kinds
     assert all(uid in e.url for e in requests if e.path.count("/studies/")), "a request for another study"
     assert [e for e in requests if e.status != 200] == []
     # OHIF sent the configured token on every DICOMweb request; the proxy replaced it upstream.
