@@ -97,11 +97,10 @@ def start_long_lane(services: Services, ref: ObjectRef) -> str:
         raise RuntimeError("environment variable LONG_LANE_STATE_MACHINE_ARN is not set")
     version = hashlib.sha256(str(ref.version_id).encode()).hexdigest()[:12]
     name = f"{ref.ref}-{ref.action[:1]}{version}-r{ref.round}"
-    start = {"objects": [{"source": services.payload(replace(ref, lane=LONG, deadline=None))}], "skipped": []}
+    source = services.payload(replace(ref, lane=LONG, deadline=None))
+    start = {"objects": [{"source": source}], "skipped": [], "long_lane": []}
     try:
-        services.client("stepfunctions").start_execution(
-            stateMachineArn=arn, name=name, input=json.dumps({**start, "long_lane": []})
-        )
+        services.client("stepfunctions").start_execution(stateMachineArn=arn, name=name, input=json.dumps(start))
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "ExecutionAlreadyExists":
             raise
@@ -393,31 +392,26 @@ def park(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     if is_throttling(error) and ref.waits < settings.backpressure_waits:
         # Backpressure: a 100,000-object drop meets the functions' reserved concurrency and the
         # services' rates. Not a fault of the object: it waits its turn, without a round counted.
-        if not settings.ingest_queue_url:
-            raise RuntimeError("environment variable INGEST_QUEUE_URL is not set")
+        round_, waits = ref.round, ref.waits + 1
         delay = min(MAX_DELAY_SECONDS, 3 * settings.redrive_delay_seconds)
-        message = redrive_message(ref, ref.round, ref.waits + 1)
-        services.client("sqs").send_message(QueueUrl=settings.ingest_queue_url, MessageBody=message, DelaySeconds=delay)
-        detail = f"no capacity: waiting {delay} s ({ref.waits + 1} of {settings.backpressure_waits})"
-        record_status(services, ref, "parked", reason=reason, detail=detail)
-        return {"source": services.payload(ref), "status": "parked", "reason": reason, "waits": ref.waits + 1}
-    round_ = ref.round + 1
-    message = redrive_message(ref, round_, ref.waits)
-    sqs = services.client("sqs")
-    if round_ > settings.redrive_rounds:
-        if not settings.dead_letter_queue_url:
-            raise RuntimeError("environment variable DEAD_LETTER_QUEUE_URL is not set")
-        sqs.send_message(QueueUrl=settings.dead_letter_queue_url, MessageBody=message)
-        record_status(services, ref, "stalled", reason=reason, detail=f"still failing after {ref.round} redrives")
-        return {"source": services.payload(ref), "status": "stalled", "reason": reason, "round": ref.round}
+        detail = f"no capacity: waiting {delay} s ({waits} of {settings.backpressure_waits})"
+    else:
+        round_, waits = ref.round + 1, ref.waits
+        if round_ > settings.redrive_rounds:
+            if not settings.dead_letter_queue_url:
+                raise RuntimeError("environment variable DEAD_LETTER_QUEUE_URL is not set")
+            message = redrive_message(ref, round_, waits)
+            services.client("sqs").send_message(QueueUrl=settings.dead_letter_queue_url, MessageBody=message)
+            record_status(services, ref, "stalled", reason=reason, detail=f"still failing after {ref.round} redrives")
+            return {"source": services.payload(ref), "status": "stalled", "reason": reason, "round": ref.round}
+        delay = min(MAX_DELAY_SECONDS, settings.redrive_delay_seconds * 2 ** (round_ - 1))
+        detail = f"redrive {round_} of {settings.redrive_rounds} in {delay} s"
     if not settings.ingest_queue_url:
         raise RuntimeError("environment variable INGEST_QUEUE_URL is not set")
-    delay = min(MAX_DELAY_SECONDS, settings.redrive_delay_seconds * 2 ** (round_ - 1))
-    sqs.send_message(QueueUrl=settings.ingest_queue_url, MessageBody=message, DelaySeconds=delay)
-    record_status(
-        services, ref, "parked", reason=reason, detail=f"redrive {round_} of {settings.redrive_rounds} in {delay} s"
-    )
-    return {"source": services.payload(ref), "status": "parked", "reason": reason, "round": round_}
+    message = redrive_message(ref, round_, waits)
+    services.client("sqs").send_message(QueueUrl=settings.ingest_queue_url, MessageBody=message, DelaySeconds=delay)
+    record_status(services, ref, "parked", reason=reason, detail=detail)
+    return {"source": services.payload(ref), "status": "parked", "reason": reason, "round": round_, "waits": waits}
 
 
 # The claim attribute WithdrawSource holds while it takes an instance out (the version it withdraws):

@@ -432,13 +432,7 @@ class LocalWorkflow:
                 continue
             batch = self.enrich([self._pipe_record(m) for m in messages])
             if batch is None:  # the Pipe leaves the batch on the queue: it comes back (or, in time, to the DLQ)
-                self.sqs.change_message_visibility_batch(
-                    QueueUrl=self.queue_url,
-                    Entries=[
-                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                        for i, m in enumerate(messages)
-                    ],
-                )
+                self._visible_again(messages)
                 continue
             report = self.run_execution(batch, timeout=timeout)
             reports.append(report)
@@ -454,14 +448,18 @@ class LocalWorkflow:
                     Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
                 )
             if again:
-                self.sqs.change_message_visibility_batch(
-                    QueueUrl=self.queue_url,
-                    Entries=[
-                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                        for i, m in enumerate(again)
-                    ],
-                )
+                self._visible_again(again)
         return reports
+
+    def _visible_again(self, messages: list[dict[str, Any]]) -> None:
+        """Messages the Pipe gives back: received again at once (here, no visibility timeout to wait out)."""
+        self.sqs.change_message_visibility_batch(
+            QueueUrl=self.queue_url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                for i, m in enumerate(messages)
+            ],
+        )
 
     def enrich(self, records: list[dict[str, Any]]) -> dict[str, Any] | None:
         """The Pipe's enrichment: ExpandBatch invoked with the batch, its answer the execution's
