@@ -29,6 +29,7 @@ except ImportError:
 from deidflow.pixels import (  # noqa: E402
     PixelPolicy,
     decode_frame,
+    detect_text,
     make_detector,
     redact_burned_in_text,
     render_for_detection,
@@ -86,7 +87,7 @@ def main() -> None:
         native = build_dataset(frames)
         print(
             f"{size_name:>10} | {'local detector (rapidocr DB, ONNX)':<38} | "
-            f"{timed(lambda f=frames[0]: detector.detect(f), repeats) * 1000:9.1f}"
+            f"{timed(lambda f=frames[0]: detect_text(detector, f), repeats) * 1000:9.1f}"
         )
         frame, photometric = decode_frame(native, 0)
         render_cost = timed(lambda f=frame, d=native, p=photometric: render_for_detection(f, d, p), repeats)
@@ -99,7 +100,7 @@ def main() -> None:
         frame16, photometric16 = decode_frame(grey16, 0)
         render_cost = timed(lambda f=frame16, d=grey16, p=photometric16: render_for_detection(f, d, p), repeats)
         print(f"{size_name:>10} | {'render for detection, 12-bit windowed':<38} | {render_cost * 1000:9.1f}")
-        boxes = tuple((b.x0, b.y0, b.x1, b.y1) for b in detector.detect(frames[0]))
+        boxes = tuple((b.x0, b.y0, b.x1, b.y1) for b in detect_text(detector, frames[0]))
         policy = PixelPolicy(mode="always", manual_boxes=boxes)
         for syntax_name, syntax in SYNTAXES.items():
             source = roundtrip(to_syntax(native, syntax))

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from deidflow.pixels import DetectorUnavailable, NoDetector, RedactionBox, make_detector
+from deidflow.pixels import DetectorUnavailable, NoDetector, RedactionBox, detect_text, make_detector
 from deidflow.pixels.detectors import TesseractDetector, iter_tiles
 from pixel_testdata import TextSpec, text_frames
 
@@ -37,7 +37,7 @@ def test_local_detector_finds_many_fonts_sizes_and_colours(background, local_det
     if background == "flat":  # dark ink on a light page
         texts = tuple(TextSpec(t.text, t.x, t.y, t.font, t.size, tuple(c // 3 for c in t.color)) for t in texts)
     frames, mask, _ = text_frames(1, background=background, texts=texts, seed=11)
-    boxes = local_detector.detect(frames[0])
+    boxes = detect_text(local_detector, frames[0])
     assert covered_fraction(boxes, mask) >= 0.99
     assert all(box.source == "ocr" and 0.0 < box.confidence <= 1.0 for box in boxes)
 
@@ -60,22 +60,22 @@ def test_local_detector_tiles_frames_larger_than_its_limit():
         texts=tuple(TextSpec(t.text, t.x, t.y, t.font, t.size, (0, 0, 0)) for t in texts),
     )
     assert len(list(iter_tiles(rows, columns, 640, 96))) == 3
-    boxes = detector.detect(frames[0])
+    boxes = detect_text(detector, frames[0])
     assert covered_fraction(boxes, mask) >= 0.99
 
 
 def test_local_detector_on_empty_frames_finds_nothing(local_detector):
-    assert local_detector.detect(np.zeros((480, 640, 3), dtype=np.uint8)) == []
+    assert detect_text(local_detector, np.zeros((480, 640, 3), dtype=np.uint8)) == []
     flat = np.full((300, 300, 3), 128, dtype=np.uint8)
-    assert local_detector.detect(flat) == []
+    assert detect_text(local_detector, flat) == []
 
 
 def test_detectors_reject_frames_that_are_not_rgb8(local_detector):
     for detector in (NoDetector(), local_detector):
         with pytest.raises(ValueError):
-            detector.detect(np.zeros((10, 10), dtype=np.uint8))
+            detect_text(detector, np.zeros((10, 10), dtype=np.uint8))
         with pytest.raises(ValueError):
-            detector.detect(np.zeros((10, 10, 3), dtype=np.uint16))
+            detect_text(detector, np.zeros((10, 10, 3), dtype=np.uint16))
 
 
 def test_tesseract_is_optional():
@@ -84,7 +84,7 @@ def test_tesseract_is_optional():
             make_detector("tesseract")
         return
     frames, mask, _ = text_frames(1, background="flat", seed=12)
-    boxes = TesseractDetector().detect(frames[0])
+    boxes = detect_text(TesseractDetector(), frames[0])
     assert boxes and covered_fraction(boxes, mask, margin=6) > 0.5
 
 
@@ -95,12 +95,12 @@ def test_speckle_without_text_is_not_blanked(local_detector):
     for seed in range(4):
         grey = ultrasound_background(480, 640, np.random.default_rng(100 + seed))
         frame = np.repeat(grey[:, :, None], 3, axis=2)
-        boxes = local_detector.detect(frame)
+        boxes = detect_text(local_detector, frame)
         assert sum(box.area for box in boxes) < 0.01 * 480 * 640, boxes
 
 
 def test_tall_real_text_survives_verification(local_detector):
     texts = (TextSpec("HUGE NAME", 20, 100, "aileron", 90, (255, 255, 255)),)
     frames, mask, _ = text_frames(1, background="ultrasound", texts=texts, seed=14)
-    boxes = local_detector.detect(frames[0])
+    boxes = detect_text(local_detector, frames[0])
     assert covered_fraction(boxes, mask) >= 0.99

@@ -146,7 +146,7 @@ def test_policy_from_rules_data():
 
 def test_detector_factory_names():
     assert make_detector("none").name == "none"
-    assert make_detector(" NONE ").detect.__self__.name == "none"
+    assert make_detector(" NONE ").read.__self__.name == "none"
     with pytest.raises(ValueError, match="unknown text detector"):
         make_detector("crystal-ball")
 

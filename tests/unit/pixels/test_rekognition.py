@@ -14,7 +14,7 @@ import botocore.session
 from botocore.awsrequest import AWSResponse
 from botocore.stub import ANY, Stubber
 from deidflow.cloud.services import make_rekognition_client
-from deidflow.pixels import DetectionError, RedactionBox, make_detector
+from deidflow.pixels import DetectionError, RedactionBox, detect_text, make_detector
 from deidflow.pixels.detectors.rekognition import MAX_IMAGE_BYTES, RekognitionDetector
 
 
@@ -68,7 +68,7 @@ def test_normalised_boxes_become_pixels():
             },
             {"Image": {"Bytes": ANY}},
         )
-        boxes = RekognitionDetector(rekognition).detect(frame)
+        boxes = detect_text(RekognitionDetector(rekognition), frame)
         stub.assert_no_pending_responses()
     # the word box lies inside the line box and is merged away
     assert boxes == [RedactionBox(64, 120, 384, 144, 0.99, "rekognition")]
@@ -84,7 +84,7 @@ def test_sent_image_is_png_of_the_frame():
     )
     with Stubber(rekognition) as stub:
         stub.add_response("detect_text", {"TextDetections": []}, {"Image": {"Bytes": ANY}})
-        RekognitionDetector(rekognition).detect(frame)
+        detect_text(RekognitionDetector(rekognition), frame)
     assert png_size(sent[0]) == (300, 200)
     # decode our own PNG (filter 0 rows) and compare with the frame
     idat = sent[0][sent[0].index(b"IDAT") + 4 :]
@@ -103,7 +103,7 @@ def test_small_frames_are_padded_to_80_pixels_and_boxes_clipped():
             {"TextDetections": [detection("WORD", 0.0, 0.25, 0.5, 0.5)]},
             {"Image": {"Bytes": ANY}},
         )
-        boxes = RekognitionDetector(rekognition).detect(frame)
+        boxes = detect_text(RekognitionDetector(rekognition), frame)
     assert boxes == [RedactionBox(0, 20, 100, 40, 0.99, "rekognition")]
 
 
@@ -118,7 +118,7 @@ def test_large_frames_are_tiled_with_overlap():
                 {"TextDetections": [detection("WORD", 0.0, 0.0, 0.1, 0.05)]},
                 {"Image": {"Bytes": ANY}},
             )
-        boxes = detector.detect(frame)
+        boxes = detect_text(detector, frame)
         stub.assert_no_pending_responses()
     assert detector.requests_sent == 4
     # one box per tile, offset by the tile origin (0 or 2000 - 1024 = 976)
@@ -139,7 +139,7 @@ def test_dense_frames_are_split_when_the_word_limit_is_hit():
                 {"TextDetections": [detection("WORD", 0.5, 0.5, 0.1, 0.1)]},
                 {"Image": {"Bytes": ANY}},
             )
-        boxes = detector.detect(frame)
+        boxes = detect_text(detector, frame)
         stub.assert_no_pending_responses()
     assert detector.requests_sent == 5
     assert len(boxes) >= 100
@@ -158,7 +158,7 @@ def test_frames_too_big_for_5_mb_are_split():
     with Stubber(rekognition) as stub:
         for _ in range(4):
             stub.add_response("detect_text", {"TextDetections": []}, {"Image": {"Bytes": ANY}})
-        detector.detect(frame)
+        detect_text(detector, frame)
     assert len(sizes) == 4 and max(sizes) <= MAX_IMAGE_BYTES
 
 
@@ -167,7 +167,7 @@ def test_service_errors_fail_the_frame_instead_of_passing_it_clean():
     with Stubber(rekognition) as stub:
         stub.add_client_error("detect_text", "InvalidImageFormatException", http_status_code=400)
         with pytest.raises(DetectionError, match="InvalidImageFormatException"):
-            RekognitionDetector(rekognition).detect(np.zeros((100, 100, 3), dtype=np.uint8))
+            detect_text(RekognitionDetector(rekognition), np.zeros((100, 100, 3), dtype=np.uint8))
 
 
 class FakeRaw:
@@ -197,12 +197,12 @@ def test_throttling_is_retried_by_the_client(monkeypatch):
         )
 
     rekognition.meta.events.register("before-send.rekognition.DetectText", send)
-    boxes = RekognitionDetector(rekognition).detect(np.zeros((100, 100, 3), dtype=np.uint8))
+    boxes = detect_text(RekognitionDetector(rekognition), np.zeros((100, 100, 3), dtype=np.uint8))
     assert calls == [400, 400, 200]
     assert boxes == [RedactionBox(0, 0, 50, 50, 0.99, "rekognition")]
 
 
 def test_factory_builds_rekognition_with_a_given_client():
     rekognition = client()
-    detector = make_detector("rekognition", client=rekognition, min_confidence=50.0)
+    detector = make_detector("rekognition", client=rekognition)
     assert isinstance(detector, RekognitionDetector) and detector.client is rekognition

@@ -18,6 +18,7 @@ from .detectors import (
     RekognitionDetector,
     TesseractDetector,
     TextDetector,
+    detect_text,
     make_detector,
 )
 from .encode import EncodingPlan, PixelEncodeError, plan_encoding
@@ -32,6 +33,7 @@ from .policy import (
 )
 from .redact import PixelResult, clear_embedded_overlays, redact_burned_in_text, remove_overlays_and_icons
 from .render import PixelDecodeError, PixelsTooLarge, PixelsUntrusted, decode_frame, render_for_detection
+from .text_filter import TextFilter, TextReading
 
 __all__ = [
     "DetectionError",
@@ -51,8 +53,11 @@ __all__ = [
     "RekognitionDetector",
     "TesseractDetector",
     "TextDetector",
+    "TextFilter",
+    "TextReading",
     "clear_embedded_overlays",
     "decode_frame",
+    "detect_text",
     "fixed_boxes",
     "frames_to_detect",
     "make_detector",

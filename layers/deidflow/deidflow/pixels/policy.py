@@ -11,6 +11,7 @@ from pydicom import Dataset
 from ..dicomraw.read import text_value
 from ..tags import PIXEL_DATA_KEYWORDS
 from .boxes import RedactionBox
+from .text_filter import TextFilter
 
 ScanMode = Literal["auto", "always", "never"]
 FrameSampling = Literal["sample", "all"]
@@ -142,6 +143,8 @@ class PixelPolicy:
     remove_overlays / remove_icons: drop 60xx overlay groups and IconImageSequence everywhere.
     allow_unscanned: publish an instance whose pixels must be scanned when the detector is "none"
         and no fixed box applies (pixels nobody looked at); off, such an instance is rejected.
+    text_filter: which detected boxes hold text and are redacted (text_filter.py; rules:
+        ``pixels.text_filter``, a mapping of its thresholds).
     """
 
     mode: ScanMode = "auto"
@@ -158,6 +161,7 @@ class PixelPolicy:
     remove_icons: bool = True
     detector_options: Mapping[str, Any] = field(default_factory=dict)
     max_decoded_bytes: int | None = None  # what decoding for a scan may take (rules: accept.max_decoded_mb)
+    text_filter: TextFilter = field(default_factory=TextFilter)
 
     def __post_init__(self) -> None:
         if self.mode not in SCAN_MODES:
@@ -168,6 +172,8 @@ class PixelPolicy:
             raise ValueError("margin and sample_every must be >= 0")
         if self.lossy_output not in ("explicit-vr-little-endian", "jpeg-2000-lossless"):
             raise ValueError(f"unknown lossy_output {self.lossy_output!r}")
+        if not isinstance(self.text_filter, TextFilter):
+            object.__setattr__(self, "text_filter", TextFilter.from_mapping(dict(self.text_filter)))
         object.__setattr__(self, "manual_boxes", tuple(_box_from_spec(b, "manual") for b in self.manual_boxes))
         object.__setattr__(
             self,

@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRBigEndian
 
 from ..tags import is_overlay_group
 from .boxes import RedactionBox, merge_boxes
-from .detectors import NoDetector, TextDetector
+from .detectors import NoDetector, TextDetector, detect_text
 from .encode import plan_encoding, record_lossy_history, write_frames
 from .policy import PixelPolicy, fixed_boxes, frames_to_detect, needs_pixel_scan
 from .render import (
@@ -198,7 +198,7 @@ def redact_burned_in_text(ds: Dataset, policy: PixelPolicy, detector: TextDetect
     found: list[RedactionBox] = []
     for index, frame, photometric in iter_decoded_frames(ds, detect_on):
         decoded[index] = frame
-        found.extend(detector.detect(render_for_detection(frame, ds, photometric, index)))
+        found.extend(detect_text(detector, render_for_detection(frame, ds, photometric, index), policy.text_filter))
     result.frames_scanned = tuple(detect_on)
 
     boxes = _clip_boxes(fixed_boxes(ds, policy) + found, policy.margin, columns, rows)

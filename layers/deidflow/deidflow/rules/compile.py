@@ -40,6 +40,13 @@ def _as_list(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+def _frozen(value: Any) -> Any:
+    """A rules value a frozen RuleSet can hold: mappings become sorted (key, value) pairs."""
+    if isinstance(value, dict):
+        return tuple(sorted((key, _frozen(item)) for key, item in value.items()))
+    return value
+
+
 def _parse_add_tag_target(text: str) -> int:
     if re.fullmatch(r"[0-9A-Fa-f]{8}", text):
         return int(text, 16)
@@ -105,7 +112,7 @@ class _Compiler:
             categories=tuple(categories),
             scope_to_forward=forward,
             transformations=tuple(transformations),
-            pixels=tuple(sorted(data.get("pixels", {}).items())),
+            pixels=tuple(sorted((key, _frozen(value)) for key, value in data.get("pixels", {}).items())),
             source=self.where,
         )
 

@@ -8,6 +8,7 @@ import jsonschema
 
 from ..pixels.detectors import DETECTOR_FACTORIES
 from ..pixels.policy import FRAME_SAMPLINGS, LOSSY_OUTPUTS, SCAN_MODES
+from ..pixels.text_filter import TextFilter
 from ..profile import ProfileOptions
 from ..tags import STANDARD_VRS
 from .source import line_for, path_text
@@ -85,6 +86,14 @@ SCHEMA: dict[str, Any] = {
                 "trust_no_for_text_prone": {"type": "boolean"},
                 "allow_unscanned": {"type": "boolean"},
                 "lossy_output": {"enum": list(LOSSY_OUTPUTS)},
+                "text_filter": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        name: {"type": "boolean"} if name == "enabled" else {"type": "number", "minimum": 0}
+                        for name in TextFilter.__dataclass_fields__
+                    },
+                },
             },
         },
         "labels": {

@@ -255,9 +255,9 @@ class _BusyDetector:
         self._injector = injector
         self.name = detector.name
 
-    def detect(self, frame_rgb8: Any) -> Any:
+    def read(self, frame_rgb8: Any) -> Any:
         self._injector.busy()
-        return self._detector.detect(frame_rgb8)
+        return self._detector.read(frame_rgb8)
 
 
 class _ScaledClock:

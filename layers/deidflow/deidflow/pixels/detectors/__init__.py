@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .base import DetectionError, DetectorBusy, DetectorUnavailable, NoDetector, TextDetector, check_frame, iter_tiles
+from .base import (
+    DetectionError,
+    DetectorBusy,
+    DetectorUnavailable,
+    NoDetector,
+    TextDetector,
+    check_frame,
+    detect_text,
+    iter_tiles,
+)
 from .rapidocr import RapidOcrDetector
 from .rekognition import RekognitionDetector
 from .tesseract import TesseractDetector
@@ -53,6 +62,7 @@ __all__ = [
     "TesseractDetector",
     "TextDetector",
     "check_frame",
+    "detect_text",
     "iter_tiles",
     "make_detector",
 ]

@@ -1,5 +1,10 @@
-"""What every text detector is: one rendered frame (rows, columns, 3) uint8 RGB in, pixel boxes
-around text out; and the tiling the back-ends share.
+"""What every text detector is: one rendered frame (rows, columns, 3) uint8 RGB in, candidate
+boxes with what was read in them out; the filter that turns candidates into redaction boxes; and
+the tiling the back-ends share.
+
+Back-ends report what they saw (``TextReading``: box, characters, confidence) and decide nothing:
+``detect_text`` passes every candidate through the rules' ``TextFilter`` (text_filter.py), so the
+local model, Rekognition and Tesseract are held to the same evidence.
 
 Back-ends must fail loudly (raise DetectionError) rather than return "no text" when they could
 not look: an empty list means "looked and found nothing", and that decides whether pixels are
@@ -13,7 +18,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..boxes import RedactionBox
+from ..boxes import RedactionBox, merge_boxes
+from ..text_filter import TextFilter, TextReading
 
 
 class DetectionError(Exception):
@@ -31,11 +37,19 @@ class DetectorBusy(DetectionError):
 
 @runtime_checkable
 class TextDetector(Protocol):
-    """One frame in, pixel boxes around text out."""
+    """One frame in, candidate text boxes and their readings out."""
 
     name: str
 
-    def detect(self, frame_rgb8: np.ndarray) -> list[RedactionBox]: ...
+    def read(self, frame_rgb8: np.ndarray) -> list[TextReading]: ...
+
+
+def detect_text(
+    detector: TextDetector, frame_rgb8: np.ndarray, text_filter: TextFilter | None = None
+) -> list[RedactionBox]:
+    """The boxes to redact in one rendered frame: the detector's candidates the filter keeps."""
+    readings = detector.read(frame_rgb8)
+    return merge_boxes((text_filter or TextFilter()).boxes(readings, frame_rgb8))
 
 
 def check_frame(frame_rgb8: np.ndarray) -> None:
@@ -48,7 +62,7 @@ class NoDetector:
 
     name = "none"
 
-    def detect(self, frame_rgb8: np.ndarray) -> list[RedactionBox]:
+    def read(self, frame_rgb8: np.ndarray) -> list[TextReading]:
         check_frame(frame_rgb8)
         return []
 

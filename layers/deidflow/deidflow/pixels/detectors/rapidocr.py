@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import RedactionBox, box_from_points, merge_boxes
+from ..text_filter import TextReading, text_lines
 from .base import DetectorUnavailable, check_frame, iter_tiles
 
 
@@ -28,7 +29,7 @@ def _load_db_detector(threads: int) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def _load_recognizer() -> Any:
-    """The PP-OCRv4 recognition model, only loaded when a tall box needs a second opinion."""
+    """The PP-OCRv4 recognition model (about 10 MB), loaded on first use."""
     from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
     from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
     from rapidocr_onnxruntime.utils import read_yaml, update_model_path
@@ -36,20 +37,48 @@ def _load_recognizer() -> Any:
     return TextRecognizer(update_model_path(read_yaml(DEFAULT_CFG_PATH))["Rec"])
 
 
+def _is_convincing(text: str, confidence: float) -> bool:
+    """A first reading needs no second look: several Latin letters or digits, read with confidence."""
+    return sum(1 for c in text if c.isascii() and c.isalnum()) >= 2 and confidence >= 0.9
+
+
+def _second_looks(crop_bgr: np.ndarray) -> list[np.ndarray]:
+    """Other ways to show the recogniser a crop it could not read: the verification pass.
+
+    The recognition model reads one horizontal line of upright glyphs at about 48 px. Labels that
+    are not that - letters stacked one above the other ("R" over "I" at a CT's edge, "CM/S" beside
+    a colour bar), text turned 90 degrees, small faint grey on grey - are shown to it as one
+    contrast-stretched line, restacked side by side, and turned both ways.
+    """
+    low, high = crop_bgr.min(axis=(0, 1), keepdims=True), crop_bgr.max(axis=(0, 1), keepdims=True)
+    stretched = ((crop_bgr - low) * (255.0 / np.maximum(high - low, 1))).astype(np.uint8)
+    scale = max(1, -(-32 // max(stretched.shape[0], 1)))
+    if scale > 1:
+        stretched = np.repeat(np.repeat(stretched, scale, axis=0), scale, axis=1)
+    looks = [stretched, np.ascontiguousarray(np.rot90(stretched, 1)), np.ascontiguousarray(np.rot90(stretched, -1))]
+    lines = text_lines(crop_bgr[:, :, ::-1])
+    if len(lines) > 1:
+        tallest = max(stop - start for start, stop in lines)
+        gap = np.zeros((tallest, max(tallest // 2, 2), 3), dtype=np.uint8)
+        pieces: list[np.ndarray] = []
+        for start, stop in lines:
+            piece = np.zeros((tallest, crop_bgr.shape[1], 3), dtype=np.uint8)
+            piece[: stop - start] = crop_bgr[start:stop]
+            pieces.extend([piece, gap])
+        looks.append(np.ascontiguousarray(np.concatenate(pieces, axis=1)))
+    return looks
+
+
 class RapidOcrDetector:
-    """Offline text detection with the PP-OCRv4 DB model shipped in rapidocr-onnxruntime.
+    """Offline text detection with the PP-OCRv4 models shipped in rapidocr-onnxruntime.
 
-    Only the detection model runs: redaction needs *where* text is, not what it says, and
-    skipping recognition halves the cost. Thresholds default lower than rapidocr's own (0.5)
-    because a missed caption leaks identity while an extra box only blanks a little image.
-    The wheel is self-contained (models inside, no download at run time); it supports
-    Python < 3.13.
+    The DB detection model proposes boxes; the recognition model reads each one, so that the text
+    filter (text_filter.py) can tell a caption from a bladder by its characters. Thresholds default
+    lower than rapidocr's own (0.5) because a missed caption leaks identity; the filter, not the
+    detector's score, removes what is not text. A box whose first reading is not convincing is
+    read again in other forms (``_second_looks``), and those readings go to the filter too.
 
-    Tall boxes (taller than ``tall_box_fraction`` of the frame and ``tall_box_pixels``) are
-    where the detector's false positives live: speckle, round anatomy. Those alone are read by
-    the recognition model and kept only if it reads characters with at least
-    ``min_recognition_score``; ordinary caption-height boxes are always kept. Measured here:
-    speckle and anatomy score 0.05-0.07, real large captions 0.99.
+    The wheel is self-contained (models inside, no download at run time).
     """
 
     name = "rapidocr"
@@ -64,10 +93,6 @@ class RapidOcrDetector:
         max_side: int = 2048,
         tile_overlap: int = 96,
         threads: int = -1,
-        verify_tall_boxes: bool = True,
-        tall_box_fraction: float = 0.08,
-        tall_box_pixels: int = 40,
-        min_recognition_score: float = 0.3,
     ) -> None:
         self.box_threshold = box_threshold
         self.pixel_threshold = pixel_threshold
@@ -75,19 +100,17 @@ class RapidOcrDetector:
         self.min_side = min_side
         self.max_side = max_side
         self.tile_overlap = tile_overlap
-        self.verify_tall_boxes = verify_tall_boxes
-        self.tall_box_fraction = tall_box_fraction
-        self.tall_box_pixels = tall_box_pixels
-        self.min_recognition_score = min_recognition_score
         self._model = _load_db_detector(threads)
 
-    def _is_tall(self, box: RedactionBox, rows: int) -> bool:
-        return box.height > max(self.tall_box_pixels, self.tall_box_fraction * rows)
-
-    def _reads_as_text(self, box: RedactionBox, bgr: np.ndarray) -> bool:
-        readings, _ = _load_recognizer()([np.ascontiguousarray(bgr[box.y0 : box.y1, box.x0 : box.x1])])
-        text, score = readings[0][0], float(readings[0][1])
-        return bool(text.strip()) and score >= self.min_recognition_score
+    def _reading(self, box: RedactionBox, bgr: np.ndarray) -> TextReading:
+        crop = np.ascontiguousarray(bgr[box.y0 : box.y1, box.x0 : box.x1])
+        recognise = _load_recognizer()
+        (first,), _ = recognise([crop])
+        text, confidence = str(first[0]), float(first[1])
+        if _is_convincing(text, confidence):
+            return TextReading(box, text, confidence)
+        looks, _ = recognise(_second_looks(crop))
+        return TextReading(box, text, confidence, tuple((str(t), float(c)) for t, c in looks))
 
     def _detect_region(self, region_bgr: np.ndarray) -> list[tuple[np.ndarray, float]]:
         model = self._model
@@ -109,7 +132,7 @@ class RapidOcrDetector:
         boxes, scores = post(probability_map, (rows, columns))
         return [(np.asarray(box, dtype=np.float64), float(score)) for box, score in zip(boxes, scores, strict=True)]
 
-    def detect(self, frame_rgb8: np.ndarray) -> list[RedactionBox]:
+    def read(self, frame_rgb8: np.ndarray) -> list[TextReading]:
         check_frame(frame_rgb8)
         rows, columns = frame_rgb8.shape[:2]
         # the model was trained on BGR input (OpenCV order)
@@ -122,9 +145,7 @@ class RapidOcrDetector:
                 continue
             for points, score in self._detect_region(region):
                 box = box_from_points(points, score, "ocr").shifted(x0, y0).clipped(columns, rows)
-                if box is None:
-                    continue
-                if self.verify_tall_boxes and self._is_tall(box, rows) and not self._reads_as_text(box, bgr):
-                    continue
-                found.append(box)
-        return merge_boxes(found)
+                if box is not None:
+                    found.append(box)
+        # tiles overlap: a caption seen whole in two of them is read once
+        return [self._reading(box, bgr) for box in merge_boxes(found)]

@@ -9,6 +9,9 @@ Limits this works around (Rekognition "Guidelines and quotas", DetectText refere
 * at most 100 words per image - a dense frame is split into overlapping quadrants and each is
   sent again, so words beyond the first 100 are not silently left unredacted;
 * small text in a big image is missed more often, so big frames are tiled from the start.
+
+Every WORD and LINE comes back as a ``TextReading`` with its ``DetectedText`` and ``Confidence``:
+the text filter (text_filter.py) decides which are redacted, by the same rules as the local model.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..boxes import RedactionBox, merge_boxes
+from ..boxes import RedactionBox
 from ..png import encode_png
+from ..text_filter import TextReading
 from .base import DetectionError, DetectorBusy, check_frame, iter_tiles
 
 log = logging.getLogger(__name__)
@@ -41,33 +45,30 @@ class RekognitionDetector:
         max_tile_side: int = 1280,
         tile_overlap: int = 64,
         max_split_depth: int = 3,
-        min_confidence: float = 0.0,
     ) -> None:
         self.client = client
         self.max_tile_side = max_tile_side
         self.tile_overlap = tile_overlap
         self.max_split_depth = max_split_depth
-        self.min_confidence = min_confidence
         self.requests_sent = 0
         retries = getattr(getattr(getattr(client, "meta", None), "config", None), "retries", None)
         if not retries or retries.get("mode") != "adaptive":
             # not an error: the caller may retry at its own level; but throttling is likely
             log.warning("Rekognition client has no adaptive retry mode; throttling may fail frames")
 
-    def detect(self, frame_rgb8: np.ndarray) -> list[RedactionBox]:
+    def read(self, frame_rgb8: np.ndarray) -> list[TextReading]:
         check_frame(frame_rgb8)
         rows, columns = frame_rgb8.shape[:2]
-        found: list[RedactionBox] = []
+        found: list[TextReading] = []
         for x0, y0, x1, y1 in iter_tiles(rows, columns, self.max_tile_side, self.tile_overlap):
             found.extend(self._detect_region(frame_rgb8, x0, y0, x1, y1, depth=0))
-        clipped = [b for b in (box.clipped(columns, rows) for box in found) if b is not None]
-        return merge_boxes(clipped)
+        return found
 
-    def _split(self, frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, depth: int) -> list[RedactionBox]:
+    def _split(self, frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, depth: int) -> list[TextReading]:
         half_w = (x1 - x0 + 1) // 2
         half_h = (y1 - y0 + 1) // 2
         overlap = min(self.tile_overlap, half_w // 2, half_h // 2)
-        found: list[RedactionBox] = []
+        found: list[TextReading] = []
         for qy0, qy1 in ((y0, y0 + half_h + overlap), (y1 - half_h - overlap, y1)):
             for qx0, qx1 in ((x0, x0 + half_w + overlap), (x1 - half_w - overlap, x1)):
                 found.extend(
@@ -75,7 +76,7 @@ class RekognitionDetector:
                 )
         return found
 
-    def _detect_region(self, frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, depth: int) -> list[RedactionBox]:
+    def _detect_region(self, frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, depth: int) -> list[TextReading]:
         region = frame[y0:y1, x0:x1]
         can_split = depth < self.max_split_depth and min(x1 - x0, y1 - y0) >= 2 * MIN_IMAGE_SIDE
         image = _pad_to_minimum(region)
@@ -86,14 +87,12 @@ class RekognitionDetector:
             raise DetectionError("frame region cannot be encoded under Rekognition's 5 MB limit")
         response = self._call(payload)
         sent_rows, sent_columns = image.shape[:2]
-        found: list[RedactionBox] = []
+        found: list[TextReading] = []
         words = 0
         for detection in response.get("TextDetections", []):
             if detection.get("Type") == "WORD":
                 words += 1
-            confidence = float(detection.get("Confidence", 100.0))
-            if confidence < self.min_confidence:
-                continue
+            confidence = float(detection.get("Confidence", 0.0))
             geometry = detection.get("Geometry", {}).get("BoundingBox")
             if not geometry:
                 continue
@@ -112,7 +111,9 @@ class RekognitionDetector:
             # padding added to reach 80 px is not part of the frame
             inside = box.clipped(x1 - x0, y1 - y0)
             if inside is not None:
-                found.append(inside.shifted(x0, y0))
+                found.append(
+                    TextReading(inside.shifted(x0, y0), str(detection.get("DetectedText", "")), confidence / 100)
+                )
         if words >= WORD_LIMIT and can_split:
             # DetectText stops at 100 words: anything past them is unknown, so look closer.
             found.extend(self._split(frame, x0, y0, x1, y1, depth))

@@ -10,8 +10,9 @@ import subprocess
 
 import numpy as np
 
-from ..boxes import RedactionBox, merge_boxes
+from ..boxes import RedactionBox
 from ..png import encode_png
+from ..text_filter import TextReading
 from .base import DetectionError, DetectorUnavailable, check_frame
 
 
@@ -44,7 +45,7 @@ class TesseractDetector:
         self.upscale = max(int(upscale), 1)
         self.timeout_seconds = timeout_seconds
 
-    def detect(self, frame_rgb8: np.ndarray) -> list[RedactionBox]:
+    def read(self, frame_rgb8: np.ndarray) -> list[TextReading]:
         check_frame(frame_rgb8)
         rows, columns = frame_rgb8.shape[:2]
         grey = frame_rgb8.max(axis=2)
@@ -72,7 +73,7 @@ class TesseractDetector:
             )
         except (subprocess.SubprocessError, OSError) as exc:
             raise DetectionError(f"tesseract failed: {type(exc).__name__}") from exc
-        found: list[RedactionBox] = []
+        found: list[TextReading] = []
         reader = csv.DictReader(
             io.StringIO(completed.stdout.decode("utf-8", "replace")), delimiter="\t", quoting=csv.QUOTE_NONE
         )
@@ -90,5 +91,5 @@ class TesseractDetector:
             box = RedactionBox(left, top, right, bottom, confidence / 100.0, "tesseract")
             clipped = box.clipped(columns, rows)
             if clipped is not None:
-                found.append(clipped)
-        return merge_boxes(found)
+                found.append(TextReading(clipped, row["text"], max(confidence, 0.0) / 100.0))
+        return found
