@@ -14,7 +14,7 @@ from .boxes import RedactionBox
 from .text_filter import TextFilter
 
 ScanMode = Literal["auto", "always", "never"]
-FrameSampling = Literal["sample", "all"]
+FrameSampling = Literal["changes", "sample", "all"]
 LossyOutput = Literal["explicit-vr-little-endian", "jpeg-2000-lossless"]
 # The same words as values, for the rules' schema and the checks below.
 SCAN_MODES: tuple[str, ...] = get_args(ScanMode)
@@ -134,8 +134,12 @@ class PixelPolicy:
     manual_boxes: always redacted on scanned instances (research-pacs "Manual" regions).
     device_signatures: boxes redacted when the header matches (CTP-style signatures).
     margin: pixels added around every box before filling.
-    frame_sampling: "sample" = detect on first, middle, last and every ``sample_every``-th frame,
-        then redact the union in all frames; "all" = detect on every frame.
+    frame_sampling: which frames of a cine the detector looks at; what it finds on them is
+        redacted in every frame. "sample": first, middle, last and every ``sample_every``-th
+        frame. "changes" (the default): those, and every frame showing text-like strokes that
+        no frame detected so far showed, outside the boxes already found (see sampling.py), so
+        that text in a few frames only is not missed; every frame is decoded and rendered for
+        that, a few milliseconds each against the detector's tens to hundreds. "all": every frame.
     trust_no_for_text_prone: whether BurnedInAnnotation NO is believed for US/XA/SC/...;
         off by default because devices and converters set it wrongly and a leak costs more
         than a scan.
@@ -153,7 +157,7 @@ class PixelPolicy:
     manual_boxes: tuple[RedactionBox, ...] = ()
     device_signatures: tuple[DeviceSignature, ...] = ()
     margin: int = 4
-    frame_sampling: FrameSampling = "sample"
+    frame_sampling: FrameSampling = "changes"
     sample_every: int = 10
     trust_no_for_text_prone: bool = False
     lossy_output: LossyOutput = "explicit-vr-little-endian"
@@ -167,7 +171,7 @@ class PixelPolicy:
         if self.mode not in SCAN_MODES:
             raise ValueError(f"pixel mode must be auto, always or never, not {self.mode!r}")
         if self.frame_sampling not in FRAME_SAMPLINGS:
-            raise ValueError(f"frame_sampling must be sample or all, not {self.frame_sampling!r}")
+            raise ValueError(f"frame_sampling must be one of {', '.join(FRAME_SAMPLINGS)}, not {self.frame_sampling!r}")
         if self.margin < 0 or self.sample_every < 0:
             raise ValueError("margin and sample_every must be >= 0")
         if self.lossy_output not in ("explicit-vr-little-endian", "jpeg-2000-lossless"):
@@ -242,7 +246,9 @@ def needs_pixel_scan(ds: Dataset, policy: PixelPolicy) -> tuple[bool, str]:
 
 
 def frames_to_detect(number_of_frames: int, policy: PixelPolicy) -> list[int]:
-    """Frame indices the detector looks at: first, middle, last and every Nth, or all."""
+    """The fixed frame indices the detector looks at: first, middle, last and every Nth, or all.
+
+    For "changes" these are the fixed samples; sampling.py adds the frames where text changes."""
     if number_of_frames <= 0:
         return []
     if policy.frame_sampling == "all":

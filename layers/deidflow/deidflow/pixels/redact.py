@@ -1,4 +1,4 @@
-"""Redact burned-in text: decide, detect on sampled frames, fill the union in every frame, re-encode."""
+"""Redact burned-in text: decide, detect on selected frames (sampling.py), fill the union in every frame, re-encode."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from ..tags import is_overlay_group
 from .boxes import RedactionBox, merge_boxes
 from .detectors import NoDetector, TextDetector, detect_text
 from .encode import plan_encoding, record_lossy_history, write_frames
-from .policy import PixelPolicy, fixed_boxes, frames_to_detect, needs_pixel_scan
+from .policy import PixelPolicy, fixed_boxes, needs_pixel_scan
 from .render import (
     PixelDecodeError,
     check_redactable,
     iter_decoded_frames,
     number_of_frames,
-    render_for_detection,
     transfer_syntax_of,
 )
+from .sampling import DetectionFrames
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +191,25 @@ def redact_burned_in_text(ds: Dataset, policy: PixelPolicy, detector: TextDetect
     check_redactable(ds, policy.max_decoded_bytes)
     rows, columns = int(ds.Rows), int(ds.Columns)
     frame_count = number_of_frames(ds)
-    detect_on = [] if isinstance(detector, NoDetector) else frames_to_detect(frame_count, policy)
+    fixed = fixed_boxes(ds, policy)
 
     decoded: dict[int, np.ndarray] = {}
     photometric = ""
     found: list[RedactionBox] = []
-    for index, frame, photometric in iter_decoded_frames(ds, detect_on):
-        decoded[index] = frame
-        found.extend(detect_text(detector, render_for_detection(frame, ds, photometric, index), policy.text_filter))
+    detect_on: list[int] = []
+    if not isinstance(detector, NoDetector):
+        # which frames: the fixed samples, plus (policy "changes") each frame with new text-like
+        # strokes outside the boxes found so far - hence the boxes are handed back as found
+        frames_for_detection = DetectionFrames(ds, policy, frame_count, fixed)
+        for index, frame, _photometric, rendered in frames_for_detection:
+            decoded[index] = frame
+            boxes_here = detect_text(detector, rendered, policy.text_filter)
+            frames_for_detection.found(boxes_here)
+            found.extend(boxes_here)
+        detect_on = frames_for_detection.detected
     result.frames_scanned = tuple(detect_on)
 
-    boxes = _clip_boxes(fixed_boxes(ds, policy) + found, policy.margin, columns, rows)
+    boxes = _clip_boxes(fixed + found, policy.margin, columns, rows)
     result.boxes = boxes
     if not boxes:
         if detect_on:

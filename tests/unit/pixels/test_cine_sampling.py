@@ -1,0 +1,179 @@
+"""Text in some frames of a cine only: which frames the detector is shown (sampling.py), and that
+what it is not shown is still clean.
+
+The selection tests need no OCR: they run the selector over synthetic cines and check which frames
+it would detect on. The redaction tests run the real local detector and the OCR judge.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from deidflow.pixels import PixelPolicy, frames_to_detect, redact_burned_in_text
+from deidflow.pixels.sampling import DetectionFrames
+from deidflow.rules.schema import SCHEMA
+from pixel_testdata import TextSpec, build_dataset, draw_text, roundtrip, text_frames
+from pydicom.pixels import pixel_array
+
+# A caption in every frame, where devices put it (the detector finds it on frame 0).
+CAPTION = (
+    TextSpec("DOE JANE", 8, 6, "aileron", 20),
+    TextSpec("MRN 00471139", 8, 40, "pil-bitmap", 11, (0, 255, 0)),
+)
+# Text in a few frames only, away from the caption: on the black border, and over the moving fan.
+LATE_BORDER = TextSpec("KOWALSKI ANNA", 430, 400, "aileron", 16, (255, 255, 0))
+LATE_OVER_IMAGE = TextSpec("JONES 880412", 250, 300, "hershey-complex", 7)
+
+
+def ultrasound_cine(
+    frame_count: int, extra: dict[int, tuple[TextSpec, ...]] | None = None, seed: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Speckle that moves in every frame, CAPTION in all; ``extra`` texts by frame. Returns the
+    frames and the mask of the extra text's pixels (over all frames)."""
+    frames, _, _ = text_frames(frame_count, texts=CAPTION, seed=seed)
+    mask = np.zeros(frames.shape[1:3], dtype=bool)
+    for index, specs in (extra or {}).items():
+        for spec in specs:
+            draw_text(frames[index], mask, spec)
+    return frames, mask
+
+
+def selected(ds, policy: PixelPolicy | None = None) -> list[int]:
+    """The frames the policy would detect on, with no detector feedback (no boxes found)."""
+    frames = DetectionFrames(ds, policy or PixelPolicy(), int(ds.get("NumberOfFrames") or 1))
+    for _ in frames:
+        pass
+    return frames.detected
+
+
+def fixed(frame_count: int) -> set[int]:
+    return set(frames_to_detect(frame_count, PixelPolicy(frame_sampling="sample")))
+
+
+# --- selection, no OCR -------------------------------------------------------------------------
+
+
+def test_changes_is_the_default_and_the_rules_schema_takes_it():
+    assert PixelPolicy().frame_sampling == "changes"
+    enum = SCHEMA["properties"]["pixels"]["properties"]["frame_sampling"]["enum"]
+    assert set(enum) == {"changes", "sample", "all"}
+    with pytest.raises(ValueError, match="changes, sample, all"):
+        PixelPolicy(frame_sampling="some")  # type: ignore[arg-type]
+
+
+def test_single_frame_and_short_cines_detect_what_they_did():
+    # defect caught: "changes" decoding and judging frames the fixed samples already include
+    one, _ = ultrasound_cine(1)
+    assert selected(build_dataset(one)) == [0]
+    three, _ = ultrasound_cine(3)
+    frames = DetectionFrames(build_dataset(three), PixelPolicy(), 3)
+    assert frames.selector is None and frames.fixed == [0, 1, 2]
+
+
+def test_static_caption_over_moving_speckle_sends_only_the_fixed_samples():
+    # defect caught: speckle, or a caption over it, counted as new text: every frame detected
+    frames, _ = ultrasound_cine(40)
+    chosen = selected(build_dataset(frames))
+    assert set(chosen) >= fixed(40)
+    assert len(chosen) <= len(fixed(40)) + 2, chosen
+
+
+@pytest.mark.parametrize(("spec", "shown"), [(LATE_BORDER, range(43, 48)), (LATE_OVER_IMAGE, range(33, 38))])
+def test_text_in_a_few_frames_is_sent_when_it_appears(spec, shown):
+    # defect caught: text in frames no fixed sample shows, or over the moving image, never detected
+    frames, _ = ultrasound_cine(60, {index: (spec,) for index in shown})
+    chosen = selected(build_dataset(frames))
+    assert shown[0] in chosen
+    assert len(chosen) <= len(fixed(60)) + 3, chosen  # its appearance and its end, not every frame
+
+
+def test_a_counter_sends_every_frame_it_changes_in_until_a_box_covers_it():
+    # defect caught: a changing counter or clock (a few pixels per digit) judged unchanged
+    count = 24
+    clock = {i: (TextSpec(f"TIME 12:{i:02d}", 470, 60, "aileron", 14),) for i in range(count)}
+    frames, _ = ultrasound_cine(count, clock)
+    chosen = selected(build_dataset(frames))
+    assert chosen == list(range(count))  # nothing detected, nothing covered: every new value sent
+
+
+def test_moving_colour_blob_and_speckle_without_text_do_not_send_every_frame():
+    # defect caught: colour Doppler (a saturated, textured, moving region) taken for new text
+    count = 40
+    frames, _ = ultrasound_cine(count)
+    rng = np.random.default_rng(9)
+    yy, xx = np.mgrid[0 : frames.shape[1], 0 : frames.shape[2]]
+    for index in range(count):
+        cx, cy = 300 + 2 * index, 220 + index
+        blob = ((xx - cx) / 45.0) ** 2 + ((yy - cy) / 30.0) ** 2 < 1
+        red = rng.integers(120, 256, size=blob.shape)
+        colour = np.stack([red, red // 6, np.zeros_like(red)], axis=-1).astype(np.uint8)
+        frames[index][blob] = colour[blob]
+    chosen = selected(build_dataset(frames))
+    assert len(chosen) <= len(fixed(count)) + 4, chosen
+
+
+def test_16_bit_xa_cine_with_late_text():
+    # defect caught: a 16-bit grey cine, windowed or rescaled per frame, sending every frame (the
+    # rendering's range moves) or missing the late text
+    count = 40
+    frames, _ = ultrasound_cine(count, {i: (LATE_BORDER,) for i in range(33, 37)})
+    grey = frames.max(axis=-1).astype(np.uint16) * 16
+    for index in range(count):  # a dose that drifts: every frame's range differs
+        grey[index] = (grey[index] * (0.8 + 0.005 * index)).astype(np.uint16)
+    ds = build_dataset(grey, photometric="MONOCHROME2", modality="XA", bits_stored=12)
+    chosen = selected(ds)
+    assert 33 in chosen
+    assert len(chosen) <= len(fixed(count)) + 3, chosen
+
+
+# --- redaction, with the local detector and the OCR judge --------------------------------------
+
+
+def late_text_is_unreadable(spec: TextSpec, shown: range, local_detector, reader, count: int = 60):
+    frames, mask = ultrasound_cine(count, {index: (spec,) for index in shown})
+    source = roundtrip(build_dataset(frames, burned_in="YES"))
+    words = {w for w in spec.text.split() if len(w) >= 3}
+    before = reader.joined(frames[shown[0]])
+    assert all(w in before for w in words), "the judge should read the late text before redaction"
+
+    ds = roundtrip(source)
+    result = redact_burned_in_text(ds, PixelPolicy(), local_detector)
+    assert result.redacted
+    assert shown[0] in result.frames_scanned
+    assert len(result.frames_scanned) <= len(fixed(count)) + 3, result.frames_scanned
+    after = pixel_array(roundtrip(ds))
+    for index in shown:
+        tokens, joined = reader.tokens(after[index]), reader.joined(after[index])
+        assert not (tokens & words), f"frame {index}: still reads {sorted(tokens & words)}"
+        assert not [w for w in words if w in joined]
+    return source, mask
+
+
+def test_text_in_frames_30_to_35_is_removed(local_detector, reader):
+    late_text_is_unreadable(LATE_OVER_IMAGE, range(30, 36), local_detector, reader)
+
+
+def test_text_in_frames_43_to_47_is_removed_where_fixed_sampling_missed_it(local_detector, reader):
+    # defect caught: the old fixed sampling, which never looks at frames 43-47
+    shown = range(43, 48)
+    source, mask = late_text_is_unreadable(LATE_BORDER, shown, local_detector, reader)
+    old = redact_burned_in_text(roundtrip(source), PixelPolicy(frame_sampling="sample"), local_detector)
+    assert not set(old.frames_scanned) & set(shown)
+    in_old_boxes = np.zeros(mask.shape, dtype=bool)
+    for box in old.boxes:
+        in_old_boxes[box.y0 : box.y1, box.x0 : box.x1] = True
+    assert not (mask & in_old_boxes).any(), "fixed sampling should have left the late text in place"
+
+
+def test_counter_is_unreadable_in_every_frame(local_detector, reader):
+    # defect caught: the frames of a counter detected on once, its later values published
+    count = 16
+    texts = {i: (TextSpec(f"ELAPSED 4{i * 7:03d}", 440, 60, "aileron", 16),) for i in range(count)}
+    frames, _ = ultrasound_cine(count, texts)
+    ds = roundtrip(build_dataset(frames, burned_in="YES"))
+    result = redact_burned_in_text(ds, PixelPolicy(), local_detector)
+    assert result.redacted
+    after = pixel_array(roundtrip(ds))
+    for index in range(count):
+        joined = reader.joined(after[index])
+        assert "ELAPSED" not in joined and f"4{index * 7:03d}" not in joined, f"frame {index}"
