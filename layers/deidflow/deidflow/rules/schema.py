@@ -85,6 +85,7 @@ SCHEMA: dict[str, Any] = {
                 "trust_no_for_text_prone": {"type": "boolean"},
                 "allow_unscanned": {"type": "boolean"},
                 "lossy_output": {"enum": list(LOSSY_OUTPUTS)},
+                "max_growth": {"type": "number", "exclusiveMinimum": 0},
             },
         },
         "labels": {
