@@ -452,35 +452,37 @@ def _codes(table: HuffmanTable) -> list[tuple[int, int, int]]:
 
 
 @lru_cache(maxsize=64)
-def _dc_lookup(table: HuffmanTable) -> tuple[list[int], list[int]]:
-    """For every 16-bit peek: the code's length (0: no such code) and its symbol."""
+def _dc_lookup(table: HuffmanTable) -> list[tuple[int, int]]:
+    """For every 16-bit peek: (code length, symbol); length 0: no such code."""
     lengths = np.zeros(1 << 16, dtype=np.int64)
     symbols = np.zeros(1 << 16, dtype=np.int64)
     for symbol, code, length in _codes(table):
         span = 1 << (16 - length)
         lengths[code * span : (code + 1) * span] = length
         symbols[code * span : (code + 1) * span] = symbol
-    return lengths.tolist(), symbols.tolist()
+    return list(zip(lengths.tolist(), symbols.tolist(), strict=True))
 
 
 @lru_cache(maxsize=64)
-def _ac_lookup(table: HuffmanTable) -> tuple[list[int], list[int], list[int | None], list[int]]:
-    """For every 16-bit peek: bits consumed, zero run (-1: end of block) and coefficient value when
-    code and extra bits fit in the peek (value None: read the extra bits apart), and the symbol."""
+def _ac_lookup(table: HuffmanTable) -> list[tuple[int, int, int | None]]:
+    """For every 16-bit peek, one tuple (unpacking one is cheaper than three list lookups):
+
+    * (code + extra bits, zero run, coefficient) when both fit in the peek; run -1 is end of block,
+      ZRL is a run of 15 and a zero coefficient;
+    * (code length, symbol, None) when the extra bits are read apart; length 0: no such code.
+    """
     consumed = np.zeros(1 << 16, dtype=np.int64)
-    runs = np.zeros(1 << 16, dtype=np.int64)
+    runs = np.zeros(1 << 16, dtype=np.int64)  # or the symbol, for the slow path
     values = np.zeros(1 << 16, dtype=np.int64)
     fast = np.zeros(1 << 16, dtype=bool)
-    symbols = np.zeros(1 << 16, dtype=np.int64)
     for symbol, code, length in _codes(table):
         span = 1 << (16 - length)
         where = slice(code * span, (code + 1) * span)
-        symbols[where] = symbol
         run, size = symbol >> 4, symbol & 15
-        consumed[where] = length
+        consumed[where], runs[where] = length, symbol
         if symbol == 0x00:  # EOB
             runs[where], fast[where] = -1, True
-        elif symbol == 0xF0:  # ZRL: sixteen zeros, written as a run of 15 and a zero
+        elif symbol == 0xF0:  # ZRL: sixteen zeros
             runs[where], fast[where] = 15, True
         elif size and length + size <= 16:
             peeks = np.arange(code * span, (code + 1) * span)
@@ -488,8 +490,14 @@ def _ac_lookup(table: HuffmanTable) -> tuple[list[int], list[int], list[int | No
             values[where] = np.where(extra >> (size - 1), extra, extra - (1 << size) + 1)
             consumed[where] = length + size
             runs[where], fast[where] = run, True
-    value_list: list[int | None] = [v if f else None for v, f in zip(values.tolist(), fast.tolist(), strict=True)]
-    return consumed.tolist(), runs.tolist(), value_list, symbols.tolist()
+    return [
+        (c, r, v if f else None)
+        for c, r, v, f in zip(consumed.tolist(), runs.tolist(), values.tolist(), fast.tolist(), strict=True)
+    ]
+
+
+# A decoded coefficient is kept as one int, (index << _INDEX_SHIFT) + value: one append, not two.
+_INDEX_SHIFT = 17  # |value| < 2**16 (12-bit DC at Q00 = 1 is below 2**15)
 
 
 def _decode_scan(scan: _Scan, frame: _Frame) -> None:
@@ -513,15 +521,17 @@ def _decode_scan(scan: _Scan, frame: _Frame) -> None:
     n = total + 4
     # a 40-bit window at every byte: any code (<= 16 bits) or code+extra bits (<= 31) starting in
     # the byte can be read with one list lookup and a shift
-    windows = ((flat[0:n] << 32) | (flat[1 : n + 1] << 24) | (flat[2 : n + 2] << 16) | (flat[3 : n + 3] << 8)).tolist()
-    windows = [w | b for w, b in zip(windows, flat[4 : n + 4].tolist(), strict=True)]
+    windows = (
+        (flat[0:n] << 32) | (flat[1 : n + 1] << 24) | (flat[2 : n + 2] << 16) | (flat[3 : n + 3] << 8) | flat[4 : n + 4]
+    ).tolist()
 
-    layout = []
-    for position in scan.block_component[: scan.blocks_per_mcu].tolist():
-        layout.append((*_dc_lookup(scan.dc_tables[position]), *_ac_lookup(scan.ac_tables[position]), position))
-    positions: list[int] = []
-    values: list[int] = []
-    keep_position, keep_value = positions.append, values.append
+    layout = [
+        (_dc_lookup(scan.dc_tables[position]), _ac_lookup(scan.ac_tables[position]), position)
+        for position in scan.block_component[: scan.blocks_per_mcu].tolist()
+    ]
+    kept: list[int] = []
+    keep = kept.append
+    shift = _INDEX_SHIFT
     predictions = [0] * len(scan.component_indices)
     pos = 0
     base = 0
@@ -533,12 +543,10 @@ def _decode_scan(scan: _Scan, frame: _Frame) -> None:
                     raise JpegNotTranscodable("a restart interval's data runs past its end")
                 pos = starts[interval]
                 predictions = [0] * len(scan.component_indices)
-            for dc_lengths, dc_symbols, ac_consumed, ac_runs, ac_values, ac_symbols, slot in layout:
-                peek = (windows[pos >> 3] >> (24 - (pos & 7))) & 0xFFFF
-                length = dc_lengths[peek]
+            for dc_entries, ac_entries, slot in layout:
+                length, size = dc_entries[(windows[pos >> 3] >> (24 - (pos & 7))) & 0xFFFF]
                 if not length:
                     raise JpegNotTranscodable("an invalid DC Huffman code")
-                size = dc_symbols[peek]
                 pos += length
                 if size:
                     if size > 15:
@@ -547,15 +555,12 @@ def _decode_scan(scan: _Scan, frame: _Frame) -> None:
                     pos += size
                     predictions[slot] += bits if bits >> (size - 1) else bits - (1 << size) + 1
                 if predictions[slot]:
-                    keep_position(base)
-                    keep_value(predictions[slot])
+                    keep((base << shift) + predictions[slot])
                 k = 1
                 while k < 64:
-                    peek = (windows[pos >> 3] >> (24 - (pos & 7))) & 0xFFFF
-                    value = ac_values[peek]
+                    length, run, value = ac_entries[(windows[pos >> 3] >> (24 - (pos & 7))) & 0xFFFF]
                     if value is None:
-                        length = ac_consumed[peek]
-                        symbol = ac_symbols[peek]
+                        symbol = run
                         size = symbol & 15
                         if not length or not size:
                             raise JpegNotTranscodable("an invalid AC Huffman code")
@@ -565,24 +570,24 @@ def _decode_scan(scan: _Scan, frame: _Frame) -> None:
                         value = bits if bits >> (size - 1) else bits - (1 << size) + 1
                         k += symbol >> 4
                     else:
-                        pos += ac_consumed[peek]
-                        run = ac_runs[peek]
+                        pos += length
                         if run < 0:
                             break
                         k += run
                     if k > 63:
                         raise JpegNotTranscodable("an AC run past the end of a block")
                     if value:
-                        keep_position(base + k)
-                        keep_value(value)
+                        keep(((base + k) << shift) + value)
                     k += 1
                 base += 64
     except IndexError:
         raise JpegNotTranscodable("entropy-coded data ends early") from None
     if pos > ends[-1]:
         raise JpegNotTranscodable("entropy-coded data ends early")
+    packed = np.array(kept, dtype=np.int64)
+    indices = (packed + (1 << (shift - 1))) >> shift
     flat_coefficients = np.zeros(blocks * 64, dtype=np.int32)
-    flat_coefficients[np.array(positions, dtype=np.int64)] = values
+    flat_coefficients[indices] = packed - (indices << shift)
     coefficients = flat_coefficients.reshape(blocks, 64)
     for slot, index in enumerate(scan.component_indices):
         component = frame.components[index]

@@ -142,6 +142,9 @@ class PixelPolicy:
         after redaction (see encode.py): "compressed" (lossless, or irreversible JPEG 2000 when
         lossless is over ``max_growth`` times the input), "explicit-vr-little-endian",
         "jpeg-2000-lossless".
+    jpeg_in_dct_domain: redact JPEG Baseline/Extended by blanking its 8x8 blocks in the code stream
+        (same syntax and size, no new lossy step); off, JPEG is decoded and re-encoded like the
+        other lossy input (for comparison, or as an escape hatch).
     max_growth: how many times the input's Pixel Data a "compressed" lossless re-encoding may take.
     remove_overlays / remove_icons: drop 60xx overlay groups and IconImageSequence everywhere.
     allow_unscanned: publish an instance whose pixels must be scanned when the detector is "none"
@@ -158,6 +161,7 @@ class PixelPolicy:
     sample_every: int = 10
     trust_no_for_text_prone: bool = False
     lossy_output: LossyOutput = "compressed"
+    jpeg_in_dct_domain: bool = True
     max_growth: float = 1.5
     remove_overlays: bool = True
     remove_icons: bool = True

@@ -223,7 +223,7 @@ def redact_burned_in_text(ds: Dataset, policy: PixelPolicy, detector: TextDetect
             result.reason = f"{reason}; detector 'none' and no fixed boxes: pixels not examined"
         return result
 
-    plan = _redact_in_dct_domain(ds, tsyntax_in, boxes)
+    plan = _redact_in_dct_domain(ds, tsyntax_in, boxes) if policy.jpeg_in_dct_domain else None
     if plan is None:
         plan = _redact_decoded(ds, tsyntax_in, boxes, policy, decoded, frame_count)
         result.reencoded = True

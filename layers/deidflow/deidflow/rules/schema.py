@@ -86,6 +86,7 @@ SCHEMA: dict[str, Any] = {
                 "allow_unscanned": {"type": "boolean"},
                 "lossy_output": {"enum": list(LOSSY_OUTPUTS)},
                 "max_growth": {"type": "number", "exclusiveMinimum": 0},
+                "jpeg_in_dct_domain": {"type": "boolean"},
             },
         },
         "labels": {
