@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from deidflow.pixels import PixelPolicy, redact_burned_in_text
+from deidflow.pixels import PixelPolicy, jpeg_blocks, redact_burned_in_text
 from deidflow.pixels.boxes import RedactionBox
-from deidflow.pixels.encode import encapsulated_size
+from deidflow.pixels.encode import encapsulated_size, redact_jpeg_in_place
 from deidflow.pixels.jpeg_blocks import JpegNotTranscodable, optimal_table, redact_jpeg_frame
 from PIL import Image
 from pixel_testdata import build_dataset, roundtrip, text_frames, to_jpeg_baseline
@@ -129,6 +129,24 @@ def test_blocks_under_boxes_are_blanked_and_every_other_block_is_bit_identical(v
     size_in, size_out = encapsulated_size(source), encapsulated_size(ds)
     print(f"{variant}: {size_in} -> {size_out} bytes ({size_out / size_in:.3f}x)")
     assert size_out <= 1.03 * size_in + 256
+
+
+@pytest.mark.parametrize("variant", ["ybr-422", "ybr-444-restart", "ybr-422-optimized"])
+def test_data_read_and_written_a_piece_at_a_time_comes_out_the_same(variant, monkeypatch, tmp_path):
+    """Large frames are decoded through windows that move on and encoded a chunk of blocks at a time
+    (memory stays bounded); shrunk here so that a small frame crosses many window and chunk edges.
+    Catches: a bit lost or doubled where windows move or chunks meet, an interval's padding or a
+    restart marker misplaced at a chunk edge, a carried partial byte dropped."""
+    frame = frames_of(jpeg_instance(variant, 1))[0]
+    whole = redact_jpeg_frame(frame, [RedactionBox(*box) for box in BOXES], VARIANTS[variant][1])
+    monkeypatch.setattr(jpeg_blocks, "_WINDOW_BYTES", 1024)
+    monkeypatch.setattr(jpeg_blocks, "_CHUNK_BLOCKS", 7)
+    pieces = redact_jpeg_frame(frame, [RedactionBox(*box) for box in BOXES], VARIANTS[variant][1])
+    assert pieces == whole
+    assert len(frame) > 8 * 1024  # the windows did move
+    dct_in, dct_out = read_dct(frame, tmp_path, "in"), read_dct(pieces, tmp_path, "out")
+    for was, now, mask in zip(components(dct_in), components(dct_out), expected_blanks(dct_in, BOXES), strict=True):
+        assert np.array_equal(now[~mask], was[~mask])
 
 
 @pytest.mark.parametrize("variant", ["grey", "ybr-422", "ybr-420", "rgb", "ybr-422-restart-rows"])
@@ -245,6 +263,23 @@ def test_streams_it_cannot_be_sure_of_are_refused():
     frame = frames_of(jpeg_instance("ybr-422", 1))[0]
     with pytest.raises(JpegNotTranscodable):
         redact_jpeg_frame(frame[: len(frame) // 2], [RedactionBox(0, 0, 8, 8)], "YBR_FULL_422")  # truncated
+
+
+def test_signed_or_mis_sized_jpeg_goes_the_pixel_path():
+    """Catches: black taken as the code stream's 0 for signed samples (where black is the most
+    negative value), and boxes placed by a header that disagrees with the code stream's size."""
+    for change in ("signed", "size"):
+        ds = jpeg_instance("grey", 1)
+        if change == "signed":
+            ds.PixelRepresentation = 1
+        else:
+            ds.Columns = COLUMNS - 8
+        with pytest.raises(JpegNotTranscodable):
+            redact_jpeg_in_place(copy.deepcopy(ds), [RedactionBox(0, 0, 8, 8)])
+    ds = jpeg_instance("grey", 1)
+    ds.PixelRepresentation = 1
+    result = redact(ds)
+    assert result.reencoded and "DCT" not in result.encoding_note
 
 
 def lossy_history(ds) -> tuple[list[str], list[str]]:

@@ -61,6 +61,7 @@ from pydicom.uid import (
 
 from ..tags import WRITABLE_NATIVE_SYNTAXES
 from .boxes import RedactionBox
+from .codestream import jpeg_frame_size
 from .jpeg_blocks import JpegNotTranscodable, redact_jpeg_frame
 from .policy import PixelPolicy
 
@@ -329,12 +330,20 @@ def redact_jpeg_in_place(ds: Dataset, boxes: Sequence[RedactionBox]) -> Encoding
     """
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     count = max(int(ds.get("NumberOfFrames") or 1), 1)
+    if int(ds.get("PixelRepresentation") or 0) != 0:
+        # black is the most negative value then, not the code stream's 0: leave it to the pixel path
+        raise JpegNotTranscodable("signed samples")
     try:
         frames = list(generate_frames(ds.PixelData, number_of_frames=count))
     except (ValueError, StopIteration) as exc:
         raise JpegNotTranscodable(f"frames cannot be split: {type(exc).__name__}") from None
     if len(frames) != count:
         raise JpegNotTranscodable(f"{len(frames)} frames where the header declares {count}")
+    declared = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel") or 1))
+    for frame in frames:
+        # boxes are in the header's pixel coordinates: the code stream must be that size
+        if tuple(jpeg_frame_size(frame) or ()) != declared:
+            raise JpegNotTranscodable("a frame's code stream and the header disagree on its size")
     redacted = [redact_jpeg_frame(frame, boxes, photometric) for frame in frames]
     had_offsets = _has_basic_offset_table(ds.PixelData)
     if "ExtendedOffsetTable" in ds:
