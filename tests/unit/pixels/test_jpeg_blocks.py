@@ -179,6 +179,60 @@ def test_dcmtk_decodes_the_output_black_in_the_boxes_and_unchanged_elsewhere(var
     assert np.array_equal(after[:, ~near], before[:, ~near])
 
 
+# dcmtk's own encoder (IJG libjpeg inside dcmcjpeg) makes streams Pillow does not: 12-bit
+# Extended, RGB without colour transform, 4:1:1, frames split over fragments with no offset table.
+DCMCJPEG_VARIANTS = {
+    "12-bit-extended": ("grey12", ["+ee"]),
+    "rgb-no-transform": ("rgb", ["+eb", "+cr"]),
+    "ybr-411": ("rgb", ["+eb", "+n1"]),
+    "standard-tables": ("rgb", ["+eb", "-ho"]),
+    "fragments-no-offset-table": ("rgb", ["+eb", "+fs", "2", "-ot"]),
+}
+
+
+@pytest.mark.parametrize("variant", list(DCMCJPEG_VARIANTS))
+def test_dcmtk_encoded_streams(variant, tmp_path):
+    """Catches: 8-bit assumptions (12-bit DC/AC categories, the level shift 2^(P-1)); RGB taken for
+    YCbCr (a green box); 4:1:1 (Hmax 4) MCUs mapped wrongly; frames that span fragments, or an
+    offset table invented or lost."""
+    dcmdjpeg, dcmcjpeg = shutil.which("dcmdjpeg"), shutil.which("dcmcjpeg")
+    if dcmdjpeg is None or dcmcjpeg is None:
+        pytest.skip("dcmtk's dcmcjpeg/dcmdjpeg are not installed (Debian package dcmtk)")
+    kind, options = DCMCJPEG_VARIANTS[variant]
+    frames, _, _ = text_frames(2, rows=ROWS, columns=COLUMNS, seed=13)
+    if kind == "grey12":
+        native = build_dataset((frames.max(axis=-1).astype(np.uint16) * 16), photometric="MONOCHROME2", bits_stored=12)
+    else:
+        native = build_dataset(frames)
+    plain, encoded = tmp_path / "native.dcm", tmp_path / "jpeg.dcm"
+    native.save_as(plain, enforce_file_format=True)
+    subprocess.run([dcmcjpeg, *options, "+un", str(plain), str(encoded)], check=True, capture_output=True)
+    source = pydicom.dcmread(encoded)
+    ds = copy.deepcopy(source)
+    result = redact(ds)
+    assert result.redacted and not result.reencoded, result.encoding_note
+    assert ds.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID
+    assert ds.PhotometricInterpretation == source.PhotometricInterpretation
+    had_offsets = int.from_bytes(source.PixelData[4:8], "little") > 0
+    assert (int.from_bytes(ds.PixelData[4:8], "little") > 0) == had_offsets
+
+    def decoded(instance, name: str) -> np.ndarray:
+        compressed, out = tmp_path / f"{name}.dcm", tmp_path / f"{name}-native.dcm"
+        instance.save_as(compressed, enforce_file_format=True)
+        subprocess.run([dcmdjpeg, str(compressed), str(out)], check=True, capture_output=True)
+        return pixel_array(pydicom.dcmread(out)).astype(int)
+
+    before, after = decoded(source, "in"), decoded(ds, "out")
+    near = np.zeros((ROWS, COLUMNS), dtype=bool)
+    for x0, y0, x1, y1 in BOXES:
+        assert after[:, y0:y1, x0:x1].max() <= 4, f"{variant}: box not black"
+        near[max(y0 - 32, 0) : y1 + 32, max(x0 - 32, 0) : x1 + 32] = True
+    assert np.array_equal(after[:, ~near], before[:, ~near])
+    size_in, size_out = encapsulated_size(source), encapsulated_size(ds)
+    print(f"dcmcjpeg {variant}: {size_in} -> {size_out} bytes ({size_out / size_in:.3f}x)")
+    assert size_out <= 1.03 * size_in + 256
+
+
 def test_an_optimized_table_without_the_needed_code_gets_new_tables_for_that_scan(tmp_path):
     """Catches: re-encoding with a table that has no code for the blank block's DC category (the
     output would not decode); new tables not written, or written and not restored for later use."""
