@@ -250,6 +250,40 @@ def test_an_optimized_table_without_the_needed_code_gets_new_tables_for_that_sca
     assert decoded[11:19, 33:39].max() <= 4 and decoded[40:, :].min() >= 170
 
 
+def test_non_interleaved_scans_one_component_each(tmp_path):
+    """libjpeg (through jpeglib) writes a baseline frame as three scans, one per component, 4:2:0 at
+    100x100, where a component's own block raster (13 luma blocks across) is narrower than the MCU
+    grid (14). Catches: non-interleaved scans walked in MCU order or over the padded grid."""
+    picture = text_frames(1, rows=100, columns=100, seed=17)[0][0]
+    scans = [
+        jpeglib.Scan(
+            components=np.array([c]),
+            dc_tbl_no=np.array([min(c, 1)]),
+            ac_tbl_no=np.array([min(c, 1)]),
+            Ss=0,
+            Se=63,
+            Ah=0,
+            Al=0,
+        )
+        for c in range(3)
+    ]
+    path = tmp_path / "scans.jpg"
+    jpeglib.from_spatial(picture, scans=scans).write_spatial(str(path))
+    frame = path.read_bytes()
+    assert frame.count(b"\xff\xda") == 3 and b"\xff\xc0" in frame
+    boxes = [(5, 3, 37, 21), (70, 80, 100, 100)]
+    out = redact_jpeg_frame(frame, [RedactionBox(*box) for box in boxes], "YBR_FULL")
+    dct_in, dct_out = read_dct(frame, tmp_path, "in"), read_dct(out, tmp_path, "out")
+    assert dct_in.Y.shape[1] == 13
+    for index, (was, now, mask) in enumerate(
+        zip(components(dct_in), components(dct_out), expected_blanks(dct_in, boxes), strict=True)
+    ):
+        assert np.array_equal(now[~mask], was[~mask])
+        assert np.all(now[mask].reshape(-1, 64)[:, 0] == black_dc(dct_in, index, True))
+    shown = np.asarray(Image.open(io.BytesIO(out)).convert("RGB")).astype(int)
+    assert shown[3:21, 5:37].max() <= 4 and shown[80:100, 70:100].max() <= 4
+
+
 def test_optimal_tables_are_complete_prefix_codes_of_at_most_16_bits():
     """Catches: an Annex K.2/K.3 port that leaves codes over 16 bits, an all-ones code, or loses a symbol."""
     skewed = {symbol: 2**symbol for symbol in range(30)}  # Fibonacci-like: unlimited codes would be 29 bits
