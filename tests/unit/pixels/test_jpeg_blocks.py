@@ -422,6 +422,20 @@ def test_lossy_jpeg_2000_and_near_lossless_jpeg_ls_are_written_compressed():
         assert after[:, 3:21, 5:37].max() <= 8  # black within what the new lossy step may add
 
 
+def test_the_new_lossy_step_lands_near_the_input_size_for_12_bit_samples():
+    """Catches: a JPEG 2000 rate worked out from the 16-bit container rather than the 12 bits
+    stored (the output then comes out a quarter smaller than it needs to, and worse)."""
+    frames, _, _ = text_frames(2, seed=19)
+    grey = build_dataset(frames.max(axis=-1).astype(np.uint16) * 16, photometric="MONOCHROME2", bits_stored=12)
+    grey.compress(JPEG2000, j2k_cr=[15], generate_instance_uid=False)
+    source = roundtrip(grey)
+    ds = copy.deepcopy(source)
+    result = redact(ds)
+    check_compressed_fallback(source, ds, result, "ISO_15444_1")
+    assert result.transfer_syntax_out == JPEG2000
+    assert 0.9 <= encapsulated_size(ds) / encapsulated_size(source) <= 1.1
+
+
 def test_uncompressed_output_is_still_available():
     """lossy_output explicit-vr-little-endian: the old behaviour, for those who want no codec at all."""
     frames, _, _ = text_frames(1, seed=12)

@@ -304,10 +304,16 @@ def _write_lossy_jpeg_2000(
     lossless_size = encapsulated_size(ds)
     if not _encoder_available(JPEG2000) or plan.input_pixel_bytes <= 0:
         return replace(plan, note=f"{plan.note}; {lossless_size / plan.input_pixel_bytes:.1f}x the input")
-    ratio = max(arr.nbytes / plan.input_pixel_bytes, 1.0)
+    # OpenJPEG's rate counts the stored bits of each sample (12 of 16, say), not the container's
+    bits_stored = int(ds.get("BitsStored") or arr.dtype.itemsize * 8)
+    ratio = max(arr.size * bits_stored / 8 / plan.input_pixel_bytes, 1.0)
     ds.PhotometricInterpretation = "YBR_ICT" if samples == 3 else photometric
     try:
         ds.compress(JPEG2000, arr, generate_instance_uid=False, j2k_cr=[ratio])
+        if plan.max_pixel_bytes is not None and encapsulated_size(ds) > plan.max_pixel_bytes:
+            # headers and rounding can still overshoot: aim once more
+            ratio *= encapsulated_size(ds) / plan.input_pixel_bytes
+            ds.compress(JPEG2000, arr, generate_instance_uid=False, j2k_cr=[ratio])
     except (ValueError, RuntimeError, NotImplementedError) as exc:
         log.info("JPEG 2000 encoder refused the frames (%s); keeping the lossless encoding", type(exc).__name__)
         ds.PhotometricInterpretation = photometric
