@@ -25,7 +25,7 @@ from deidflow.pixels.jpeg_blocks import JpegNotTranscodable, optimal_table, reda
 from PIL import Image
 from pixel_testdata import build_dataset, roundtrip, text_frames, to_jpeg_baseline
 from pydicom.data import get_testdata_file
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate_extended, generate_frames
 from pydicom.pixels import pixel_array
 from pydicom.uid import JPEG2000, JPEGBaseline8Bit, JPEGLSLossless, JPEGLSNearLossless
 
@@ -231,6 +231,22 @@ def test_dcmtk_encoded_streams(variant, tmp_path):
     size_in, size_out = encapsulated_size(source), encapsulated_size(ds)
     print(f"dcmcjpeg {variant}: {size_in} -> {size_out} bytes ({size_out / size_in:.3f}x)")
     assert size_out <= 1.03 * size_in + 256
+
+
+def test_an_extended_offset_table_is_recomputed():
+    """Catches: an Extended Offset Table left pointing at the old frame positions (a reader that
+    uses it would cut frames in the wrong places)."""
+    source = jpeg_instance("ybr-422", 3)
+    data, offsets, lengths = encapsulate_extended(frames_of(source))
+    source.PixelData, source.ExtendedOffsetTable, source.ExtendedOffsetTableLengths = data, offsets, lengths
+    source = roundtrip(source)
+    ds = copy.deepcopy(source)
+    assert not redact(ds).reencoded
+    written = roundtrip(ds)
+    table = (written.ExtendedOffsetTable, written.ExtendedOffsetTableLengths)
+    by_table = list(generate_frames(written.PixelData, number_of_frames=3, extended_offsets=table))
+    assert by_table == frames_of(written) and by_table != frames_of(source)
+    assert all(frame.startswith(b"\xff\xd8") for frame in by_table)
 
 
 def test_an_optimized_table_without_the_needed_code_gets_new_tables_for_that_scan(tmp_path):
