@@ -369,6 +369,29 @@ def test_streams_it_cannot_be_sure_of_are_refused():
         redact_jpeg_frame(frame[: len(frame) // 2], [RedactionBox(0, 0, 8, 8)], "YBR_FULL_422")  # truncated
 
 
+def test_damaged_streams_are_refused_or_redacted_never_crash():
+    """Flipped bytes anywhere in the stream. Catches: an exception other than the refusal (the
+    instance would be quarantined instead of taking the pixel path) or a loop that never ends."""
+    rng = np.random.default_rng(23)
+    streams = [
+        (frames_of(jpeg_instance(variant, 1))[0], VARIANTS[variant][1])
+        for variant in ("ybr-422", "ybr-444-restart", "grey")
+    ]
+    outcomes = {"refused": 0, "redacted": 0}
+    for _ in range(150):
+        original, photometric = streams[int(rng.integers(len(streams)))]
+        frame = bytearray(original)
+        for position in rng.integers(2, len(frame), size=int(rng.integers(1, 4))):
+            frame[position] = int(rng.integers(256))
+        try:
+            redact_jpeg_frame(bytes(frame), [RedactionBox(5, 3, 37, 21)], photometric)
+            outcomes["redacted"] += 1
+        except JpegNotTranscodable:
+            outcomes["refused"] += 1
+    print(outcomes)
+    assert outcomes["refused"] and outcomes["redacted"]
+
+
 def test_signed_or_mis_sized_jpeg_goes_the_pixel_path():
     """Catches: black taken as the code stream's 0 for signed samples (where black is the most
     negative value), and boxes placed by a header that disagrees with the code stream's size."""

@@ -584,6 +584,8 @@ def _decode_scan(scan: _Scan, frame: _Frame) -> None:
                     bits = (windows[pos >> 3] >> (40 - (pos & 7) - size)) & ((1 << size) - 1)
                     pos += size
                     predictions[slot] += bits if bits >> (size - 1) else bits - (1 << size) + 1
+                    if not -32768 < predictions[slot] < 32768:  # beyond any DCT (and int16)
+                        raise JpegNotTranscodable("a DC coefficient out of range")
                 if predictions[slot]:
                     keep((base << shift) + predictions[slot])
                 k = 1
