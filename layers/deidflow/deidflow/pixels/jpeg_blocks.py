@@ -519,6 +519,26 @@ def _windows(data: bytes, first: int) -> list[int]:
     return ((b[0:n] << 32) | (b[1 : n + 1] << 24) | (b[2 : n + 2] << 16) | (b[3 : n + 3] << 8) | b[4 : n + 4]).tolist()
 
 
+def _check_interval_end(data: bytes, position: int, end: int) -> None:
+    """Only padding (one bits, F.1.2.3) may follow an interval's last block.
+
+    Data left over, or blocks that ran past the end, mean a damaged stream that decoders read in
+    different ways (resynchronising, filling with zeros); what was scanned was one of those
+    readings and the re-encoded stream would be another, so such a stream is refused. Some
+    encoders pad with a whole 0xFF byte more than needed (pydicom-data's color3d_jpeg_baseline
+    does in 10 of 120 frames): ones, however many, are padding.
+    """
+    if position > end:
+        raise JpegNotTranscodable("entropy-coded data ends before its blocks do")
+    left = end - position
+    if left >= 64:
+        raise JpegNotTranscodable("entropy-coded data left over after the blocks")
+    if left:
+        tail = int.from_bytes(data[position >> 3 : end >> 3], "big") & ((1 << left) - 1)
+        if tail != (1 << left) - 1:
+            raise JpegNotTranscodable("entropy-coded data left over after the blocks")
+
+
 def _scatter(kept: list[int], flat_coefficients: np.ndarray) -> None:
     """Put coefficients kept as (index << _INDEX_SHIFT) + value in their places."""
     packed = np.array(kept, dtype=np.int64)
@@ -536,7 +556,8 @@ def _decode_scan(scan: _Scan, frame: _Frame) -> None:
     parts = _RESTART.split(scan.entropy_data)
     if len(parts) != expected_parts:
         raise JpegNotTranscodable("restart markers do not match the restart interval")
-    unstuffed = [part.replace(b"\xff\x00", b"\xff") for part in parts]
+    # an 0xFF not followed by 0x00 at the end of a part is a fill byte before the next marker
+    unstuffed = [part.rstrip(b"\xff").replace(b"\xff\x00", b"\xff") for part in parts]
     starts, ends = [], []
     total = 0
     for part in unstuffed:
@@ -563,8 +584,8 @@ def _decode_scan(scan: _Scan, frame: _Frame) -> None:
         for mcu in range(mcus):
             if mcu % intervals == 0:
                 interval = mcu // intervals
-                if interval and origin + pos > ends[interval - 1]:
-                    raise JpegNotTranscodable("a restart interval's data runs past its end")
+                if interval:
+                    _check_interval_end(data, origin + pos, ends[interval - 1])
                 pos = starts[interval] - origin
                 predictions = [0] * len(scan.component_indices)
             for dc_entries, ac_entries, slot in layout:
@@ -614,8 +635,7 @@ def _decode_scan(scan: _Scan, frame: _Frame) -> None:
                 base += 64
     except IndexError:
         raise JpegNotTranscodable("entropy-coded data ends early") from None
-    if origin + pos > ends[-1]:
-        raise JpegNotTranscodable("entropy-coded data ends early")
+    _check_interval_end(data, origin + pos, ends[-1])
     _scatter(kept, flat_coefficients)
     coefficients = flat_coefficients.reshape(blocks, 64)
     for slot, index in enumerate(scan.component_indices):
