@@ -10,6 +10,10 @@ Prints, for 640x480 and 1024x1024 RGB ultrasound-like frames with burned-in capt
 and, for frame_sampling "changes", "sample" and "all": frames detected and wall time on a 100-frame
 cine with text in frames 43-47 only (and whether that text was removed), and on real cines
 (deid-data's echo, pydicom's JPEG YBR cine).
+then, for a 120-frame 640x480 JPEG Baseline YBR_FULL_422 cine with burned-in captions (and
+pydicom-data's real color3d_jpeg_baseline.dcm when installed), Pixel Data in and out and seconds
+for the three ways lossy JPEG can be written back: blocks blanked in the DCT domain (default),
+decoded and written uncompressed (the old default), decoded and re-encoded losslessly.
 """
 
 from __future__ import annotations
@@ -39,9 +43,13 @@ from deidflow.pixels import (  # noqa: E402
     redact_burned_in_text,
     render_for_detection,
 )
+from deidflow.pixels.boxes import RedactionBox  # noqa: E402
+from deidflow.pixels.encode import encapsulated_size  # noqa: E402
+from deidflow.pixels.jpeg_blocks import redact_jpeg_frame  # noqa: E402
 from pixel_testdata import TextSpec, build_dataset, draw_text, roundtrip, text_frames, to_syntax  # noqa: E402
 from pydicom import Dataset, dcmread  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
+from pydicom.encaps import generate_frames  # noqa: E402
 from pydicom.uid import (  # noqa: E402
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -83,14 +91,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20-frame cine, fewer repeats")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--labelled", action="store_true", help="only the precision/recall figures on the labelled set")
+    parser.add_argument("--jpeg-only", action="store_true", help="only the JPEG write-back section")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
-    labelled_figures()
-    if args.labelled:
-        return
     cine_frames = 20 if args.quick else 100
 
     detector = make_detector("local")
+    if args.jpeg_only:
+        jpeg_section(detector, 30 if args.quick else 120)
+        return
+    labelled_figures()
+    if args.labelled:
+        return
     print(f"{'frame':>10} | {'step':<38} | {'ms/frame':>9}")
     print("-" * 64)
     for size_name, (rows, columns) in SIZES.items():
@@ -144,6 +156,59 @@ def main() -> None:
             f"  {label:<44} {len(result.frames_scanned):>4} frames detected  "
             f"{elapsed:7.2f} s  {elapsed / cine_frames * 1000:7.1f} ms/frame  late text {removed}"
         )
+    jpeg_section(detector, 30 if args.quick else 120)
+
+
+# The ways a redacted JPEG Baseline cine can be written back.
+JPEG_WRITE_BACKS: dict[str, dict[str, object]] = {
+    "DCT domain (blocks blanked, default)": {},
+    "decoded, uncompressed (old default)": {"jpeg_in_dct_domain": False, "lossy_output": "explicit-vr-little-endian"},
+    "decoded, JPEG-LS lossless": {"jpeg_in_dct_domain": False, "max_growth": 1e9},
+    "decoded, compressed (lossy J2K if >1.5x)": {"jpeg_in_dct_domain": False},
+}
+
+
+def pixel_bytes(ds) -> int:
+    return encapsulated_size(ds) or len(ds.PixelData)
+
+
+def jpeg_cine(label: str, source, boxes: tuple[tuple[int, int, int, int], ...]) -> None:
+    frames = int(source.NumberOfFrames)
+    first = next(generate_frames(source.PixelData, number_of_frames=frames))
+    blanks = [RedactionBox(*box) for box in boxes]
+    per_frame = timed(lambda: redact_jpeg_frame(first, blanks, str(source.PhotometricInterpretation)), 5)
+    print(f"{label}: {frames} frames, {source.Columns}x{source.Rows} {source.PhotometricInterpretation}")
+    print(f"  DCT-domain transcoder, one frame, {len(blanks)} boxes: {per_frame * 1000:.0f} ms (median of 5)")
+    print(f"  {'write-back':<40} {'in MB':>7} {'out MB':>7} {'out/in':>7} {'seconds':>8}")
+    size_in = pixel_bytes(source)
+    for name, options in JPEG_WRITE_BACKS.items():
+        ds = copy.deepcopy(source)
+        policy = PixelPolicy(mode="always", detector="none", manual_boxes=boxes, margin=4, **options)
+        start = time.perf_counter()
+        redact_burned_in_text(ds, policy, None)
+        elapsed = time.perf_counter() - start
+        size_out = pixel_bytes(ds)
+        print(f"  {name:<40} {size_in / 1e6:7.2f} {size_out / 1e6:7.2f} {size_out / size_in:7.2f} {elapsed:8.2f}")
+
+
+def jpeg_section(detector, frames: int) -> None:
+    rows, columns = SIZES["640x480"]
+    texts = captions(rows, columns)
+    pictures, _, _ = text_frames(frames, rows=rows, columns=columns, texts=texts, seed=5)
+    boxes = tuple((b.x0, b.y0, b.x1, b.y1) for b in detector.detect(pictures[0]))
+    synthetic = roundtrip(to_syntax(build_dataset(pictures, burned_in="YES"), JPEGBaseline8Bit))
+    del pictures
+    print()
+    jpeg_cine("synthetic US cine, JPEG Baseline (Pillow q92)", synthetic, boxes)
+    try:
+        from pydicom.data import get_testdata_file
+
+        real = get_testdata_file("color3d_jpeg_baseline.dcm")
+    except (ImportError, ValueError, OSError):
+        real = None
+    if real:
+        print()
+        jpeg_cine("pydicom-data color3d_jpeg_baseline.dcm", dcmread(real), boxes)
 
     for name, path in real_cines():
         source = dcmread(path, force=True)

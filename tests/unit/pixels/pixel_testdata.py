@@ -180,8 +180,12 @@ def build_dataset(
     return ds
 
 
-def to_jpeg_baseline(ds: Dataset, quality: int = 92) -> Dataset:
-    """Re-encode an 8-bit native instance as JPEG Baseline (YBR_FULL_422 for colour) with Pillow."""
+def to_jpeg_baseline(ds: Dataset, quality: int = 92, subsampling: int = 1, **options: object) -> Dataset:
+    """Re-encode an 8-bit native instance as JPEG Baseline (YBR_FULL_422 for colour) with Pillow.
+
+    ``subsampling`` is Pillow's (0 4:4:4, 1 4:2:2, 2 4:2:0); ``options`` go to Pillow's JPEG writer
+    (``optimize``, ``restart_marker_blocks``, ``progressive``, ...).
+    """
     from pydicom.pixels import pixel_array
 
     frames = pixel_array(ds)
@@ -194,14 +198,17 @@ def to_jpeg_baseline(ds: Dataset, quality: int = 92) -> Dataset:
         buffer = io.BytesIO()
         mode = "RGB" if colour else "L"
         # subsampling=1 is 4:2:2, matching YBR_FULL_422
-        Image.fromarray(frame, mode).save(buffer, "JPEG", quality=quality, subsampling=1)
+        Image.fromarray(frame, mode).save(buffer, "JPEG", quality=quality, subsampling=subsampling, **options)
         fragments.append(buffer.getvalue())
     out = copy.deepcopy(ds)  # a shallow copy would share (and corrupt) the PixelData element
     out.PixelData = encapsulate(fragments)
     out["PixelData"].VR = "OB"
     out["PixelData"].is_undefined_length = True
     out.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    out.PhotometricInterpretation = "YBR_FULL_422" if colour else "MONOCHROME2"
+    if colour:
+        out.PhotometricInterpretation = "YBR_FULL_422" if subsampling == 1 else "YBR_FULL"
+    else:
+        out.PhotometricInterpretation = "MONOCHROME2"
     return out
 
 

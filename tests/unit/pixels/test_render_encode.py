@@ -65,14 +65,28 @@ def test_palette_ybr_and_rgb_render_to_rgb8():
         (JPEGLSLossless, JPEGLSLossless),
         (JPEG2000Lossless, JPEG2000Lossless),
         (JPEGLosslessSV1, ExplicitVRLittleEndian),
-        (JPEGBaseline8Bit, ExplicitVRLittleEndian),
-        (JPEGLSNearLossless, ExplicitVRLittleEndian),
+        # lossy input the DCT-domain path did not take: lossless and compressed by default
+        (JPEGBaseline8Bit, JPEGLSLossless),
+        (JPEGLSNearLossless, JPEGLSLossless),
     ],
 )
 def test_encoding_plan(syntax, expected):
     plan = plan_encoding(Dataset(), syntax, PixelPolicy())
     assert plan.transfer_syntax_out == expected
     assert plan.note
+
+
+@pytest.mark.parametrize(
+    ("lossy_output", "expected"),
+    [
+        ("explicit-vr-little-endian", ExplicitVRLittleEndian),
+        ("jpeg-2000-lossless", JPEG2000Lossless),
+        ("compressed", JPEGLSLossless),
+    ],
+)
+def test_encoding_plan_for_lossy_input_follows_the_policy(lossy_output, expected):
+    plan = plan_encoding(Dataset(), JPEGLSNearLossless, PixelPolicy(lossy_output=lossy_output))
+    assert plan.transfer_syntax_out == expected and plan.input_was_lossy
 
 
 def test_jpeg_2000_reversibility_is_read_from_the_code_stream():
@@ -115,7 +129,11 @@ def test_every_syntax_is_redacted_and_written_validly(name):
     assert np.all(blank == blank.reshape(-1)[0])
     rest = (slice(None),) * (after.ndim - (3 if int(ds.SamplesPerPixel) == 3 else 2))
     original_photometric = str(dcmread(get_testdata_file(name)).PhotometricInterpretation)
-    if result.transfer_syntax_in != JPEGBaseline8Bit and "YBR" not in original_photometric:
+    dct_domain = result.transfer_syntax_in in (JPEGBaseline8Bit, "1.2.840.10008.1.2.4.51")
+    if dct_domain and not result.reencoded:
+        # whole MCUs blanked (up to 16x16), every other block untouched: rows below them as before
+        assert np.array_equal(after[(*rest, slice(32, None))], before[(*rest, slice(32, None))])
+    if not dct_domain and "YBR" not in original_photometric:
         # lossless paths: the rest of the frame is exactly what was decoded before
         assert np.array_equal(after[(*rest, slice(6, None))], before[(*rest, slice(6, None))])
     if result.transfer_syntax_in in (JPEGBaseline8Bit, "1.2.840.10008.1.2.4.51"):

@@ -15,7 +15,7 @@ from .text_filter import TextFilter
 
 ScanMode = Literal["auto", "always", "never"]
 FrameSampling = Literal["changes", "sample", "all"]
-LossyOutput = Literal["explicit-vr-little-endian", "jpeg-2000-lossless"]
+LossyOutput = Literal["compressed", "explicit-vr-little-endian", "jpeg-2000-lossless"]
 # The same words as values, for the rules' schema and the checks below.
 SCAN_MODES: tuple[str, ...] = get_args(ScanMode)
 FRAME_SAMPLINGS: tuple[str, ...] = get_args(FrameSampling)
@@ -143,7 +143,14 @@ class PixelPolicy:
     trust_no_for_text_prone: whether BurnedInAnnotation NO is believed for US/XA/SC/...;
         off by default because devices and converters set it wrongly and a leak costs more
         than a scan.
-    lossy_output: how lossy input is written back after redaction (see encode.py).
+    lossy_output: how lossy input that cannot be redacted in the DCT domain is written back
+        after redaction (see encode.py): "compressed" (lossless, or irreversible JPEG 2000 when
+        lossless is over ``max_growth`` times the input), "explicit-vr-little-endian",
+        "jpeg-2000-lossless".
+    jpeg_in_dct_domain: redact JPEG Baseline/Extended by blanking its 8x8 blocks in the code stream
+        (same syntax and size, no new lossy step); off, JPEG is decoded and re-encoded like the
+        other lossy input (for comparison, or as an escape hatch).
+    max_growth: how many times the input's Pixel Data a "compressed" lossless re-encoding may take.
     remove_overlays / remove_icons: drop 60xx overlay groups and IconImageSequence everywhere.
     allow_unscanned: publish an instance whose pixels must be scanned when the detector is "none"
         and no fixed box applies (pixels nobody looked at); off, such an instance is rejected.
@@ -160,7 +167,9 @@ class PixelPolicy:
     frame_sampling: FrameSampling = "changes"
     sample_every: int = 10
     trust_no_for_text_prone: bool = False
-    lossy_output: LossyOutput = "explicit-vr-little-endian"
+    lossy_output: LossyOutput = "compressed"
+    jpeg_in_dct_domain: bool = True
+    max_growth: float = 1.5
     remove_overlays: bool = True
     remove_icons: bool = True
     detector_options: Mapping[str, Any] = field(default_factory=dict)
@@ -174,10 +183,12 @@ class PixelPolicy:
             raise ValueError(f"frame_sampling must be one of {', '.join(FRAME_SAMPLINGS)}, not {self.frame_sampling!r}")
         if self.margin < 0 or self.sample_every < 0:
             raise ValueError("margin and sample_every must be >= 0")
-        if self.lossy_output not in ("explicit-vr-little-endian", "jpeg-2000-lossless"):
+        if self.lossy_output not in LOSSY_OUTPUTS:
             raise ValueError(f"unknown lossy_output {self.lossy_output!r}")
         if not isinstance(self.text_filter, TextFilter):
             object.__setattr__(self, "text_filter", TextFilter.from_mapping(dict(self.text_filter)))
+        if not self.max_growth > 0:
+            raise ValueError("max_growth must be > 0")
         object.__setattr__(self, "manual_boxes", tuple(_box_from_spec(b, "manual") for b in self.manual_boxes))
         object.__setattr__(
             self,

@@ -1,4 +1,9 @@
-"""Redact burned-in text: decide, detect on selected frames (sampling.py), fill the union in every frame, re-encode."""
+"""Redact burned-in text: decide, detect on selected frames (sampling.py), fill the union in every frame, re-encode.
+
+JPEG Baseline/Extended frames are not decoded for writing: the blocks under the boxes are blanked
+in the DCT domain (jpeg_blocks.py) and the rest of each code stream keeps its coefficients. Every
+other input, and JPEG the transcoder refuses, is decoded, filled and re-encoded (encode.py).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,20 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.pixels import apply_color_lut
 from pydicom.tag import BaseTag
-from pydicom.uid import ExplicitVRBigEndian
+from pydicom.uid import UID, ExplicitVRBigEndian
 
 from ..tags import is_overlay_group
 from .boxes import RedactionBox, merge_boxes
 from .detectors import NoDetector, TextDetector, detect_text
-from .encode import plan_encoding, record_lossy_history, write_frames
+from .encode import (
+    DCT_DOMAIN_SYNTAXES,
+    EncodingPlan,
+    plan_encoding,
+    record_lossy_history,
+    redact_jpeg_in_place,
+    write_frames,
+)
+from .jpeg_blocks import JpegNotTranscodable
 from .policy import PixelPolicy, fixed_boxes, needs_pixel_scan
 from .render import (
     PixelDecodeError,
@@ -194,7 +207,6 @@ def redact_burned_in_text(ds: Dataset, policy: PixelPolicy, detector: TextDetect
     fixed = fixed_boxes(ds, policy)
 
     decoded: dict[int, np.ndarray] = {}
-    photometric = ""
     found: list[RedactionBox] = []
     detect_on: list[int] = []
     if not isinstance(detector, NoDetector):
@@ -218,7 +230,50 @@ def redact_burned_in_text(ds: Dataset, policy: PixelPolicy, detector: TextDetect
             result.reason = f"{reason}; detector 'none' and no fixed boxes: pixels not examined"
         return result
 
+    plan = _redact_in_dct_domain(ds, tsyntax_in, boxes) if policy.jpeg_in_dct_domain else None
+    if plan is None:
+        plan = _redact_decoded(ds, tsyntax_in, boxes, policy, decoded, frame_count)
+        result.reencoded = True
+    ds.BurnedInAnnotation = "NO"
+
+    result.redacted = True
+    result.frames_redacted = frame_count
+    result.transfer_syntax_out = str(plan.transfer_syntax_out)
+    result.encoding_note = plan.note
+    log.info(
+        "redacted %d box(es) in %d frame(s); %s -> %s",
+        len(boxes),
+        frame_count,
+        tsyntax_in.name,
+        plan.transfer_syntax_out.name,
+    )
+    return result
+
+
+def _redact_in_dct_domain(ds: Dataset, tsyntax_in: UID, boxes: list[RedactionBox]) -> EncodingPlan | None:
+    """Blank the boxes in the JPEG code streams themselves; None when that is not possible here."""
+    if tsyntax_in not in DCT_DOMAIN_SYNTAXES:
+        return None
+    record_lossy_history(ds, tsyntax_in)  # before PixelData is replaced: needs its size
+    try:
+        return redact_jpeg_in_place(ds, boxes)
+    except JpegNotTranscodable as exc:
+        # the message names a kind of stream, never a value from the header
+        log.info("JPEG not redacted in the DCT domain (%s); decoding and re-encoding", exc)
+        return None
+
+
+def _redact_decoded(
+    ds: Dataset,
+    tsyntax_in: UID,
+    boxes: list[RedactionBox],
+    policy: PixelPolicy,
+    decoded: dict[int, np.ndarray],
+    frame_count: int,
+) -> EncodingPlan:
+    """Decode every frame, fill the boxes, write the frames back as encode.py plans."""
     input_photometric = str(ds.get("PhotometricInterpretation", ""))
+    photometric = ""
     frames_list: list[np.ndarray] = []
     for index, frame, frame_photometric in iter_decoded_frames(ds, range(frame_count)):
         frames_list.append(decoded.pop(index, frame))
@@ -232,20 +287,5 @@ def redact_burned_in_text(ds: Dataset, policy: PixelPolicy, detector: TextDetect
 
     plan = plan_encoding(ds, tsyntax_in, policy)
     if plan.input_was_lossy:
-        record_lossy_history(ds, tsyntax_in, frames)  # before PixelData is replaced: needs its size
-    plan = write_frames(ds, frames, photometric, plan, input_photometric)
-    ds.BurnedInAnnotation = "NO"
-
-    result.redacted = True
-    result.reencoded = True
-    result.frames_redacted = frame_count
-    result.transfer_syntax_out = str(plan.transfer_syntax_out)
-    result.encoding_note = plan.note
-    log.info(
-        "redacted %d box(es) in %d frame(s); %s -> %s",
-        len(boxes),
-        frame_count,
-        tsyntax_in.name,
-        plan.transfer_syntax_out.name,
-    )
-    return result
+        record_lossy_history(ds, tsyntax_in)  # before PixelData is replaced: needs its size
+    return write_frames(ds, frames, photometric, plan, input_photometric)

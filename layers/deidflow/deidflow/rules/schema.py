@@ -94,6 +94,8 @@ SCHEMA: dict[str, Any] = {
                         for name in TextFilter.__dataclass_fields__
                     },
                 },
+                "max_growth": {"type": "number", "exclusiveMinimum": 0},
+                "jpeg_in_dct_domain": {"type": "boolean"},
             },
         },
         "labels": {
