@@ -35,6 +35,7 @@ class Labelled:
     frame: np.ndarray  # (rows, columns, 3) uint8, as rendered for detection
     text: np.ndarray  # bool (rows, columns): where text is (glyph pixels, or hand-marked regions)
     kind: str  # "text" or "no-text"
+    marks: np.ndarray | None = None  # marks that are not words: neither required nor a false positive
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ def score(item: Labelled, boxes: list, margin: int = 4, slack: int = 12) -> Scor
         if grown is not None:
             redacted[grown.y0 : grown.y1, grown.x0 : grown.x1] = True
     near_text = cv2.dilate(item.text.astype(np.uint8), np.ones((2 * slack + 1, 2 * slack + 1), np.uint8)) > 0
+    if item.marks is not None:
+        near_text |= item.marks
     return Score(
         text_pixels=int(item.text.sum()),
         text_removed=int((redacted & item.text).sum()),
@@ -234,7 +237,7 @@ def synthetic_no_text() -> list[Labelled]:
 
 @cache
 def labels() -> dict[str, dict]:
-    """The hand-marked real files: ``source/name`` -> {frame, text: [[x0, y0, x1, y1], ...], why}."""
+    """The hand-marked real files: ``source/name`` -> {frame, text: [[x0, y0, x1, y1], ...], marks: [...]}."""
     return yaml.safe_load(LABELS.read_text())["files"]
 
 
@@ -249,18 +252,24 @@ def real_labelled(kind: str | None = None) -> list[Labelled]:
     present = {f"{source_of(path)}/{path.name}": path for path in real_files()}
     found = []
     for key, label in labels().items():
-        item_kind = "text" if label["text"] else "no-text"
+        item_kind = "text" if label.get("text") else "no-text"
         if key not in present or (kind and item_kind != kind):
             continue
         ds = dcmread(present[key])
         index = int(label.get("frame", 0))
         stored, photometric = decode_frame(ds, index)
         frame = render_for_detection(stored, ds, photometric, index)
-        mask = np.zeros(frame.shape[:2], dtype=bool)
-        for x0, y0, x1, y1 in label["text"]:
-            mask[y0:y1, x0:x1] = True
-        found.append(Labelled(key, frame, mask, item_kind))
+        found.append(
+            Labelled(key, frame, _regions(frame, label.get("text")), item_kind, _regions(frame, label.get("marks")))
+        )
     return found
+
+
+def _regions(frame: np.ndarray, boxes: list | None) -> np.ndarray:
+    mask = np.zeros(frame.shape[:2], dtype=bool)
+    for x0, y0, x1, y1 in boxes or ():
+        mask[y0:y1, x0:x1] = True
+    return mask
 
 
 def real_path(key: str) -> Path | None:

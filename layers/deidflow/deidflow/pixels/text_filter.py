@@ -128,12 +128,15 @@ class TextFilter:
         latin = sum(1 for c in text if c.isascii() and c.isalnum())
         other = sum(1 for c in text if not c.isascii() and c.isalnum())
         # one or two characters are what a recogniser makes of a ring or a blob ("O", "11")
-        needed = (
-            self.min_confidence if latin > self.short_text else max(self.min_confidence, self.short_text_confidence)
-        )
+        short = latin + other <= self.short_text
+        needed = max(self.min_confidence, self.short_text_confidence) if short else self.min_confidence
         if latin >= self.min_characters and confidence >= needed:
             return True
-        return latin + other >= self.min_characters and confidence >= self.min_confidence_other_scripts
+        return (
+            other > 0
+            and latin + other >= self.min_characters
+            and confidence >= max(needed, self.min_confidence_other_scripts)
+        )
 
     def shaped_like_text(self, shape: TextShape | None) -> bool:
         if shape is None:
