@@ -23,8 +23,8 @@ is evidence that it holds characters:
    a colour-flow region has neither a flat background nor glyph-sized parts.
 
 A box is kept when either says text; it is dropped only when neither does. Measured on the
-labelled set (benchmarks/bench_pixels.py --labelled): see docs/pixels.md for the figures behind
-the defaults.
+labelled set (benchmarks/bench_pixels.py --labelled); docs/rules.md gives the figures behind the
+defaults.
 
 Nothing here logs or returns the characters read: they may be a patient's name.
 """
