@@ -37,7 +37,8 @@ around it the detector needs), nearby regions merged, each at least ``MIN_REGION
 clipped to the frame. An ECG sweep, which changes in every frame of an echo, then costs a strip
 around its head instead of a whole detection. When the regions would cover most of the frame
 (``WHOLE_FRAME_SHARE``) the frame is detected whole. A box found touching a crop's edge (not the
-frame's) may be a line cut by the crop: the frame is then detected again, whole (``widen``).
+frame's) may be a line cut by the crop: unless boxes found before cover the line's way on past
+that edge, the frame is then detected again, whole (``widen``).
 The comparison baseline ("the last sent frame") is kept per pixel: only what the detector was
 shown is updated, so a caption that grows slowly beside an ECG that is sent every frame is still
 compared with what the detector last saw *there*.
@@ -79,7 +80,8 @@ NEW_PIXELS = 7
 # Changed regions: the hot windows grown by these many pixels (and rounded out to CELL); regions
 # closer than the growth merge. A region is at least MIN_REGION pixels a side; regions covering
 # more than WHOLE_FRAME_SHARE of the frame are not worth cropping. A box within EDGE pixels of a
-# crop edge that is not a frame edge sends the whole frame to the detector.
+# crop edge that is not a frame edge, where no box found before goes on, sends the whole frame to
+# the detector.
 GROW_ROWS = 3 * WINDOW
 GROW_COLUMNS = 10 * WINDOW
 MIN_REGION = 96
@@ -256,15 +258,20 @@ def changed_regions(hot: np.ndarray) -> tuple[RedactionBox, ...] | None:
     return tuple(sorted(merged, key=lambda b: (b.y0, b.x0)))
 
 
-def touches_inner_edge(box: RedactionBox, region: RedactionBox, rows: int, columns: int) -> bool:
-    """Whether ``box`` reaches an edge of ``region`` that is not an edge of the frame: a line of
-    text there may go on outside the crop."""
-    return (
-        (region.x0 > 0 and box.x0 <= region.x0 + EDGE)
-        or (region.y0 > 0 and box.y0 <= region.y0 + EDGE)
-        or (region.x1 < columns and box.x1 >= region.x1 - EDGE)
-        or (region.y1 < rows and box.y1 >= region.y1 - EDGE)
-    )
+def _strips_beyond(box: RedactionBox, region: RedactionBox, rows: int, columns: int) -> list[tuple[slice, slice]]:
+    """The one-pixel strips just outside each edge of ``region`` that ``box`` reaches (within
+    ``EDGE``) and that is not an edge of the frame: where a line of text cut by the crop goes on."""
+    strips = []
+    along_rows, along_columns = slice(box.y0, box.y1), slice(box.x0, box.x1)
+    if region.x0 > 0 and box.x0 <= region.x0 + EDGE:
+        strips.append((along_rows, slice(region.x0 - 1, region.x0)))
+    if region.x1 < columns and box.x1 >= region.x1 - EDGE:
+        strips.append((along_rows, slice(region.x1, region.x1 + 1)))
+    if region.y0 > 0 and box.y0 <= region.y0 + EDGE:
+        strips.append((slice(region.y0 - 1, region.y0), along_columns))
+    if region.y1 < rows and box.y1 >= region.y1 - EDGE:
+        strips.append((slice(region.y1, region.y1 + 1), along_columns))
+    return strips
 
 
 def _cell_counts(mask: np.ndarray) -> np.ndarray:
@@ -315,6 +322,13 @@ class ChangeSelector:
             self.regions = None
             assert self._previous is not None
             self._sent = self._previous
+
+    def cut_by_crop(self, box: RedactionBox, region: RedactionBox) -> bool:
+        """Whether ``box``, found in the crop ``region``, reaches an edge of it beyond which the
+        line it holds may go on unredacted: an edge inside the frame, not already covered there
+        (a caption found before and cut by this crop needs no second look)."""
+        strips = _strips_beyond(box, region, self.rows, self.columns)
+        return any(not self._covered[strip].all() for strip in strips)
 
     def _new_strokes(self, signature: FrameSignature) -> np.ndarray | None:
         """The hot windows (a mask) with enough changed stroke pixels, or None."""
@@ -405,14 +419,13 @@ class DetectionFrames:
     ) -> list[RedactionBox]:
         """The boxes on the frame just yielded, detected in ``regions`` (None: whole), in frame
         coordinates; reported to ``found``."""
-        rows, columns = rendered.shape[:2]
         boxes: list[RedactionBox] = []
         for region in regions or (None,):
             here = detect_text(detector, rendered, text_filter, region)
-            if region is not None and any(touches_inner_edge(b, region, rows, columns) for b in here):
+            selector = self.selector
+            if region is not None and selector is not None and any(selector.cut_by_crop(b, region) for b in here):
                 # a line of text may run on outside the crop: look at all of it
-                if self.selector is not None:
-                    self.selector.widen()
+                selector.widen()
                 boxes = detect_text(detector, rendered, text_filter)
                 break
             boxes.extend(here)
