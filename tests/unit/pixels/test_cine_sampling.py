@@ -337,9 +337,8 @@ def test_late_text_next_to_an_ecg_is_removed(local_detector, reader):
 
 
 def test_a_caption_growing_letter_by_letter_beside_an_ecg_is_removed_whole(local_detector, reader):
-    # defect caught: each frame's crop around the newest letters cutting the line, and the part
-    # of the word beyond the crop (there before, never detected whole) left in place; or the
-    # baseline refreshed outside the crop, so the letters added beside a crop are never sent
+    # defect caught: each frame's crop around the newest letter cutting the word, the letters
+    # before it (in the crop's margin, or beyond its edge) left in place; boxes not shifted back
     count, start = 60, 21
     caption = "KOWALSKA-WISNIEWSKA ANNA"
     frames, _ = ultrasound_cine(count)
@@ -363,3 +362,29 @@ def test_a_caption_growing_letter_by_letter_beside_an_ecg_is_removed_whole(local
     for box in result.boxes:
         covered[box.y0 : box.y1, box.x0 : box.x1] = True
     assert (covered | ~mask).all(), "some of the caption's pixels are outside every box"
+
+
+def test_a_caption_fading_in_beside_an_ecg_is_sent_where_it_is():
+    # defect caught: the baseline refreshed over the whole frame when only a crop was detected:
+    # the ECG sends every frame, each step of the fade is below the threshold against the frame
+    # before, and the caption is never shown to the detector
+    count, start = 40, 12
+    frames, _ = ultrasound_cine(count)
+    with_ecg(frames)
+    mask = np.zeros(frames.shape[1:3], dtype=bool)
+    for index in range(start, count):
+        level = min(255, 12 * (index - start + 1))  # 12 levels a frame: under FAINT (32) a step
+        draw_text(frames[index], mask, TextSpec("KOWALSKI", 470, 456, "aileron", 16, (level, level, level)))
+    chosen = regions_by_frame(build_dataset(frames))
+    ys, xs = np.nonzero(mask)
+    shown = [
+        index
+        for index, regions in chosen.items()
+        if start < index < start + 12
+        and (
+            regions is None
+            or any(b.x0 <= xs.min() and xs.max() < b.x1 and b.y0 <= ys.min() and ys.max() < b.y1 for b in regions)
+        )
+        and index not in fixed(count)
+    ]
+    assert shown, "the fading caption was never in a crop shown to the detector before a fixed sample"
