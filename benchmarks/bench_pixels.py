@@ -7,9 +7,11 @@ Prints, for 640x480 and 1024x1024 RGB ultrasound-like frames with burned-in capt
   * the local (offline ONNX) detector, per frame;
   * render for detection, per frame;
   * redact + re-encode (decode, fill boxes, encode) per frame, for several transfer syntaxes;
-and, for frame_sampling "changes", "sample" and "all": frames detected and wall time on a 100-frame
-cine with text in frames 43-47 only (and whether that text was removed), and on real cines
-(deid-data's echo, pydicom's JPEG YBR cine).
+and, for frame_sampling "changes", "sample" and "all": frames detected, the pixel area shown to the
+detector (the sum of the frames' or crops' areas, in frames: "changes" detects a frame sent for a
+change in its changed regions only) and wall time on a 100-frame cine with text in frames 43-47
+only (and whether that text was removed), and on real cines (deid-data's echo, whose ECG sweep
+changes every frame; pydicom's JPEG YBR cine).
 then, for a 120-frame 640x480 JPEG Baseline YBR_FULL_422 cine with burned-in captions (and
 pydicom-data's real color3d_jpeg_baseline.dcm when installed), Pixel Data in and out and seconds
 for the three ways lossy JPEG can be written back: blocks blanked in the DCT domain (default),
@@ -147,13 +149,13 @@ def main() -> None:
     cine = roundtrip(build_dataset(frames, burned_in="YES"))
     print(f"{cine_frames}-frame 640x480 RGB cine, native, local detector, extra text in frames {late[0]}-{late[-1]}:")
     for label, policy in POLICIES:
-        result, elapsed = timed_redaction(cine, policy, detector)
+        result, elapsed, area = timed_redaction(cine, policy, detector)
         covered = np.zeros(late_mask.shape, dtype=bool)
         for box in result.boxes:
             covered[box.y0 : box.y1, box.x0 : box.x1] = True
         removed = "removed" if (covered | ~late_mask).all() else "LEFT IN PLACE"
         print(
-            f"  {label:<44} {len(result.frames_scanned):>4} frames detected  "
+            f"  {label:<44} {len(result.frames_scanned):>4} frames detected  {area:6.1f} frames' area  "
             f"{elapsed:7.2f} s  {elapsed / cine_frames * 1000:7.1f} ms/frame  late text {removed}"
         )
     jpeg_section(detector, 30 if args.quick else 120)
@@ -215,9 +217,9 @@ def jpeg_section(detector, frames: int) -> None:
         count = int(source.get("NumberOfFrames") or 1)
         print(f"{name}: {count} frames of {source.Columns}x{source.Rows} {source.PhotometricInterpretation}:")
         for label, policy in POLICIES:
-            result, elapsed = timed_redaction(source, policy, detector)
+            result, elapsed, area = timed_redaction(source, policy, detector)
             print(
-                f"  {label:<44} {len(result.frames_scanned):>4} frames detected  "
+                f"  {label:<44} {len(result.frames_scanned):>4} frames detected  {area:6.1f} frames' area  "
                 f"{elapsed:7.2f} s  {len(result.boxes)} boxes"
             )
 
@@ -229,11 +231,29 @@ POLICIES = (
 )
 
 
-def timed_redaction(source: Dataset, policy: PixelPolicy, detector) -> tuple[PixelResult, float]:
+class AreaCounter:
+    """Passes every call to a detector and adds up the pixels it was shown (frames or crops)."""
+
+    def __init__(self, detector) -> None:
+        self.detector, self.name, self.pixels = detector, detector.name, 0
+
+    def read(self, frame_rgb8):
+        self.pixels += frame_rgb8.shape[0] * frame_rgb8.shape[1]
+        return self.detector.read(frame_rgb8)
+
+    def read_crop(self, crop_rgb8, frame_shape):
+        self.pixels += crop_rgb8.shape[0] * crop_rgb8.shape[1]
+        return self.detector.read_crop(crop_rgb8, frame_shape)
+
+
+def timed_redaction(source: Dataset, policy: PixelPolicy, detector) -> tuple[PixelResult, float, float]:
+    """The result, the wall time, and the area shown to the detector in frames (sum of areas / frame area)."""
     ds = copy.deepcopy(source)  # redaction mutates; the copy is made outside the timed region
+    counter = AreaCounter(detector)
     start = time.perf_counter()
-    result = redact_burned_in_text(ds, policy, detector)
-    return result, time.perf_counter() - start
+    result = redact_burned_in_text(ds, policy, counter)
+    elapsed = time.perf_counter() - start
+    return result, elapsed, counter.pixels / (int(source.Rows) * int(source.Columns))
 
 
 def real_cines() -> list[tuple[str, Path]]:

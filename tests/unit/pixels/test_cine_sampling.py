@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from deidflow.pixels import PixelPolicy, frames_to_detect, redact_burned_in_text
+from deidflow.pixels.boxes import RedactionBox
 from deidflow.pixels.sampling import DetectionFrames
+from deidflow.pixels.text_filter import TextReading
 from deidflow.rules.schema import SCHEMA
 from pixel_testdata import TextSpec, build_dataset, draw_text, roundtrip, text_frames
 from pydicom.pixels import pixel_array
@@ -177,3 +179,212 @@ def test_counter_is_unreadable_in_every_frame(local_detector, reader):
     for index in range(count):
         joined = reader.joined(after[index])
         assert "ELAPSED" not in joined and f"4{index * 7:03d}" not in joined, f"frame {index}"
+
+
+# --- where a frame sent for a change is detected: the changed regions ---------------------------
+
+ECG_TOP, ECG_HEIGHT, SWEEP = 420, 40, 12  # an ECG sweeping left to right, 12 px a frame
+
+
+def with_ecg(frames: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Draw an ECG-like trace on each frame, as echo machines do: a green line redrawn behind a
+    sweep head (each cycle a little different), a black gap ahead of it. Changes every frame, only
+    near the head."""
+    columns = frames.shape[2]
+    xs = np.arange(columns)
+
+    def trace(cycle: int) -> np.ndarray:
+        beat = np.exp(-((((xs % 160) - 80) / 4.0) ** 2)) * (ECG_HEIGHT - 8) * (0.8 + 0.05 * (cycle % 4))
+        return (ECG_TOP + ECG_HEIGHT - 4 - beat + 2 * np.sin(xs / 9.0 + cycle)).astype(np.int32)
+
+    for index, frame in enumerate(frames):
+        head = (index * SWEEP) % columns
+        cycle = (index * SWEEP) // columns
+        y = np.where(xs < head, trace(cycle), trace(cycle - 1))
+        frame[ECG_TOP : ECG_TOP + ECG_HEIGHT] = 0
+        for x in range(columns - 1):
+            if head <= x < head + 24:
+                continue  # the erase gap ahead of the head
+            top, bottom = sorted((int(y[x]), int(y[x + 1])))
+            frame[top - 1 : bottom + 1, x : x + 2] = (0, 230, 0)
+    return frames
+
+
+def regions_by_frame(ds) -> dict[int, tuple | None]:
+    """The frames the selector sends and where each would be detected, with no detector."""
+    frames = DetectionFrames(ds, PixelPolicy(), int(ds.get("NumberOfFrames") or 1))
+    return {index: regions for index, *_, regions in frames}
+
+
+def area_share(regions, shape: tuple[int, int]) -> float:
+    return 1.0 if regions is None else sum(box.area for box in regions) / (shape[0] * shape[1])
+
+
+def test_an_ecg_only_change_is_detected_in_a_small_crop():
+    # defect caught: a frame sent for its ECG sweep detected whole (an echo costs a detection a
+    # frame), or a crop that does not contain the sweep head
+    count = 30
+    frames, _ = ultrasound_cine(count)
+    with_ecg(frames)
+    chosen = regions_by_frame(build_dataset(frames))
+    changed_only = {i: r for i, r in chosen.items() if i not in fixed(count)}
+    assert len(changed_only) >= count - len(fixed(count)) - 2, sorted(chosen)  # the sweep sends them
+    for index, regions in changed_only.items():
+        assert regions is not None, index
+        # about 400 x 128 of 640 x 480: the head +- 160 px, the trace +- 48 px, rounded out to cells
+        assert area_share(regions, frames.shape[1:3]) <= 0.2, (index, regions)
+        head = (index * SWEEP) % frames.shape[2]
+        assert any(b.x0 <= head < b.x1 and b.y0 <= ECG_TOP and b.y1 >= ECG_TOP + ECG_HEIGHT for b in regions)
+        assert all(b.width >= 96 and b.height >= 96 for b in regions)
+
+
+def test_fixed_samples_and_the_first_frame_are_detected_whole():
+    # defect caught: a fixed sample (the safety net for everything the change test misses)
+    # cropped to the regions that changed in it
+    count = 30
+    frames, _ = ultrasound_cine(count)
+    chosen = regions_by_frame(build_dataset(with_ecg(frames)))
+    assert all(chosen[index] is None for index in fixed(count))
+
+
+class CropEdgeDetector:
+    """A fake back-end: 'reads' a confident line across the image it is given, edge to edge."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, int]] = []
+
+    def read(self, frame_rgb8: np.ndarray) -> list:
+        self.shapes.append(frame_rgb8.shape[:2])
+        rows, columns = frame_rgb8.shape[:2]
+        return [TextReading(RedactionBox(0, rows // 2 - 8, columns, rows // 2 + 8), "SKAANNA", 0.99)]
+
+
+def test_a_box_on_a_crop_edge_sends_the_whole_frame_and_boxes_come_back_in_frame_coordinates():
+    # defect caught: a line of text cut by the crop edge redacted only up to the edge; boxes
+    # found in a crop left in crop coordinates
+    count = 30
+    frames, _ = ultrasound_cine(count)
+    ds = build_dataset(with_ecg(frames))
+    detector = CropEdgeDetector()
+    detection = DetectionFrames(ds, PixelPolicy(), count)
+    for index, _frame, _photometric, rendered, regions in detection:
+        before = len(detector.shapes)
+        boxes = detection.detect(detector, rendered, regions)
+        if index == 5:  # sent for its sweep only: a crop first, then the whole frame
+            assert regions is not None and len(regions) == 1
+            (region,) = regions
+            assert detector.shapes[before:] == [(region.height, region.width), frames.shape[1:3]]
+            assert boxes == [RedactionBox(0, frames.shape[1] // 2 - 8, frames.shape[2], frames.shape[1] // 2 + 8)]
+            assert detection.selector is not None and detection.selector.regions is None
+            break
+    else:
+        pytest.fail("frame 5 was not sent")
+
+
+def test_a_box_inside_a_crop_is_shifted_back_and_needs_no_second_look():
+    # defect caught: boxes from a crop in crop coordinates (the wrong place blanked), or every
+    # crop detected twice
+    count = 30
+    frames, _ = ultrasound_cine(count)
+    ds = build_dataset(with_ecg(frames))
+
+    class Inside(CropEdgeDetector):
+        def read(self, frame_rgb8):
+            self.shapes.append(frame_rgb8.shape[:2])
+            return [TextReading(RedactionBox(20, 30, 60, 46), "SKAANNA", 0.99)]
+
+    detector = Inside()
+    detection = DetectionFrames(ds, PixelPolicy(), count)
+    for index, _frame, _photometric, rendered, regions in detection:
+        before = len(detector.shapes)
+        boxes = detection.detect(detector, rendered, regions)
+        if index == 5:
+            assert regions is not None
+            assert len(detector.shapes) - before == len(regions)
+            assert {(b.x0, b.y0) for b in boxes} == {(r.x0 + 20, r.y0 + 30) for r in regions}
+            break
+
+
+def test_late_text_next_to_an_ecg_is_removed(local_detector, reader):
+    # defect caught: a crop fitted to the ECG that cuts off text appearing beside it, or a frame
+    # sent for the ECG and the text that is not shown the text
+    count, shown = 40, range(25, 31)
+    frames, _ = ultrasound_cine(count)
+    with_ecg(frames)
+    head = (shown[0] * SWEEP) % frames.shape[2]
+    spec = TextSpec("NOWAK 19610302", head - 60, ECG_TOP - 22, "aileron", 16, (255, 255, 255))
+    mask = np.zeros(frames.shape[1:3], dtype=bool)
+    for index in shown:
+        draw_text(frames[index], mask, spec)
+    source = roundtrip(build_dataset(frames, burned_in="YES"))
+    assert "NOWAK" in reader.joined(frames[shown[0]]), "the judge should read the text before"
+    regions = regions_by_frame(roundtrip(source))[shown[0]]
+    assert regions is not None, "frame 25 should be detected in a crop (the path under test)"
+
+    ds = roundtrip(source)
+    result = redact_burned_in_text(ds, PixelPolicy(), local_detector)
+    assert result.redacted and shown[0] in result.frames_scanned
+    after = pixel_array(roundtrip(ds))
+    for index in shown:
+        joined = reader.joined(after[index])
+        assert "NOWAK" not in joined and "19610302" not in joined, f"frame {index}"
+    covered = np.zeros(mask.shape, dtype=bool)
+    for box in result.boxes:
+        covered[box.y0 : box.y1, box.x0 : box.x1] = True
+    assert (covered | ~mask).all(), "some of the text's pixels are outside every box"
+
+
+def test_a_caption_growing_letter_by_letter_beside_an_ecg_is_removed_whole(local_detector, reader):
+    # defect caught: each frame's crop around the newest letter cutting the word, the letters
+    # before it (in the crop's margin, or beyond its edge) left in place; boxes not shifted back
+    count, start = 60, 21
+    caption = "KOWALSKA-WISNIEWSKA ANNA"
+    frames, _ = ultrasound_cine(count)
+    with_ecg(frames)
+    mask = np.zeros(frames.shape[1:3], dtype=bool)
+    for index in range(start, count):
+        letters = min(index - start + 1, len(caption))
+        draw_text(frames[index], mask, TextSpec(caption[:letters], 150, 452, "aileron", 16, (255, 255, 0)))
+    source = roundtrip(build_dataset(frames, burned_in="YES"))
+    last = frames[-1]
+    assert "KOWALSKA" in reader.joined(last), "the judge should read the caption before"
+
+    ds = roundtrip(source)
+    result = redact_burned_in_text(ds, PixelPolicy(), local_detector)
+    assert result.redacted
+    after = pixel_array(roundtrip(ds))
+    for index in range(start + 4, count, 3):
+        joined = reader.joined(after[index])
+        assert not [w for w in ("KOWALSKA", "WISNIEWSKA", "ANNA", "KOWAL", "WISN") if w in joined], f"frame {index}"
+    covered = np.zeros(mask.shape, dtype=bool)
+    for box in result.boxes:
+        covered[box.y0 : box.y1, box.x0 : box.x1] = True
+    assert (covered | ~mask).all(), "some of the caption's pixels are outside every box"
+
+
+def test_a_caption_fading_in_beside_an_ecg_is_sent_where_it_is():
+    # defect caught: the baseline refreshed over the whole frame when only a crop was detected:
+    # the ECG sends every frame, each step of the fade is below the threshold against the frame
+    # before, and the caption is never shown to the detector
+    count, start = 40, 12
+    frames, _ = ultrasound_cine(count)
+    with_ecg(frames)
+    mask = np.zeros(frames.shape[1:3], dtype=bool)
+    for index in range(start, count):
+        level = min(255, 12 * (index - start + 1))  # 12 levels a frame: under FAINT (32) a step
+        draw_text(frames[index], mask, TextSpec("KOWALSKI", 470, 456, "aileron", 16, (level, level, level)))
+    chosen = regions_by_frame(build_dataset(frames))
+    ys, xs = np.nonzero(mask)
+    shown = [
+        index
+        for index, regions in chosen.items()
+        if start < index < start + 12
+        and (
+            regions is None
+            or any(b.x0 <= xs.min() and xs.max() < b.x1 and b.y0 <= ys.min() and ys.max() < b.y1 for b in regions)
+        )
+        and index not in fixed(count)
+    ]
+    assert shown, "the fading caption was never in a crop shown to the detector before a fixed sample"

@@ -19,7 +19,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian
 
 from ..tags import is_overlay_group
 from .boxes import RedactionBox, merge_boxes
-from .detectors import NoDetector, TextDetector, detect_text
+from .detectors import NoDetector, TextDetector
 from .encode import (
     DCT_DOMAIN_SYNTAXES,
     EncodingPlan,
@@ -211,13 +211,12 @@ def redact_burned_in_text(ds: Dataset, policy: PixelPolicy, detector: TextDetect
     detect_on: list[int] = []
     if not isinstance(detector, NoDetector):
         # which frames: the fixed samples, plus (policy "changes") each frame with new text-like
-        # strokes outside the boxes found so far - hence the boxes are handed back as found
+        # strokes outside the boxes found so far, detected where they changed - hence the boxes
+        # go back through frames_for_detection as found
         frames_for_detection = DetectionFrames(ds, policy, frame_count, fixed)
-        for index, frame, _photometric, rendered in frames_for_detection:
+        for index, frame, _photometric, rendered, regions in frames_for_detection:
             decoded[index] = frame
-            boxes_here = detect_text(detector, rendered, policy.text_filter)
-            frames_for_detection.found(boxes_here)
-            found.extend(boxes_here)
+            found.extend(frames_for_detection.detect(detector, rendered, regions, policy.text_filter))
         detect_on = frames_for_detection.detected
     result.frames_scanned = tuple(detect_on)
 

@@ -29,6 +29,20 @@ sent frame, so compression noise around a static caption does not make it look n
 with the last *sent* frame (not only the previous one) means a caption that fades in slowly over
 many frames is sent once it has grown enough strokes, however small each step.
 
+Where the detector looks: a fixed sample, and the first frame, are detected whole. A frame sent
+only because of a change is detected in the *changed regions* only: the union of the windows that
+had enough new stroke pixels, grown by ``GROW_ROWS`` above and below and ``GROW_COLUMNS`` left and
+right (text runs in lines: a word whose first glyph changed is seen whole, with the background
+around it the detector needs), nearby regions merged, each at least ``MIN_REGION`` pixels a side,
+clipped to the frame. An ECG sweep, which changes in every frame of an echo, then costs a strip
+around its head instead of a whole detection. When the regions would cover most of the frame
+(``WHOLE_FRAME_SHARE``) the frame is detected whole. A box found touching a crop's edge (not the
+frame's) may be a line cut by the crop: unless boxes found before cover the line's way on past
+that edge, the frame is then detected again, whole (``widen``).
+The comparison baseline ("the last sent frame") is kept per pixel: only what the detector was
+shown is updated, so a caption that grows slowly beside an ECG that is sent every frame is still
+compared with what the detector last saw *there*.
+
 What this costs: every frame decoded and rendered once (frames sent are kept decoded, as before);
 per frame a few full-size masks, of which only two (the last sent frame's, the previous frame's)
 and a per-cell counter are kept, so memory does not grow with the number of frames.
@@ -43,8 +57,10 @@ import numpy as np
 from pydicom import Dataset
 
 from .boxes import RedactionBox
+from .detectors import TextDetector, detect_text
 from .policy import PixelPolicy, frames_to_detect
 from .render import iter_decoded_frames, render_for_detection
+from .text_filter import TextFilter
 
 # Stroke contrast thresholds, in levels of the rendered 8-bit frame. Measured on deid-data's echo
 # cine (tissue, colour Doppler, an ECG sweep) and synthetic speckle: grey tissue and Doppler reach
@@ -60,6 +76,17 @@ STROKE_WINDOW = 5  # pixels: wider than a stroke of burned-in text, narrower tha
 # about one small character (a digit of Pillow's 11-pixel bitmap font has 7 to 11 stroke pixels).
 WINDOW = 16
 NEW_PIXELS = 7
+
+# Changed regions: the hot windows grown by these many pixels (and rounded out to CELL); regions
+# closer than the growth merge. A region is at least MIN_REGION pixels a side; regions covering
+# more than WHOLE_FRAME_SHARE of the frame are not worth cropping. A box within EDGE pixels of a
+# crop edge that is not a frame edge, where no box found before goes on, sends the whole frame to
+# the detector.
+GROW_ROWS = 3 * WINDOW
+GROW_COLUMNS = 10 * WINDOW
+MIN_REGION = 96
+WHOLE_FRAME_SHARE = 0.5
+EDGE = 2
 
 # Quiet cells (the text-prone bands): CELL x CELL pixels in which at most QUIET_NOISE pixels changed
 # by more than NOISE levels between consecutive frames, for each of the last QUIET_FRAMES frames,
@@ -130,18 +157,121 @@ def frame_signature(rendered: np.ndarray) -> FrameSignature:
     return FrameSignature(faint=faint, strong=strong, brightness=bright, darkness=dark)
 
 
-def _some_window_holds(mask: np.ndarray, window: int, threshold: int) -> bool:
-    """Whether some ``window`` x ``window`` square of ``mask`` holds >= ``threshold`` True pixels.
-
-    A sliding window rather than fixed tiles, so a word cut by a tile edge counts whole."""
-    if int(np.count_nonzero(mask)) < threshold:
-        return False
+def _window_sums(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    """For each top-left corner, the True pixels of ``mask`` in the h x w window there."""
     rows, columns = mask.shape
     integral = np.zeros((rows + 1, columns + 1), dtype=np.int32)
     np.cumsum(np.cumsum(mask, axis=0, dtype=np.int32), axis=1, out=integral[1:, 1:])
+    return integral[h:, w:] - integral[:-h, w:] - integral[h:, :-w] + integral[:-h, :-w]
+
+
+def _hot_windows(mask: np.ndarray, window: int, threshold: int) -> np.ndarray | None:
+    """The pixels of the ``window`` x ``window`` squares of ``mask`` that hold >= ``threshold`` True
+    pixels (a mask), or None when there is none.
+
+    A sliding window rather than fixed tiles, so a word cut by a tile edge counts whole."""
+    if int(np.count_nonzero(mask)) < threshold:
+        return None
+    rows, columns = mask.shape
     h, w = min(window, rows), min(window, columns)
-    sums = integral[h:, w:] - integral[:-h, w:] - integral[h:, :-w] + integral[:-h, :-w]
-    return bool(sums.max() >= threshold)
+    hot = _window_sums(mask, h, w) >= threshold
+    if not hot.any():
+        return None
+    # a pixel is in a hot window when some hot corner lies up to h-1 above and w-1 left of it
+    corners = np.zeros((rows + h - 1, columns + w - 1), dtype=bool)
+    corners[h - 1 : h - 1 + hot.shape[0], w - 1 : w - 1 + hot.shape[1]] = hot
+    return _window_sums(corners, h, w) > 0
+
+
+def _grow_cells(cells: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """Dilate a cell grid by ``rows`` cells up and down and ``columns`` cells left and right."""
+    grown = cells
+    if rows:
+        grown = _shifted_extreme(grown, 2 * rows + 1, 0, True)
+    if columns:
+        grown = _shifted_extreme(grown, 2 * columns + 1, 1, True)
+    return grown
+
+
+def _cell_boxes(cells: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes (row0, column0, row1, column1), in cells, of the 8-connected parts of a grid."""
+    seen = np.zeros(cells.shape, dtype=bool)
+    boxes = []
+    for start in zip(*np.nonzero(cells), strict=True):
+        if seen[start]:
+            continue
+        seen[start] = True
+        stack, r0, c0, r1, c1 = [start], start[0], start[1], start[0], start[1]
+        while stack:
+            r, c = stack.pop()
+            r0, c0, r1, c1 = min(r0, r), min(c0, c), max(r1, r), max(c1, c)
+            for nr in range(max(r - 1, 0), min(r + 2, cells.shape[0])):
+                for nc in range(max(c - 1, 0), min(c + 2, cells.shape[1])):
+                    if cells[nr, nc] and not seen[nr, nc]:
+                        seen[nr, nc] = True
+                        stack.append((nr, nc))
+        boxes.append((int(r0), int(c0), int(r1) + 1, int(c1) + 1))
+    return boxes
+
+
+def _at_least(start: int, stop: int, size: int, limit: int) -> tuple[int, int]:
+    """[start, stop) widened about its centre to ``size`` (or ``limit``), kept inside [0, limit)."""
+    size = min(size, limit)
+    if stop - start >= size:
+        return start, stop
+    start = max(0, min((start + stop - size) // 2, limit - size))
+    return start, start + size
+
+
+def changed_regions(hot: np.ndarray) -> tuple[RedactionBox, ...] | None:
+    """Where to detect on a frame whose ``hot`` pixels (in windows with new strokes) sent it: the
+    hot pixels grown, nearby ones merged, clipped; None when that is most of the frame."""
+    rows, columns = hot.shape
+    cells = _cell_counts(hot) > 0
+    grown = _grow_cells(cells, -(-GROW_ROWS // CELL), -(-GROW_COLUMNS // CELL))
+    boxes = [
+        RedactionBox(c0 * CELL, r0 * CELL, min(c1 * CELL, columns), min(r1 * CELL, rows), 1.0, "changed")
+        for r0, c0, r1, c1 in _cell_boxes(grown)
+    ]
+    merged: list[RedactionBox] = []
+    while boxes:  # the bounding boxes of parts may overlap once padded: merge until none do
+        box = boxes.pop()
+        for other in list(merged):
+            if box.x0 < other.x1 and other.x0 < box.x1 and box.y0 < other.y1 and other.y0 < box.y1:
+                merged.remove(other)
+                box = RedactionBox(
+                    min(box.x0, other.x0), min(box.y0, other.y0), max(box.x1, other.x1), max(box.y1, other.y1),
+                    1.0, "changed",
+                )  # fmt: skip
+                boxes.append(box)
+                break
+        else:
+            x0, x1 = _at_least(box.x0, box.x1, MIN_REGION, columns)
+            y0, y1 = _at_least(box.y0, box.y1, MIN_REGION, rows)
+            padded = RedactionBox(x0, y0, x1, y1, 1.0, "changed")
+            if padded != box:
+                boxes.append(padded)  # padding may make it overlap another: look again
+            else:
+                merged.append(box)
+    if sum(box.area for box in merged) > WHOLE_FRAME_SHARE * rows * columns:
+        return None
+    return tuple(sorted(merged, key=lambda b: (b.y0, b.x0)))
+
+
+def _strips_beyond(box: RedactionBox, region: RedactionBox, rows: int, columns: int) -> list[tuple[slice, slice]]:
+    """The one-pixel strips just outside each edge of ``region`` that ``box`` reaches (within
+    ``EDGE``) and that is not an edge of the frame: where a line of text cut by the crop goes on."""
+    strips = []
+    along_rows, along_columns = slice(box.y0, box.y1), slice(box.x0, box.x1)
+    if region.x0 > 0 and box.x0 <= region.x0 + EDGE:
+        strips.append((along_rows, slice(region.x0 - 1, region.x0)))
+    if region.x1 < columns and box.x1 >= region.x1 - EDGE:
+        strips.append((along_rows, slice(region.x1, region.x1 + 1)))
+    if region.y0 > 0 and box.y0 <= region.y0 + EDGE:
+        strips.append((slice(region.y0 - 1, region.y0), along_columns))
+    if region.y1 < rows and box.y1 >= region.y1 - EDGE:
+        strips.append((slice(region.y1, region.y1 + 1), along_columns))
+    return strips
 
 
 def _cell_counts(mask: np.ndarray) -> np.ndarray:
@@ -153,18 +283,21 @@ def _cell_counts(mask: np.ndarray) -> np.ndarray:
 
 class ChangeSelector:
     """Decides, frame by frame and in order, whether a frame shows text-like content the detector
-    has not been shown.
+    has not been shown, and where.
 
-    ``wants(index, rendered)`` must see every frame, in order; ``cover(boxes)`` is told the boxes
-    that will be filled in every frame (fixed ones, and each detection's), inside which new
-    strokes need no detection: they are removed whatever they say.
+    ``wants(index, rendered)`` must see every frame, in order; when it says yes, ``regions`` says
+    where to detect (None: the whole frame), and ``widen()`` records that the whole frame was
+    detected after all. ``cover(boxes)`` is told the boxes that will be filled in every frame
+    (fixed ones, and each detection's), inside which new strokes need no detection: they are
+    removed whatever they say.
     """
 
     def __init__(self, rows: int, columns: int, always: Iterable[int] = (), margin: int = 0) -> None:
         self.rows, self.columns, self.margin = rows, columns, margin
         self.always = frozenset(always)
+        self.regions: tuple[RedactionBox, ...] | None = None
         self._covered = np.zeros((rows, columns), dtype=bool)
-        self._sent: FrameSignature | None = None
+        self._sent: FrameSignature | None = None  # per pixel: as the detector last saw it
         self._previous: FrameSignature | None = None
         self._quiet_runs = np.zeros((-(-rows // CELL), -(-columns // CELL)), dtype=np.int32)
         self._transitions = 0
@@ -177,24 +310,41 @@ class ChangeSelector:
 
     def wants(self, index: int, rendered: np.ndarray) -> bool:
         signature = frame_signature(rendered)
-        send = index in self.always or self._sent is None or self._shows_new_strokes(signature)
+        hot = None if self._sent is None else self._new_strokes(signature)
+        send = index in self.always or self._sent is None or hot is not None
+        self.regions = None if (index in self.always or hot is None) else changed_regions(hot)
         self._remember(signature, send)
         return send
 
-    def _shows_new_strokes(self, signature: FrameSignature) -> bool:
+    def widen(self) -> None:
+        """The frame last wanted was detected whole, not in ``regions``."""
+        if self.regions is not None:
+            self.regions = None
+            assert self._previous is not None
+            self._sent = self._previous
+
+    def cut_by_crop(self, box: RedactionBox, region: RedactionBox) -> bool:
+        """Whether ``box``, found in the crop ``region``, reaches an edge of it beyond which the
+        line it holds may go on unredacted: an edge inside the frame, not already covered there
+        (a caption found before and cut by this crop needs no second look)."""
+        strips = _strips_beyond(box, region, self.rows, self.columns)
+        return any(not self._covered[strip].all() for strip in strips)
+
+    def _new_strokes(self, signature: FrameSignature) -> np.ndarray | None:
+        """The hot windows (a mask) with enough changed stroke pixels, or None."""
         assert self._sent is not None
         # A stroke pixel changed when it is a stroke in this frame or in the last sent one and its
         # value moved by about the stroke's contrast: it appeared, went, or became another glyph
         # (a counter's digits share most of their pixels, so "not a stroke before" is not enough).
         # Static text over moving speckle does not change; compression noise is far smaller.
+        # Both kinds of change go into the mask: a frame sent for one is detected where either is
+        # (what is not shown to the detector is still compared with what it saw there before).
         sent = self._sent
         moved = np.maximum(np.abs(signature.brightness - sent.brightness), np.abs(signature.darkness - sent.darkness))
         uncovered = ~self._covered
         changed = (signature.strong | sent.strong) & (moved >= STRONG) & uncovered
-        if _some_window_holds(changed, WINDOW, NEW_PIXELS):
-            return True
         changed |= (signature.faint | sent.faint) & (moved >= FAINT) & uncovered & self._quiet_pixels()
-        return _some_window_holds(changed, WINDOW, NEW_PIXELS)
+        return _hot_windows(changed, WINDOW, NEW_PIXELS)
 
     def _quiet_pixels(self) -> np.ndarray:
         # Early in the cine a cell is quiet once it has been still for every transition seen, and
@@ -215,8 +365,19 @@ class ChangeSelector:
             self._quiet_runs = np.where(_cell_counts(moved) > QUIET_NOISE, 0, self._quiet_runs + 1)
             self._transitions += 1
         self._previous = signature
-        if sent:
+        if not sent:
+            return
+        if self._sent is None or self.regions is None:
             self._sent = signature
+            return
+        # the detector sees the regions only: elsewhere the baseline stays what it saw before
+        parts = {}
+        for name in ("faint", "strong", "brightness", "darkness"):
+            part = getattr(self._sent, name).copy()
+            for box in self.regions:
+                part[box.y0 : box.y1, box.x0 : box.x1] = getattr(signature, name)[box.y0 : box.y1, box.x0 : box.x1]
+            parts[name] = part
+        self._sent = FrameSignature(**parts)
 
 
 class DetectionFrames:
@@ -226,9 +387,11 @@ class DetectionFrames:
     "changes": those (the fixed samples) and every frame the ``ChangeSelector`` wants; every frame
     is decoded and rendered to judge it, one at a time.
 
-    Iterating yields (index, stored frame, photometric, rendered frame); between two yields the
-    caller reports the boxes the detector found (``found``), so that later frames are judged
-    against them. ``detected`` lists the frames yielded.
+    Iterating yields (index, stored frame, photometric, rendered frame, regions): ``regions`` are
+    where to detect, in frame coordinates (None: the whole frame; a fixed sample always is). The
+    caller detects with ``detect``, which crops, shifts the boxes back, detects the whole frame
+    again when a box touches a crop's edge, and reports the boxes (``found``) so that later frames
+    are judged against them. ``detected`` lists the frames yielded.
     """
 
     def __init__(
@@ -247,10 +410,32 @@ class DetectionFrames:
         if self.selector is not None:
             self.selector.cover(boxes)
 
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray, str, np.ndarray]]:
+    def detect(
+        self,
+        detector: TextDetector,
+        rendered: np.ndarray,
+        regions: tuple[RedactionBox, ...] | None,
+        text_filter: TextFilter | None = None,
+    ) -> list[RedactionBox]:
+        """The boxes on the frame just yielded, detected in ``regions`` (None: whole), in frame
+        coordinates; reported to ``found``."""
+        boxes: list[RedactionBox] = []
+        for region in regions or (None,):
+            here = detect_text(detector, rendered, text_filter, region)
+            selector = self.selector
+            if region is not None and selector is not None and any(selector.cut_by_crop(b, region) for b in here):
+                # a line of text may run on outside the crop: look at all of it
+                selector.widen()
+                boxes = detect_text(detector, rendered, text_filter)
+                break
+            boxes.extend(here)
+        self.found(boxes)
+        return boxes
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, str, np.ndarray, tuple[RedactionBox, ...] | None]]:
         indices = range(self.frame_count) if self.selector is not None else self.fixed
         for index, frame, photometric in iter_decoded_frames(self.ds, indices):
             rendered = render_for_detection(frame, self.ds, photometric, index)
             if self.selector is None or self.selector.wants(index, rendered):
                 self.detected.append(index)
-                yield index, frame, photometric, rendered
+                yield index, frame, photometric, rendered, None if self.selector is None else self.selector.regions

@@ -14,6 +14,7 @@ published untouched.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -45,10 +46,23 @@ class TextDetector(Protocol):
 
 
 def detect_text(
-    detector: TextDetector, frame_rgb8: np.ndarray, text_filter: TextFilter | None = None
+    detector: TextDetector,
+    frame_rgb8: np.ndarray,
+    text_filter: TextFilter | None = None,
+    region: RedactionBox | None = None,
 ) -> list[RedactionBox]:
-    """The boxes to redact in one rendered frame: the detector's candidates the filter keeps."""
-    readings = detector.read(frame_rgb8)
+    """The boxes to redact in one rendered frame: the detector's candidates the filter keeps.
+
+    ``region`` (frame coordinates, inside the frame): detect in that part of the frame only; the
+    boxes come back in frame coordinates. A back-end whose scale depends on the image's size (the
+    local one) has ``read_crop(crop, frame_shape)`` to read a crop as it would read the frame."""
+    if region is None:
+        readings = detector.read(frame_rgb8)
+    else:
+        crop = frame_rgb8[region.y0 : region.y1, region.x0 : region.x1]
+        read_crop = getattr(detector, "read_crop", None)
+        in_crop = read_crop(crop, frame_rgb8.shape[:2]) if read_crop is not None else detector.read(crop)
+        readings = [replace(r, box=r.box.shifted(region.x0, region.y0)) for r in in_crop]
     return merge_boxes((text_filter or TextFilter()).boxes(readings, frame_rgb8))
 
 

@@ -112,13 +112,18 @@ class RapidOcrDetector:
         looks, _ = recognise(_second_looks(crop))
         return TextReading(box, text, confidence, tuple((str(t), float(c)) for t, c in looks))
 
-    def _detect_region(self, region_bgr: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    def _detect_region(self, region_bgr: np.ndarray, ratio: float | None = None) -> list[tuple[np.ndarray, float]]:
+        """Candidate boxes in one region; ``ratio``: the resize factor to use (None: rapidocr's,
+        the shorter side brought up to ``min_side``)."""
         model = self._model
         rows, columns = region_bgr.shape[:2]
         # Calls the pieces of rapidocr's TextDetector rather than TextDetector.__call__, which
         # drops the box scores; pinned to rapidocr-onnxruntime 1.3.x/1.4.x where these exist.
         preprocess = model.get_preprocess(max(rows, columns))
         preprocess.limit_side_len, preprocess.limit_type = self.min_side, "min"
+        if ratio is not None:
+            # "min" resizes by limit / shorter side when the shorter side is below limit, else not
+            preprocess.limit_side_len = max(1, round(min(rows, columns) * max(ratio, 1.0)))
         batch = preprocess(region_bgr)
         if batch is None:
             return []
@@ -133,6 +138,19 @@ class RapidOcrDetector:
         return [(np.asarray(box, dtype=np.float64), float(score)) for box, score in zip(boxes, scores, strict=True)]
 
     def read(self, frame_rgb8: np.ndarray) -> list[TextReading]:
+        return self._read(frame_rgb8, None)
+
+    def read_crop(self, crop_rgb8: np.ndarray, frame_shape: tuple[int, int]) -> list[TextReading]:
+        """Read a crop of a ``frame_shape`` (rows, columns) frame at the scale the whole frame is read
+        at: ``read`` brings a region's shorter side up to ``min_side``, which would blow a 100-pixel
+        crop up sevenfold (costing more than the frame, and showing the model glyphs far larger
+        than it sees them in the frame). Boxes are in the crop's coordinates."""
+        rows, columns = frame_shape
+        tile = min(max(rows, columns), self.max_side)
+        shorter = max(min(min(rows, tile), min(columns, tile)), 1)
+        return self._read(crop_rgb8, max(1.0, self.min_side / shorter))
+
+    def _read(self, frame_rgb8: np.ndarray, ratio: float | None) -> list[TextReading]:
         check_frame(frame_rgb8)
         rows, columns = frame_rgb8.shape[:2]
         # the model was trained on BGR input (OpenCV order)
@@ -143,7 +161,7 @@ class RapidOcrDetector:
             region = bgr[y0:y1, x0:x1]
             if min(region.shape[:2]) < 8:
                 continue
-            for points, score in self._detect_region(region):
+            for points, score in self._detect_region(region, ratio):
                 box = box_from_points(points, score, "ocr").shifted(x0, y0).clipped(columns, rows)
                 if box is not None:
                     found.append(box)
