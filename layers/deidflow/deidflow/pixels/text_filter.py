@@ -60,7 +60,7 @@ class TextShape:
     contrast: float  # mean level of the glyph class minus the background's, 0-255
     foreground: float  # fraction of the crop in the glyph class
     stroke: float  # mean stroke width over the box height
-    glyph_share: float  # fraction of glyph-class pixels in glyph-sized components
+    glyph_share: float  # fraction of the glyph-class pixels within the box in glyph-sized components
     glyphs: int  # how many glyph-sized components
     line_height: int  # the tallest line of glyphs, in pixels
     widest: float  # widest component's width over the box width
@@ -196,8 +196,8 @@ def _glyph_class(grey: np.ndarray) -> tuple[np.ndarray, float] | None:
     return glyphs, contrast
 
 
-def _components(mask: np.ndarray) -> list[tuple[int, int, int]]:
-    """(height, width, area) of each 8-connected component of ``mask``.
+def _labels(mask: np.ndarray) -> np.ndarray:
+    """8-connected component labels of ``mask`` (background: a label above every pixel's).
 
     Labels spread by repeated neighbour minimum; crops are small (a caption's box), so the
     number of rounds - the longest path inside a component - stays small.
@@ -212,8 +212,13 @@ def _components(mask: np.ndarray) -> list[tuple[int, int, int]]:
         )
         spread = np.where(mask, neighbours, big)
         if np.array_equal(spread, labels):
-            break
+            return labels
         labels = spread
+
+
+def _components(mask: np.ndarray) -> list[tuple[int, int, int]]:
+    """(height, width, area) of each 8-connected component of ``mask``."""
+    labels = _labels(mask)
     found: list[tuple[int, int, int]] = []
     for label in np.unique(labels[mask]):
         ys, xs = np.nonzero(labels == label)
@@ -249,12 +254,28 @@ def text_lines(crop_rgb8: np.ndarray) -> list[tuple[int, int]]:
     return _lines(split[1]) if split else []
 
 
-def measure_shape(frame_rgb8: np.ndarray, box: RedactionBox) -> TextShape | None:
-    """Measure the crop of ``frame_rgb8`` under ``box``; None when it is flat (nothing to measure)."""
-    split = _glyph_mask(frame_rgb8[box.y0 : box.y1, box.x0 : box.x1])
+def _cut_by_the_box(glyphs: np.ndarray, sides: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """Pixels of the parts that reach the edge of a crop padded around a box, on the padded sides
+    (top, bottom, left, right): they go on beyond the box, so they are a piece of something larger
+    (an ECG trace's QRS spike, which reads as "11"), not a glyph, which has background all round."""
+    labels = _labels(glyphs)
+    edges = [labels[0], labels[-1], labels[:, 0], labels[:, -1]]
+    reaching = np.unique(np.concatenate([edge for edge, padded in zip(edges, sides, strict=True) if padded] or [[]]))
+    return np.isin(labels, reaching) & glyphs
+
+
+def measure_shape(frame_rgb8: np.ndarray, box: RedactionBox, margin: int = 2) -> TextShape | None:
+    """Measure the crop of ``frame_rgb8`` under ``box`` (and ``margin`` pixels around it, to see what
+    goes on beyond it); None when it is flat (nothing to measure)."""
+    rows, columns = frame_rgb8.shape[:2]
+    around = box.padded(margin).clipped(columns, rows) or box
+    split = _glyph_mask(frame_rgb8[around.y0 : around.y1, around.x0 : around.x1])
     if split is None:
         return None
     grey, glyphs, contrast = split
+    sides = (around.y0 < box.y0, around.y1 > box.y1, around.x0 < box.x0, around.x1 > box.x1)
+    # what goes on beyond the box (a trace, the colour bar beside a label) is not measured as glyphs
+    whole = glyphs & ~_cut_by_the_box(glyphs, sides)
     width = glyphs.shape[1]
     area = int(glyphs.sum())
     # Each text line is measured on its own: letters stacked one above the other are lines of one
@@ -262,14 +283,17 @@ def measure_shape(frame_rgb8: np.ndarray, box: RedactionBox) -> TextShape | None
     glyph_area = glyph_count = 0
     strokes: list[float] = []
     widest = 0
-    for start, stop in _lines(glyphs):
-        line = glyphs[start:stop]
+    for start, stop in _lines(whole):
+        line = whole[start:stop]
         line_height = stop - start
         padded = np.pad(line, 1)
         inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
         edge = max(int((line & ~inner).sum()), 1)
         strokes.append(2.0 * int(line.sum()) / edge / max(line_height, 1))  # area over half the perimeter
-        for h, w, a in _components(line):
+        labels = _labels(line)
+        for label in np.unique(labels[line]):
+            ys, xs = np.nonzero(labels == label)
+            h, w, a = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1), int(ys.size)
             widest = max(widest, w)
             if line_height >= 3 and h >= 0.5 * line_height and w <= max(1.6 * line_height, 3) and a >= 3:
                 glyph_area += a
@@ -280,11 +304,12 @@ def measure_shape(frame_rgb8: np.ndarray, box: RedactionBox) -> TextShape | None
         contrast=contrast,
         foreground=area / glyphs.size,
         stroke=float(np.median(strokes)) if strokes else 1.0,
-        glyph_share=glyph_area / area,
+        glyph_share=glyph_area / max(int(whole.sum()), 1),
         glyphs=glyph_count,
-        line_height=max((stop - start for start, stop in _lines(glyphs)), default=0),
+        line_height=max((stop - start for start, stop in _lines(whole)), default=0),
         widest=widest / width,
         extent=min(float(glyphs.any(axis=1).mean()), float(glyphs.any(axis=0).mean())),
         soft_edges=float(middle.mean()),
         background_noise=float(background.std()) / max(contrast, 1.0),
     )
+
