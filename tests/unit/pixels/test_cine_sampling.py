@@ -388,3 +388,37 @@ def test_a_caption_fading_in_beside_an_ecg_is_sent_where_it_is():
         and index not in fixed(count)
     ]
     assert shown, "the fading caption was never in a crop shown to the detector before a fixed sample"
+
+
+def test_a_service_detector_gets_one_call_for_all_changed_regions():
+    # defect caught: Rekognition billed once per changed region of a frame (it bills per image,
+    # whatever its size), or regions merged for the local detector, which reads crops cheaply
+    count = 30
+    frames, _ = ultrasound_cine(count)
+    with_ecg(frames)
+    for index in range(5, 9):  # text appears far from the sweep while it runs
+        draw_text(frames[index], np.zeros(frames.shape[1:3], dtype=bool), TextSpec("ROE", 560, 20, "aileron", 16))
+    ds = build_dataset(frames)
+
+    class Service:
+        name = "service"
+
+        def __init__(self) -> None:
+            self.shapes: list[tuple[int, int]] = []
+
+        def read(self, frame_rgb8):
+            self.shapes.append(frame_rgb8.shape[:2])
+            return []
+
+    detector = Service()
+    detection = DetectionFrames(ds, PixelPolicy(), count)
+    for _index, _frame, _photometric, rendered, regions in detection:
+        before = len(detector.shapes)
+        detection.detect(detector, rendered, regions)
+        if regions is not None and len(regions) > 1:
+            assert len(detector.shapes) - before == 1
+            top, bottom = min(r.y0 for r in regions), max(r.y1 for r in regions)
+            left, right = min(r.x0 for r in regions), max(r.x1 for r in regions)
+            assert detector.shapes[-1] == (bottom - top, right - left)
+            return
+    pytest.fail("no frame had two changed regions")

@@ -420,6 +420,18 @@ class DetectionFrames:
         """The boxes on the frame just yielded, detected in ``regions`` (None: whole), in frame
         coordinates; reported to ``found``."""
         boxes: list[RedactionBox] = []
+        if regions and len(regions) > 1 and not hasattr(detector, "read_crop"):
+            # a service bills per image, whatever its size (Rekognition): one call for all regions
+            regions = (
+                RedactionBox(
+                    min(r.x0 for r in regions),
+                    min(r.y0 for r in regions),
+                    max(r.x1 for r in regions),
+                    max(r.y1 for r in regions),
+                    1.0,
+                    "changed",
+                ),
+            )
         for region in regions or (None,):
             here = detect_text(detector, rendered, text_filter, region)
             selector = self.selector
