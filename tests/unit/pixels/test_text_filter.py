@@ -285,3 +285,30 @@ def test_every_labelled_real_text_file(judges):
     items = [item for item in real_text_items() if item.name not in QUICK_TEXT_FILES]
     judged = [assert_no_word_left(item, *judges) for item in items]
     assert sum(judged) >= 0.8 * len(items)  # most files hold words the judges can read
+
+
+def test_a_hostile_crop_is_measured_in_few_rounds_or_not_at_all(monkeypatch):
+    # defect caught: components labelled by plain neighbour spreading (one round per pixel of a
+    # component's length: a 301 px serpentine took 150 s), or the shape measured on a box far
+    # larger than a block of captions
+    import deidflow.pixels.text_filter as text_filter
+
+    serpentine = np.zeros((201, 201), dtype=bool)
+    for row in range(0, 201, 4):
+        serpentine[row, :] = True
+    for index, row in enumerate(range(0, 197, 4)):
+        serpentine[row : row + 5, 200 if index % 2 == 0 else 0] = True
+    rounds = 0
+    array_equal = np.array_equal
+
+    def counted(a, b):
+        nonlocal rounds
+        rounds += 1
+        return array_equal(a, b)
+
+    monkeypatch.setattr(text_filter.np, "array_equal", counted)
+    assert text_filter._components(serpentine) == [(201, 201, int(serpentine.sum()))]
+    assert rounds < int(serpentine.sum()) / 20  # far fewer rounds than the path has pixels (10,000)
+    monkeypatch.setattr(text_filter, "measure_shape", lambda *_: pytest.fail("a huge box was measured"))
+    huge = RedactionBox(0, 0, 800, 600)
+    assert not TextFilter().keeps(TextReading(huge, "", 0.0), np.zeros((600, 800, 3), dtype=np.uint8))

@@ -39,6 +39,10 @@ import numpy as np
 
 from .boxes import RedactionBox
 
+# The shape vouches for a box of at most this many caption lines and pixels (a line of 2048 x 64).
+SHAPE_MAX_LINES = 8
+SHAPE_MAX_PIXELS = 2048 * 64
+
 
 @dataclass(frozen=True)
 class TextReading:
@@ -166,7 +170,10 @@ class TextFilter:
             return True
         if reading.confidence >= self.min_confidence and not any(c.isalnum() for c in reading.text):
             return False  # read with confidence as symbols only ("()", "****"): nothing identifying
-        return self.shaped_like_text(measure_shape(frame_rgb8, reading.box))
+        box = reading.box
+        if box.height > SHAPE_MAX_LINES * self.max_line_height or box.area > SHAPE_MAX_PIXELS:
+            return False  # not a block of captions; and measuring it could take seconds
+        return self.shaped_like_text(measure_shape(frame_rgb8, box))
 
     def boxes(self, readings: Iterable[TextReading], frame_rgb8: np.ndarray) -> list[RedactionBox]:
         """The boxes of the readings this filter keeps."""
@@ -197,33 +204,47 @@ def _glyph_class(grey: np.ndarray) -> tuple[np.ndarray, float] | None:
 
 
 def _labels(mask: np.ndarray) -> np.ndarray:
-    """8-connected component labels of ``mask`` (background: a label above every pixel's).
+    """8-connected component labels of ``mask``: each pixel's label is the smallest flat index in
+    its component (background: ``mask.size``).
 
-    Labels spread by repeated neighbour minimum; crops are small (a caption's box), so the
-    number of rounds - the longest path inside a component - stays small.
+    Labels spread by neighbour minimum and then jump (a pixel takes the label of the pixel its
+    label names), so the rounds grow with the logarithm of a component's length, not the length:
+    a crafted serpentine cannot make a crop cost minutes.
     """
     rows, columns = mask.shape
-    big = rows * columns + 1
-    labels = np.where(mask, np.arange(rows * columns).reshape(rows, columns), big)
+    size = rows * columns
+    labels = np.where(mask, np.arange(size).reshape(rows, columns), size)
     while True:
-        padded = np.pad(labels, 1, constant_values=big)
+        padded = np.pad(labels, 1, constant_values=size)
         neighbours = np.minimum.reduce(
             [padded[1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + columns] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
         )
-        spread = np.where(mask, neighbours, big)
+        spread = np.where(mask, neighbours, size)
+        flat = spread.ravel()
+        spread = np.where(mask, flat[np.minimum(spread, size - 1)], size)
         if np.array_equal(spread, labels):
             return labels
         labels = spread
 
 
 def _components(mask: np.ndarray) -> list[tuple[int, int, int]]:
-    """(height, width, area) of each 8-connected component of ``mask``."""
-    labels = _labels(mask)
-    found: list[tuple[int, int, int]] = []
-    for label in np.unique(labels[mask]):
-        ys, xs = np.nonzero(labels == label)
-        found.append((int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1), int(ys.size)))
-    return found
+    """(height, width, area) of each 8-connected component of ``mask``, in one pass over its pixels."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return []
+    _, component = np.unique(_labels(mask)[ys, xs], return_inverse=True)
+    count = int(component.max()) + 1
+    top, left = np.full(count, mask.shape[0]), np.full(count, mask.shape[1])
+    bottom, right = np.full(count, -1), np.full(count, -1)
+    np.minimum.at(top, component, ys)
+    np.minimum.at(left, component, xs)
+    np.maximum.at(bottom, component, ys)
+    np.maximum.at(right, component, xs)
+    areas = np.bincount(component, minlength=count)
+    return [
+        (int(b - t + 1), int(r - lft + 1), int(a))
+        for t, lft, b, r, a in zip(top, left, bottom, right, areas, strict=True)
+    ]
 
 
 def _lines(glyphs: np.ndarray) -> list[tuple[int, int]]:
@@ -290,10 +311,7 @@ def measure_shape(frame_rgb8: np.ndarray, box: RedactionBox, margin: int = 2) ->
         inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
         edge = max(int((line & ~inner).sum()), 1)
         strokes.append(2.0 * int(line.sum()) / edge / max(line_height, 1))  # area over half the perimeter
-        labels = _labels(line)
-        for label in np.unique(labels[line]):
-            ys, xs = np.nonzero(labels == label)
-            h, w, a = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1), int(ys.size)
+        for h, w, a in _components(line):
             widest = max(widest, w)
             if line_height >= 3 and h >= 0.5 * line_height and w <= max(1.6 * line_height, 3) and a >= 3:
                 glyph_area += a
@@ -312,4 +330,3 @@ def measure_shape(frame_rgb8: np.ndarray, box: RedactionBox, margin: int = 2) ->
         soft_edges=float(middle.mean()),
         background_noise=float(background.std()) / max(contrast, 1.0),
     )
-
