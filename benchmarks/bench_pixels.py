@@ -197,7 +197,7 @@ def jpeg_section(detector, frames: int) -> None:
     rows, columns = SIZES["640x480"]
     texts = captions(rows, columns)
     pictures, _, _ = text_frames(frames, rows=rows, columns=columns, texts=texts, seed=5)
-    boxes = tuple((b.x0, b.y0, b.x1, b.y1) for b in detector.detect(pictures[0]))
+    boxes = tuple((b.x0, b.y0, b.x1, b.y1) for b in detect_text(detector, pictures[0]))
     synthetic = roundtrip(to_syntax(build_dataset(pictures, burned_in="YES"), JPEGBaseline8Bit))
     del pictures
     print()

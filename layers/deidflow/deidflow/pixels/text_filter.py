@@ -89,6 +89,8 @@ class TextFilter:
     min_contrast: the glyph class must differ from the background by this many levels (of 255).
     max_stroke: strokes no wider than this fraction of the box height.
     min_glyph_share: this share of the glyph-class pixels must lie in glyph-sized components.
+    min_glyphs: the shape vouches for two glyphs or more: one ring or blob the reader cannot read is
+        an eye or a vessel more often than a letter, and a lone letter is not a word.
     max_foreground: a text box is mostly background.
     max_line_height: the shape alone vouches only for caption-sized lines (pixels): larger text is read
         confidently by the recogniser, and larger "glyphs" are anatomy (a brain slice is an "O").
@@ -110,6 +112,7 @@ class TextFilter:
     min_contrast: float = 40.0
     max_stroke: float = 0.3
     min_glyph_share: float = 0.6
+    min_glyphs: int = 2
     max_foreground: float = 0.6
     min_extent: float = 0.3
     max_line_height: int = 32
@@ -149,7 +152,7 @@ class TextFilter:
             shape.contrast >= self.min_contrast
             and shape.foreground <= self.max_foreground
             and shape.stroke <= self.max_stroke
-            and shape.glyphs >= 1
+            and shape.glyphs >= self.min_glyphs
             and shape.line_height <= self.max_line_height
             and shape.extent >= self.min_extent
             and shape.glyph_share >= self.min_glyph_share
