@@ -42,8 +42,9 @@ run: $(STAMP)
 deid: $(STAMP)
 	$(BIN)/deidflow deid samples/drop out/research
 
+# PYTEST_ARGS: extra pytest arguments (CI's second Python passes -m "not slow").
 test: $(STAMP) $(REALFILES)/debian/.installed lint check-templates
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(SAM)/.installed: requirements-sam.txt
 	$(PYTHON) -m venv $(SAM)
