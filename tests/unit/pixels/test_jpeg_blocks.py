@@ -46,6 +46,14 @@ VARIANTS = {
 }
 
 
+def decoded_by_dcmtk(dcmdjpeg: str, instance, stem) -> np.ndarray:
+    """The pixels of ``instance`` as dcmtk's decoder (another JPEG implementation) reads them."""
+    compressed, native = stem.with_suffix(".dcm"), stem.with_name(f"{stem.name}-native.dcm")
+    instance.save_as(compressed, enforce_file_format=True)
+    subprocess.run([dcmdjpeg, str(compressed), str(native)], check=True, capture_output=True)
+    return pixel_array(pydicom.dcmread(native)).astype(int)
+
+
 def jpeg_instance(variant: str, frames_count: int = 2, rows: int = ROWS, columns: int = COLUMNS):
     options, photometric = VARIANTS[variant]
     options = dict(options)
@@ -161,13 +169,10 @@ def test_dcmtk_decodes_the_output_black_in_the_boxes_and_unchanged_elsewhere(var
     ds = copy.deepcopy(source)
     redact(ds)
 
-    def decoded(instance, name: str) -> np.ndarray:
-        compressed, native = tmp_path / f"{name}.dcm", tmp_path / f"{name}-native.dcm"
-        instance.save_as(compressed, enforce_file_format=True)
-        subprocess.run([dcmdjpeg, str(compressed), str(native)], check=True, capture_output=True)
-        return pixel_array(pydicom.dcmread(native)).astype(int)
-
-    before, after = decoded(source, "in"), decoded(ds, "out")
+    before, after = (
+        decoded_by_dcmtk(dcmdjpeg, source, tmp_path / "in"),
+        decoded_by_dcmtk(dcmdjpeg, ds, tmp_path / "out"),
+    )
     assert after.shape == before.shape
     near = np.zeros((ROWS, COLUMNS), dtype=bool)
     for x0, y0, x1, y1 in BOXES:
@@ -216,13 +221,10 @@ def test_dcmtk_encoded_streams(variant, tmp_path):
     had_offsets = int.from_bytes(source.PixelData[4:8], "little") > 0
     assert (int.from_bytes(ds.PixelData[4:8], "little") > 0) == had_offsets
 
-    def decoded(instance, name: str) -> np.ndarray:
-        compressed, out = tmp_path / f"{name}.dcm", tmp_path / f"{name}-native.dcm"
-        instance.save_as(compressed, enforce_file_format=True)
-        subprocess.run([dcmdjpeg, str(compressed), str(out)], check=True, capture_output=True)
-        return pixel_array(pydicom.dcmread(out)).astype(int)
-
-    before, after = decoded(source, "in"), decoded(ds, "out")
+    before, after = (
+        decoded_by_dcmtk(dcmdjpeg, source, tmp_path / "in"),
+        decoded_by_dcmtk(dcmdjpeg, ds, tmp_path / "out"),
+    )
     near = np.zeros((ROWS, COLUMNS), dtype=bool)
     for x0, y0, x1, y1 in BOXES:
         assert after[:, y0:y1, x0:x1].max() <= 4, f"{variant}: box not black"
