@@ -111,7 +111,7 @@ def main() -> None:
         frames, _, _ = text_frames(1, rows=rows, columns=columns, texts=captions(rows, columns))
         native = build_dataset(frames)
         print(
-            f"{size_name:>10} | {'local detector (rapidocr DB, ONNX)':<38} | "
+            f"{size_name:>10} | {'local detector: DB boxes, read, filtered':<38} | "
             f"{timed(lambda f=frames[0]: detect_text(detector, f), repeats) * 1000:9.1f}"
         )
         frame, photometric = decode_frame(native, 0)
