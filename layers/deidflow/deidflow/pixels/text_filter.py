@@ -219,9 +219,9 @@ def _labels(mask: np.ndarray) -> np.ndarray:
     labels = np.where(mask, np.arange(size).reshape(rows, columns), size)
     while True:
         padded = np.pad(labels, 1, constant_values=size)
-        neighbours = np.minimum.reduce(
+        neighbours = np.stack(
             [padded[1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + columns] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-        )
+        ).min(axis=0)
         spread = np.where(mask, neighbours, size)
         flat = spread.ravel()
         spread = np.where(mask, flat[np.minimum(spread, size - 1)], size)
@@ -235,8 +235,8 @@ def _components(mask: np.ndarray) -> list[tuple[int, int, int]]:
     ys, xs = np.nonzero(mask)
     if ys.size == 0:
         return []
-    _, component = np.unique(_labels(mask)[ys, xs], return_inverse=True)
-    count = int(component.max()) + 1
+    names, component = np.unique(_labels(mask)[ys, xs], return_inverse=True)
+    count = len(names)
     top, left = np.full(count, mask.shape[0]), np.full(count, mask.shape[1])
     bottom, right = np.full(count, -1), np.full(count, -1)
     np.minimum.at(top, component, ys)
