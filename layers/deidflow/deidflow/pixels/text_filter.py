@@ -39,6 +39,12 @@ import numpy as np
 
 from .boxes import RedactionBox
 
+
+def latin_characters(text: str) -> int:
+    """How many Latin letters and digits a reading holds (the characters a reading is trusted on)."""
+    return sum(1 for c in text if c.isascii() and c.isalnum())
+
+
 # The shape vouches for a box of at most this many caption lines and pixels (a line of 2048 x 64).
 SHAPE_MAX_LINES = 8
 SHAPE_MAX_PIXELS = 2048 * 64
@@ -132,8 +138,8 @@ class TextFilter:
         return cls(**dict(spec))
 
     def reads_as_text(self, text: str, confidence: float) -> bool:
-        latin = sum(1 for c in text if c.isascii() and c.isalnum())
-        other = sum(1 for c in text if not c.isascii() and c.isalnum())
+        latin = latin_characters(text)
+        other = sum(1 for c in text if c.isalnum()) - latin
         # one or two characters are what a recogniser makes of a ring or a blob ("O", "11")
         short = latin + other <= self.short_text
         needed = max(self.min_confidence, self.short_text_confidence) if short else self.min_confidence
@@ -162,7 +168,7 @@ class TextFilter:
 
     def confirms(self, text: str, confidence: float) -> bool:
         """A second look counts only when it is sure: it sees what is not there more easily."""
-        latin = sum(1 for c in text if c.isascii() and c.isalnum())
+        latin = latin_characters(text)
         return latin >= self.second_look_characters and confidence >= self.second_look_confidence
 
     def keeps(self, reading: TextReading, frame_rgb8: np.ndarray) -> bool:

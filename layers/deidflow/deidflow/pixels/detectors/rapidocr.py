@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import RedactionBox, box_from_points, merge_boxes
-from ..text_filter import TextReading, text_lines
+from ..text_filter import TextReading, latin_characters, text_lines
 from .base import DetectorUnavailable, check_frame, iter_tiles
 
 
@@ -39,7 +39,7 @@ def _load_recognizer() -> Any:
 
 def _is_convincing(text: str, confidence: float) -> bool:
     """A first reading needs no second look: several Latin letters or digits, read with confidence."""
-    return sum(1 for c in text if c.isascii() and c.isalnum()) >= 2 and confidence >= 0.9
+    return latin_characters(text) >= 2 and confidence >= 0.9
 
 
 def _second_looks(crop_bgr: np.ndarray) -> list[np.ndarray]:
