@@ -91,8 +91,8 @@ class BatchSummary:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one input may take. `memory_bytes` is the address space a worker may add to what it
-    holds after start-up (models loaded on first use count against it)."""
+    """What one input may take. `memory_bytes` is the memory (heap and anonymous mappings) a worker
+    may add to what it holds after start-up (models loaded on first use count against it)."""
 
     timeout_s: float = 600.0
     memory_bytes: int | None = 6 * 1024**3
@@ -386,9 +386,10 @@ def _serve(
 
 def _process_one(engine: Engine, path: str, staged: Path) -> dict[str, Any]:
     try:
-        processed = engine.process(path)
+        # Streamed: Pixel Data goes from the input to the output by the kernel, never through here.
+        processed = engine.process(path, stream=True)
         with open(staged, "wb") as fh:
-            fh.writelines(processed.parts)  # large parts go straight to the file, unbuffered
+            processed.write_to(fh)
     except Rejected as rejected:
         return _rejected(rejected.reason, rejected.detail)
     except Unavailable as exc:  # nothing wrong with the file: run it again later
@@ -420,15 +421,17 @@ def _quiet() -> None:
 
 
 def _limit_memory(extra_bytes: int) -> None:
-    """Cap the address space at what the worker holds now plus `extra_bytes`: an allocation past
-    it fails (MemoryError in Python) instead of taking the machine's memory."""
+    """Cap the worker's data (heap and anonymous mappings, RLIMIT_DATA) at what it holds now plus
+    `extra_bytes`: an allocation past it fails (MemoryError in Python) instead of taking the
+    machine's memory. Mapped files do not count (a 10 GiB input is mapped for its framing walk,
+    and its pages are the page cache's), nor does what is streamed from input to output."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
-            size_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:"))
+            size_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmData:"))
     except (OSError, StopIteration):
-        return  # not Linux: no address-space figure to start from, so no cap
+        return  # not Linux: no data-size figure to start from, so no cap
     limit = size_kb * 1024 + extra_bytes
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))

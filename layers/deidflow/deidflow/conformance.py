@@ -49,13 +49,21 @@ def _whole_value_regex(vr: str) -> re.Pattern[bytes]:
 _WHOLE_VALUE = {vr: _whole_value_regex(vr) for vr in ("AE", "AS", "CS", "DS", "IS", "UI")}
 
 
+def size_problem(vr: str, length: int) -> str | None:
+    """Why `length` bytes cannot be values of `vr`, a VR of fixed-size words; None when they can."""
+    size = WORD_SIZES.get(vr)
+    if size is not None and length % size:
+        return f"{length} bytes is not a whole number of {vr} values"
+    return None
+
+
 def value_problem(vr: str, data: bytes, tag: int | None = None) -> str | None:
     """Why `data` cannot be the value of an element of `vr` (and, for a dictionary `tag`, its VM),
     in a sentence naming no value; None when it can be."""
     size = WORD_SIZES.get(vr)
     if size is not None:
         if len(data) % size:
-            return f"{len(data)} bytes is not a whole number of {vr} values"
+            return size_problem(vr, len(data))
         if tag is not None and vr in NUMBER_VRS and data:
             count = len(data) // size
             if not _vm_allows(tag, count):

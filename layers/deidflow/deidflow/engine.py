@@ -10,13 +10,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import BinaryIO
 
 import pydicom
 from pydicom.uid import UID
 
 from .deidentify import Decision, Deidentifier, DeidResult
-from .dicomraw.write import encode_file_parts
+from .dicomraw.write import encode_file_spans
 from .intake import AcceptPolicy, Instance, Rejected, check_cleanable, read_instance
+from .parts import Part, SourceFile, has_spans, join_parts, output_size, write_parts
 from .pixels import (
     DetectionError,
     DetectorBusy,
@@ -40,16 +42,23 @@ from .rules import InstancePlan, RuleSet
 from .storage import research_key
 from .tags import PIXEL_DATA_KEYWORDS, WRITABLE_NATIVE_SYNTAXES
 
+# With `Engine.process(path, stream=True)`, values longer than this stay in the source file until
+# the output is written (see parts.py): a CT slice's Pixel Data, not its header.
+STREAM_VALUES_ABOVE = 64 * 1024
+
 
 @dataclass(frozen=True)
 class ProcessedInstance:
     key: str  # research_key(...) of the output
-    parts: list[bytes]  # the output file in pieces, as a file writer takes them (LocalStore.put)
+    # The output file in pieces, as a file writer takes them (LocalStore.put): bytes, and with
+    # `stream=True` SourceSpans of `source`, valid while that file is as it was read.
+    parts: list[Part]
     study_uid: str
     series_uid: str
     sop_uid: str
     result: DeidResult
     pixels: PixelResult | None = None
+    source: SourceFile | None = None
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -59,7 +68,15 @@ class ProcessedInstance:
     @cached_property
     def data(self) -> bytes:
         """The output file as one byte string (for S3 and readers)."""
-        return b"".join(self.parts)
+        return join_parts(self.parts, self.source)
+
+    @property
+    def size(self) -> int:
+        return output_size(self.parts)
+
+    def write_to(self, out: BinaryIO) -> None:
+        """The output file into `out`, spans copied from the source by the kernel."""
+        write_parts(out, self.parts, self.source)
 
 
 class PixelScanRequired(Exception):
@@ -98,14 +115,22 @@ class Engine:
         )
 
     def process(
-        self, source: str | os.PathLike[str] | bytes, *, explain: bool = False, scan_pixels: bool = True
+        self,
+        source: str | os.PathLike[str] | bytes,
+        *,
+        explain: bool = False,
+        scan_pixels: bool = True,
+        stream: bool = False,
     ) -> ProcessedInstance:
         """De-identify one file; raises Rejected with a reason when it cannot be made safe.
 
         With `scan_pixels=False`, an instance that needs its pixels scanned raises
-        PixelScanRequired instead of being scanned.
+        PixelScanRequired instead of being scanned. With `stream=True` (a path only), large binary
+        values kept as they are never enter memory: the output names them as spans of the file.
         """
-        instance = read_instance(source, self.policy)
+        streaming = stream and not isinstance(source, bytes)
+        identity = SourceFile.of(source) if streaming else None  # type: ignore[arg-type]  # a path
+        instance = read_instance(source, self.policy, defer_above=STREAM_VALUES_ABOVE if streaming else None)
         ds = instance.dataset
         try:
             plan, pixels, result = self._clean(instance, explain=explain, scan_pixels=scan_pixels)
@@ -120,7 +145,7 @@ class Engine:
         result.dataset.preamble = bytes(128)
         try:
             # What pydicom.dcmwrite(enforce_file_format=True) writes, byte for byte, but faster.
-            parts = encode_file_parts(result.dataset)
+            parts = encode_file_spans(result.dataset, _encapsulated_lengths(instance) if streaming else None)
         except Exception as exc:  # noqa: BLE001
             raise Rejected(
                 "unwritable", f"the de-identified data set could not be encoded ({type(exc).__name__})"
@@ -133,6 +158,7 @@ class Engine:
             sop_uid=result.sop_uid,
             result=result,
             pixels=pixels,
+            source=identity if has_spans(parts) else None,
         )
 
     def _clean(
@@ -211,6 +237,15 @@ class Engine:
         if name not in self._detectors:
             self._detectors[name] = self.make_detector(name)
         return self._detectors[name]
+
+
+def _encapsulated_lengths(instance: Instance) -> dict[int, int]:
+    """Where encapsulated Pixel Data's value starts in the file -> its length without the sequence
+    delimiter (what the framing walk found, and pydicom does not keep for a deferred value)."""
+    pixel = instance.framing.pixel_data
+    if pixel is None or not pixel.encapsulated:
+        return {}
+    return {pixel.offset: pixel.length - 8}
 
 
 def _transcode(ds: pydicom.Dataset, transfer_syntax: str) -> None:

@@ -36,6 +36,7 @@ import zlib
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
@@ -54,7 +55,7 @@ _LONG_VRS = frozenset(vr.encode() for vr in LONG_LENGTH_VRS)
 _SHORT_VRS = _VALID_VRS - _LONG_VRS
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
-_DEFLATED = "1.2.840.10008.1.2.1.99"
+DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def check_framing(data: FileBytes, *, max_inflated_bytes: int, meta: FileMeta | 
     meta = meta or read_file_meta(data)
     syntax = meta.transfer_syntax
     stream, start = data, meta.end
-    if syntax == _DEFLATED:
+    if syntax == DEFLATED:
         stream, start = _inflate(data[meta.end :], max_inflated_bytes), 0
     explicit, little = _encoding(stream, start, syntax)
     walker = _Walker(stream, little, encapsulated=bool(syntax) and syntax not in NATIVE_SYNTAXES)
@@ -129,6 +130,40 @@ def check_framing(data: FileBytes, *, max_inflated_bytes: int, meta: FileMeta | 
     if end != len(stream):
         raise malformed(f"{len(stream) - end} bytes after the last element")
     return Framing(syntax, frame, walker.pixel_data, start)
+
+
+class PixelDataStart(NamedTuple):
+    """Where the top-level Pixel Data element is: its header, its value, the declared length
+    (UNDEFINED_LENGTH when encapsulated)."""
+
+    header: int
+    value: int
+    length: int
+
+
+class _PixelDataReached(Exception):
+    def __init__(self, start: PixelDataStart):
+        self.start = start
+
+
+def find_pixel_data(prefix: FileBytes) -> PixelDataStart | None:
+    """Where the top-level Pixel Data starts, found in the first bytes of a file (its header: what
+    precedes the pixels). None when the prefix ends, or something in it does not frame, before
+    Pixel Data (read more, or the whole file, whose walk says what is wrong), or when the data set
+    is deflated (its elements have no place in the file)."""
+    try:
+        meta = read_file_meta(prefix)
+        if meta.transfer_syntax == DEFLATED:
+            return None
+        explicit, little = _encoding(prefix, meta.end, meta.transfer_syntax)
+        encapsulated = bool(meta.transfer_syntax) and meta.transfer_syntax not in NATIVE_SYNTAXES
+        walker = _Walker(prefix, little, encapsulated=encapsulated, stop_at_pixel_data=True)
+        walker.dataset(meta.end, len(prefix), explicit, depth=0, top=True)
+    except _PixelDataReached as reached:
+        return reached.start
+    except Rejected:
+        return None
+    return None
 
 
 def same_tags(found: Sequence[int], frame: DatasetFrame, where: str = "the data set") -> None:
@@ -210,8 +245,9 @@ def _encoding(stream: FileBytes, start: int, syntax: str) -> tuple[bool, bool]:
 
 
 class _Walker:
-    def __init__(self, stream: FileBytes, little: bool, *, encapsulated: bool):
+    def __init__(self, stream: FileBytes, little: bool, *, encapsulated: bool, stop_at_pixel_data: bool = False):
         self.stream = stream
+        self.stop_at_pixel_data = stop_at_pixel_data
         self.little = little
         self.encapsulated_syntax = encapsulated
         order = "<" if little else ">"
@@ -274,6 +310,8 @@ class _Walker:
                 raise malformed(f"file meta element {tag_text(tag)} inside the data set")
             previous = tag
             value = pos + header
+            if tag == PIXEL_DATA and top and self.stop_at_pixel_data:
+                raise _PixelDataReached(PixelDataStart(pos, value, length))
             if length == UNDEFINED_LENGTH:
                 items_or_none, pos = self._undefined(tag, vr, value, end, explicit, depth, top)
                 if items_or_none is not None:

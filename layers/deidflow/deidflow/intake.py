@@ -25,7 +25,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from .dicomraw.read import element_text, element_unsigned, elements_as_read, text_value
-from .framing import FileBytes, Framing, PixelFraming, check_framing, read_file_meta, same_tags
+from .framing import DEFLATED, FileBytes, Framing, PixelFraming, check_framing, read_file_meta, same_tags
 from .pixels.codestream import codestream_problem
 from .rejection import Rejected
 from .rules.model import MAX_FILE_BYTES
@@ -77,11 +77,15 @@ def read_dataset(source: str | os.PathLike[str] | bytes, policy: AcceptPolicy = 
     return read_instance(source, policy).dataset
 
 
-def read_instance(source: str | os.PathLike[str] | bytes, policy: AcceptPolicy = AcceptPolicy()) -> Instance:
+def read_instance(
+    source: str | os.PathLike[str] | bytes, policy: AcceptPolicy = AcceptPolicy(), *, defer_above: int | None = None
+) -> Instance:
     """Check a whole DICOM file's framing, then parse it, or raise Rejected.
 
     A file is mapped rather than read for the framing walk: its pages belong to the page cache,
-    and pydicom then reads the values it keeps from the file itself.
+    and pydicom then reads the values it keeps from the file itself. With `defer_above`, top-level
+    values longer than that are not read at all (pydicom's deferred values, read from the file
+    when asked for): a file's size then costs no memory until its pixels are needed.
     """
     if isinstance(source, bytes):
         _check_size(len(source), policy)
@@ -91,7 +95,9 @@ def read_instance(source: str | os.PathLike[str] | bytes, policy: AcceptPolicy =
         _check_size(os.fstat(fh.fileno()).st_size, policy)
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             framing = _framing(mapped, policy)
-            return _checked(_parse(fh), framing, mapped)
+            # A deflated data set's values lie in the inflated stream, not at a place in the file.
+            defer = defer_above if framing.transfer_syntax != DEFLATED else None
+            return _checked(_parse(fh, defer), framing, mapped)
 
 
 def _checked(ds: Dataset, framing: Framing, data: FileBytes) -> Instance:
@@ -135,16 +141,16 @@ def _framing(data: FileBytes, policy: AcceptPolicy) -> Framing:
         raise Rejected("not_dicom", "no DICOM preamble and not a DICOM data set") from None
 
 
-def _parse(fh: BinaryIO) -> Dataset:
+def _parse(fh: BinaryIO, defer_above: int | None = None) -> Dataset:
     try:
-        return pydicom.dcmread(fh)
+        return pydicom.dcmread(fh, defer_size=defer_above)
     except InvalidDicomError:
         pass  # no preamble: maybe a bare data set, as some modalities and old archives write
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
         raise Rejected("unparseable", f"pydicom could not parse it ({type(exc).__name__})") from None
     fh.seek(0)
     try:
-        ds = pydicom.dcmread(fh, force=True)
+        ds = pydicom.dcmread(fh, force=True, defer_size=defer_above)
         ds.get("SOPClassUID")
     except Exception:  # noqa: BLE001
         raise Rejected("not_dicom", "no DICOM preamble and not a DICOM data set") from None

@@ -7,6 +7,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from .parts import Part, SourceFile, write_parts
+
 _UID_SAFE = re.compile(r"^[0-9.]+$")
 # Beside a research folder that the local workflow filled: its index and catalog items, one JSON
 # object per line, as the Index step wrote them (what `deidflow local api` serves).
@@ -36,7 +38,8 @@ class LocalStore:
         self.root = Path(root)
         self._made: set[Path] = set()
 
-    def put(self, key: str, data: bytes | Sequence[bytes]) -> str:
+    def put(self, key: str, data: bytes | Sequence[Part], source: SourceFile | None = None) -> str:
+        """Write `data` (bytes, or parts whose spans are copied from `source`) to `key`."""
         target = self.root / key
         if target.parent not in self._made:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +52,7 @@ class LocalStore:
                 if isinstance(data, bytes):
                     fh.write(data)
                 else:
-                    fh.writelines(data)  # large parts go straight to the file, unbuffered
+                    write_parts(fh, data, source)  # large parts go straight to the file, unbuffered
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)

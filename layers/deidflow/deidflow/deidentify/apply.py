@@ -19,10 +19,10 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID_dictionary
 
 from ..attribute_types import standard_types
-from ..conformance import value_problem
+from ..conformance import size_problem, value_problem
 from ..dates import shift_by_units, shift_date, shift_date_and_time, shift_datetime, shift_time
 from ..dicomraw.edit import ElementValue, relabel
-from ..dicomraw.read import elements_as_read, held, text_value
+from ..dicomraw.read import elements_as_read, held, read_deferred, text_value
 from ..framing import DatasetFrame, same_tags
 from ..profile import ProfileTable, standard_table
 from ..pseudonym import DateShift, Pseudonymizer
@@ -31,6 +31,7 @@ from ..rules import ElementRule, InstancePlan, RuleSet
 from ..rules.tagpattern import PathStep
 from ..scrub import collect_identifiers, scrub_text
 from ..tags import (
+    BINARY_VRS,
     DATE_VRS,
     NUMERIC_VRS,
     TEXT_VRS,
@@ -144,9 +145,14 @@ def check_kept(tag: int, vr: str, raw: object) -> None:
             "vr_mismatch", f"element {tag_text(tag)} is labelled {label} where the dictionary says {vr}, and is kept"
         )
     data = getattr(raw, "value", None)
-    if type(raw) is not RawDataElement or type(data) is not bytes or not data:
+    if type(raw) is RawDataElement and data is None and raw.length:
+        # A binary value left in the file (see Deidentifier._walk): all its VR asks is a whole
+        # number of words, which its length tells.
+        problem = size_problem(vr, raw.length) if raw.length != UNDEFINED_LENGTH else None
+    elif type(raw) is not RawDataElement or type(data) is not bytes or not data:
         return  # decoded already (by pydicom, from bytes the framing walk checked) or empty
-    problem = value_problem(vr, data, None if (tag >> 16) % 2 else tag)
+    else:
+        problem = value_problem(vr, data, None if (tag >> 16) % 2 else tag)
     if problem:
         raise Rejected("invalid_value", f"element {tag_text(tag)} cannot be kept: {problem}")
 
@@ -286,12 +292,17 @@ class Deidentifier:
             raw = elements.get(tag)
             if raw is None:
                 continue  # gone with an element handled before it
-            if type(raw) is RawDataElement and raw.value is None:
-                raw = ds.get_item(tag)  # a deferred value: read it
+            # A value pydicom left in the file (read with defer_size) stays there while it is binary
+            # and kept as it is: the writer copies it from the source. Anything else reads it.
+            deferred = type(raw) is RawDataElement and raw.value is None
+            if deferred and raw.VR not in BINARY_VRS:
+                raw, deferred = read_deferred(ds, tag), False
             # The caches below are keyed by plain ints: pydicom's tags compare in Python (Tag.__eq__),
             # so a lookup with one costs a Python call on every hit.
             key = int(tag)
             original = originals.get(tag, raw) if originals is not None else raw
+            if type(original) is RawDataElement and original.value is None and not deferred:
+                original = raw  # read just now: its value is what is checked before it is kept
             vr, relabel_it = _ELEMENT_VRS.get((key, getattr(original, "VR", None))) or element_vr(original, key)
             path = (*parents, PathStep(key, keyword(key), vr, creators.get(tag))) if ctx.needs_paths else None
             ctx.parent = parent
@@ -302,6 +313,8 @@ class Deidentifier:
                 action, by, rule = dummy_action(key, vr), "inside a sequence replaced by dummies", None
             else:
                 action, by, rule = self.decider.decide(key, vr, path, ctx.plan, ctx.attribute_type)
+            if deferred and (relabel_it or action not in (KEEP, REMOVE)):
+                raw = original = read_deferred(ds, tag)
             if relabel_it and action is not REMOVE:
                 raw = relabelled(ds, key, original, vr)
             label = f"{where}{tag_text(key)}" if ctx.record else ""

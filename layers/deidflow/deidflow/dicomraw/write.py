@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections.abc
 import io
 import struct
+from collections.abc import Mapping
 from copy import copy
 from typing import cast
 
@@ -32,7 +33,8 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from ..tags import LONG_LENGTH_VRS, UNDEFINED_LENGTH
+from ..parts import Part, SourceSpan
+from ..tags import BINARY_VRS, LONG_LENGTH_VRS, PIXEL_DATA, UNDEFINED_LENGTH
 
 _PACK_SHORT = struct.Struct("<HH2sH").pack  # tag, VR, 16-bit length
 _PACK_LONG = struct.Struct("<HH2sxxL").pack  # tag, VR, 2 reserved bytes, 32-bit length
@@ -53,6 +55,16 @@ def encode_file_parts(ds: Dataset) -> list[bytes]:
     """`encode_file(ds)` as the byte strings it joins. A file writer writes them as they are:
     joining would copy Pixel Data once more into freshly allocated memory, which costs more than
     the copy itself (page faults) and was a tenth of the `deidflow deid` time per CT slice."""
+    return cast("list[bytes]", encode_file_spans(ds, None))
+
+
+def encode_file_spans(ds: Dataset, encapsulated_lengths: Mapping[int, int] | None) -> list[Part]:
+    """`encode_file_parts(ds)`, where binary values pydicom left in the source file (read with
+    `defer_size`) stay there: each is a SourceSpan of the source in the output's place of its bytes.
+
+    `encapsulated_lengths` gives, by where its value starts in the file, the length of an
+    encapsulated Pixel Data value (its items, without the sequence delimiter), which pydicom does
+    not keep; None reads every deferred value instead, as pydicom's writer does."""
     meta = getattr(ds, "file_meta", None)
     preamble = getattr(ds, "preamble", None)
     if not _covered(ds, meta, preamble):
@@ -67,15 +79,28 @@ def encode_file_parts(ds: Dataset) -> list[bytes]:
         return [dcmwrite_bytes(ds)]
     if syntax.is_implicit_VR or not syntax.is_little_endian or syntax.is_deflated:
         return [dcmwrite_bytes(ds)]
-    if "PixelData" in ds:
+    pixel_data = ds._dict.get(BaseTag(PIXEL_DATA))
+    if pixel_data is not None and not _deferred(pixel_data, encapsulated_lengths):
         ds["PixelData"].is_undefined_length = syntax.is_compressed
+    # (A deferred one is written as it was framed: the framing walk has shown it is encapsulated
+    # exactly when the transfer syntax is.)
     try:
         meta_bytes = _file_meta_bytes(ds, file_meta)
-        writer = _Writer()
+        writer = _Writer(encapsulated_lengths)
         writer.dataset(ds, default_encoding)
     except _NotCovered:
         return [dcmwrite_bytes(ds)]
     return [preamble or b"\x00" * 128, b"DICM", meta_bytes, *writer.parts]
+
+
+def _deferred(elem: object, encapsulated_lengths: Mapping[int, int] | None) -> bool:
+    """A binary value pydicom left in the file, which the writer names as a span of it."""
+    if encapsulated_lengths is None or not isinstance(elem, RawDataElement):
+        return False
+    raw = elem
+    if raw.value is not None or not raw.length or raw.VR not in BINARY_VRS:
+        return False
+    return raw.length != UNDEFINED_LENGTH or (raw.tag == PIXEL_DATA and raw.value_tell in encapsulated_lengths)
 
 
 def dcmwrite_bytes(ds: Dataset) -> bytes:
@@ -132,7 +157,7 @@ def _file_meta_bytes(ds: Dataset, file_meta: FileMetaDataset) -> bytes:
     writer = _Writer()
     length = writer.dataset(file_meta, default_encoding)
     # (0002,0000) File Meta Information Group Length, UL, first.
-    return b"".join([_PACK_SHORT(0x0002, 0x0000, b"UL", 4), _PACK_UL(length), *writer.parts])
+    return b"".join([_PACK_SHORT(0x0002, 0x0000, b"UL", 4), _PACK_UL(length), *cast("list[bytes]", writer.parts)])
 
 
 # Values common after the pass (UIDs, code strings, dates, numbers read by intake's checks, the
@@ -184,8 +209,9 @@ def _simple_value(vr: str, value: object, ascii_text: bool) -> bytes | None:
 class _Writer:
     """Explicit VR little endian encoding into a list of byte strings, which the file is written from."""
 
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
+    def __init__(self, encapsulated_lengths: Mapping[int, int] | None = None) -> None:
+        self.parts: list[Part] = []
+        self.encapsulated_lengths = encapsulated_lengths
         self._buffer = io.BytesIO()
         self._scratch = DicomIO(self._buffer)  # reused: setting its endianness builds 6 Structs
         self._scratch.is_little_endian = True
@@ -219,6 +245,9 @@ class _Writer:
             elem = elements[tag]
             kind = type(elem)
             if kind is RawDataElement and elem.value is None:
+                if _deferred(elem, self.encapsulated_lengths):
+                    size += self._span(cast(RawDataElement, elem))
+                    continue
                 elem = ds.get_item(tag)  # a deferred value: read it, as pydicom's writer does
                 kind = type(elem)
             if kind is RawDataElement:
@@ -270,6 +299,24 @@ class _Writer:
                     continue
             size += self._delegate_element(elem, encoding)
         return size
+
+    def _span(self, raw: RawDataElement) -> int:
+        """A deferred binary value: its header, then its bytes as a span of the source file."""
+        tag, vr = raw.tag, cast(str, raw.VR)
+        if raw.length == UNDEFINED_LENGTH:
+            assert self.encapsulated_lengths is not None  # _deferred checked it
+            length = self.encapsulated_lengths[raw.value_tell]
+            self.parts += [
+                _PACK_LONG(tag >> 16, tag & 0xFFFF, vr.encode(), UNDEFINED_LENGTH),
+                SourceSpan(raw.value_tell, length),
+                _SEQUENCE_DELIMITER,
+            ]
+            return 12 + length + 8
+        self.parts += [
+            _PACK_LONG(tag >> 16, tag & 0xFFFF, vr.encode(), raw.length),
+            SourceSpan(raw.value_tell, raw.length),
+        ]
+        return 12 + raw.length
 
     def _sequence(self, tag: int, elem: DataElement, encoding: str | list[str]) -> int:
         """write_data_element + write_sequence + write_sequence_item for one SQ element."""

@@ -15,7 +15,7 @@ from .tagpattern import PathStep, TagPattern
 ALL_LABEL = "ALL"
 # The accept section's defaults: the largest file read, and what a pixel scan may decode (checked
 # before decoding).
-MAX_FILE_BYTES = 2 * 1024**3
+MAX_FILE_BYTES = 64 * 1024**3  # streamed: memory does not grow with the file (see parts.py)
 MAX_DECODED_BYTES = 1024**3
 
 
