@@ -3,8 +3,9 @@
 
     python benchmarks/bench_memory.py [--sizes 100M,1G,4G] [--cloud-sizes 1G,5G] [--in-memory-up-to 1G]
 
-For each size, a multi-frame MR (512x512, 16-bit, full PHI-laden header) with that much native
-Pixel Data is written as a sparse file (deidflow.testing.synthetic.write_large_multiframe), then:
+For each size, a multi-frame MR (512x512, full PHI-laden header) with that much Pixel Data is
+written as a sparse file (deidflow.testing.synthetic): native 16-bit up to 4 GiB (its 32-bit length
+holds no more: "4G" is 4 GiB less a frame), JPEG Baseline fragments of 1 MiB beyond, then:
 
   local     `deidflow deid SRC DST --jobs 1` in a fresh process: wall time, and the peak resident
             memory of the command and its worker (getrusage, RUSAGE_CHILDREN)
@@ -86,9 +87,8 @@ def counting_get(**kwargs):
 s3.get_object = counting_get
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
-with streaming.sparse_copy(s3, ref, ref.size) as copy:
-    processed = engine.process(copy.path, scan_pixels=False, stream=True)
-    assert streaming.pixels_untouched(processed.parts, copy)
+with streaming.processed_original(s3, engine, ref, ref.size, scan_pixels=False) as (processed, copy):
+    assert copy.hole is not None, "downloaded whole"
     streaming.upload_streamed(s3, ref, copy, processed.parts, bucket="research", key="out.dcm",
                               content_type="application/dicom")
 elapsed = time.perf_counter() - started
@@ -132,7 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-memory-up-to", default="1G", help="largest size the in-memory peer runs on")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO / "layers" / "deidflow"))
-    from deidflow.testing.synthetic import write_large_multiframe
+    from deidflow.testing.synthetic import write_large_encapsulated, write_large_multiframe
+
+    def write_instance(path: Path, size: int) -> str:
+        if size < 4 * 1024**3:
+            write_large_multiframe(path, size)
+            return "native"
+        write_large_encapsulated(path, size)
+        return "JPEG"
 
     in_memory_limit = _size(args.in_memory_up_to)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
             for text in cloud_sizes:
                 source = scratch / f"cloud-{text}.dcm"
-                write_large_multiframe(source, _size(text))
+                kind = write_instance(source, _size(text))
                 size = source.stat().st_size
                 s3.upload_file(
                     str(source), "ingest", "big.dcm", Config=TransferConfig(multipart_chunksize=256 * 1024**2)
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 figures = f"{float(seconds):8.2f} {int(peak) / 1024:13.0f}"
                 print(
                     f"{text:>6} {'cloud':<10} {figures} {LAMBDA_MIB:11d} {same:>11}  (fetched"
-                    f" {int(fetched) / 1024**2:.1f} MiB of {size / 1024**2:.0f} MiB;"
+                    f" {int(fetched) / 1024**2:.1f} MiB of {size / 1024**2:.0f} MiB, {kind};"
                     f" {int(before) / 1024:.0f} MiB at start)"
                 )
                 s3.delete_object(Bucket="ingest", Key="big.dcm")

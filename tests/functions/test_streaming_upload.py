@@ -9,6 +9,7 @@ header cut short (the byte comparison with the local path); pixels fetched into 
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -137,3 +138,40 @@ def test_an_engine_that_reads_the_pixels_is_caught_before_anything_is_published(
         assert copy.hole is not None
         processed = engine.process(copy.path, scan_pixels=False)  # not streamed: the hole is read
         assert not streaming.pixels_untouched(processed.parts, copy)
+
+
+def test_an_encapsulated_original_streams_by_once_and_only_its_fragment_heads_are_kept(s3, tmp_path):
+    from deidflow.testing.synthetic import write_large_encapsulated
+
+    local = tmp_path / "mr-jpeg.dcm"
+    write_large_encapsulated(local, 40 * 1024**2)
+    ref = _upload_original(s3, local)
+    engine = Engine(load_rules(), KEY)
+    with streaming.sparse_copy(s3, ref, ref.size) as copy:
+        assert copy.hole is not None, "encapsulated Pixel Data is walked, not downloaded"
+        on_disk = os.stat(copy.path).st_blocks * 512
+        assert on_disk <= 2 * 1024**2, f"{on_disk} bytes of the sparse copy are on disk"
+    assert _stream(s3, ref, engine) == engine.process(local).data
+
+
+def test_a_rejection_the_hole_may_cause_is_tried_again_on_the_whole_object(s3, tmp_path, monkeypatch):
+    local = tmp_path / "mr.dcm"
+    write_large_multiframe(local, 24 * 1024**2)
+    ref = _upload_original(s3, local)
+    engine = Engine(load_rules(), KEY)
+    real_process = engine.process
+    seen: list[bool] = []
+
+    def process(path, **kwargs):
+        sparse = os.stat(path).st_blocks * 512 < os.path.getsize(path) // 2
+        seen.append(sparse)
+        if sparse:
+            from deidflow.intake import Rejected
+
+            raise Rejected("transcode_failed", "as if zeros had been transcoded")
+        return real_process(path, **kwargs)
+
+    monkeypatch.setattr(engine, "process", process)
+    with streaming.processed_original(s3, engine, ref, ref.size, scan_pixels=False) as (processed, copy):
+        assert copy.hole is None and processed.data == real_process(local).data
+    assert seen == [True, False]

@@ -52,6 +52,7 @@ ENCAPSULATED_DOCUMENT_CLASSES = {
 # in the rules' accept.sop_classes, they are accepted (and de-identified like any other instance).
 OPAQUE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66": "Raw Data"}
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+CODESTREAM_HEAD_BYTES = 4096  # what is read of each frame's codestream to check the size it declares
 
 
 @dataclass(frozen=True)
@@ -335,7 +336,8 @@ def _check_fragments(ds: Dataset, pixel: PixelFraming, data: FileBytes) -> None:
         )
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     for index, (offset, length) in enumerate(first_fragments):
-        problem = codestream_problem(data[offset : offset + min(length, 4096)], syntax, rows, columns, samples, bits)
+        head = data[offset : offset + min(length, CODESTREAM_HEAD_BYTES)]
+        problem = codestream_problem(head, syntax, rows, columns, samples, bits)
         if problem:
             raise Rejected("pixel_data_mismatch", f"frame {index}: {problem}")
 

@@ -6,19 +6,24 @@ ranged GETs into a sparse file of the object's size, at their own offsets, so th
 it as the whole file while the pixels are a hole it never reads (they are a deferred value, kept as
 they are: see parts.py). The output is a multipart upload whose pixel parts S3 copies from the
 original version (UploadPartCopy with a byte range); only the new header and a few MiB around it
-are uploaded. The pixels never enter the function: neither its memory nor /tmp.
+are uploaded.
+
+Encapsulated Pixel Data is read once, as a stream: the framing walk needs every fragment's item
+header and intake the first bytes of each frame's codestream, which are kept at their offsets while
+the rest of each fragment goes by, held neither in memory nor in /tmp.
 
 If the engine needed the pixels after all (a scan for burned-in text, a transcode, an overlay in
 their unused bits, trailing padding cut off, a syntax the fast writer does not cover), its output
 names no span of the hole, and the object is downloaded whole (into /tmp, streamed: memory stays
-bounded) and processed again; so is encapsulated Pixel Data, whose fragments the framing walk reads
-one by one. Only the output's upload still copies its untouched values from the original.
+bounded) and processed again. Only the output's upload still copies its untouched values from the
+original.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +31,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..framing import find_pixel_data
+from ..engine import Engine, ProcessedInstance
+from ..framing import ITEM, SEQUENCE_DELIMITER, find_pixel_data
+from ..intake import CODESTREAM_HEAD_BYTES
 from ..parts import CopyPart, Part, SourceSpan, UploadPart, multipart_plan
+from ..rejection import Rejected
 from ..tags import UNDEFINED_LENGTH
 from .objects import ObjectRef
 
@@ -118,13 +126,15 @@ def _fetch_around_pixels(s3: Any, ref: ObjectRef, size: int, fh: Any) -> tuple[S
         if start is not None or wanted >= min(size, MAX_HEADER):
             break
         wanted = min(size, wanted * 4, MAX_HEADER)
-    if start is None or start.length == UNDEFINED_LENGTH:
-        return None, etag  # no Pixel Data in reach, or encapsulated: fragments to walk
-    end = start.value + start.length
-    if end > size or size - end > MAX_TAIL:
-        return None, etag  # the walk of the whole file will say what is wrong
+    if start is None:
+        return None, etag  # no Pixel Data in reach: the walk of the whole file says why
     fh.seek(0)
     fh.write(have[: start.value])
+    if start.length == UNDEFINED_LENGTH:
+        return _fetch_fragment_headers(s3, ref, size, start.value, etag, fh)
+    end = start.value + start.length
+    if end > size or size - end > MAX_TAIL:
+        return None, etag
     if end < size:
         tail, tail_etag = _get_range(s3, ref, end, size)
         if tail_etag != etag:
@@ -132,6 +142,86 @@ def _fetch_around_pixels(s3: Any, ref: ObjectRef, size: int, fh: Any) -> tuple[S
         fh.seek(end)
         fh.write(tail)
     return SourceSpan(start.value, start.length), etag
+
+
+def _fetch_fragment_headers(
+    s3: Any, ref: ObjectRef, size: int, value: int, etag: str, fh: Any
+) -> tuple[SourceSpan | None, str]:
+    """Encapsulated Pixel Data: read once as a stream from `value` to the end, keeping what the
+    framing walk and intake's checks read (the Basic Offset Table, each item's header and the first
+    CODESTREAM_HEAD_BYTES of each fragment, where a frame's codestream declares its size, and what
+    follows the sequence delimiter) at their offsets; the rest of each fragment goes by, unkept."""
+    answer = s3.get_object(**_version_args(ref), Range=f"bytes={value}-{size - 1}")
+    if str(answer.get("ETag", "")) != etag:
+        raise OSError("the original changed between two ranged reads")
+    body = answer["Body"]
+    at = value
+
+    def read(count: int) -> bytes:
+        nonlocal at
+        data = body.read(count)
+        while len(data) < count and (more := body.read(count - len(data))):
+            data += more
+        fh.seek(at)
+        fh.write(data)
+        at += len(data)
+        return data
+
+    def skip(count: int) -> None:
+        nonlocal at
+        while count:
+            data = body.read(min(count, 1024**2))
+            if not data:
+                return
+            count -= len(data)
+            at += len(data)
+
+    first = True
+    while True:
+        header = read(8)
+        if len(header) < 8:
+            return None, etag  # cut short: the walk of the whole file says where
+        group, element, length = struct.unpack("<HHL", header)
+        tag = group << 16 | element
+        if tag == SEQUENCE_DELIMITER:
+            break
+        if tag != ITEM or length == UNDEFINED_LENGTH or at + length > size or (first and length > MAX_HEADER):
+            return None, etag
+        kept = read(length if first else min(length, CODESTREAM_HEAD_BYTES))
+        skip(length - len(kept))
+        first = False
+    items_end = at - 8
+    if size - at > MAX_TAIL:
+        return None, etag
+    read(size - at)  # whatever follows Pixel Data
+    return SourceSpan(value, items_end - value), etag
+
+
+# What a sparse copy's hole can cause when something reads the pixels after all (zeros do not
+# decode, transcode or trust as the real pixels do): tried again on the whole object.
+_MAYBE_FROM_THE_HOLE = frozenset({"pixels_failed", "pixels_untrusted", "transcode_failed", "unparseable", "unwritable"})
+
+
+@contextmanager
+def processed_original(
+    s3: Any, engine: Engine, ref: ObjectRef, size: int, *, scan_pixels: bool
+) -> Iterator[tuple[ProcessedInstance, SourceCopy]]:
+    """The engine's output for a large original and the copy its spans refer to (valid inside the
+    block): from the sparse copy when the engine left the pixels alone, else from the whole object.
+    A scan for burned-in text needs the pixels: that goes straight to the whole object."""
+    if not scan_pixels:
+        with sparse_copy(s3, ref, size) as copy:
+            try:
+                processed: ProcessedInstance | None = engine.process(copy.path, scan_pixels=False, stream=True)
+            except Rejected as rejected:
+                if copy.hole is None or rejected.reason not in _MAYBE_FROM_THE_HOLE:
+                    raise
+                processed = None
+            if processed is not None and pixels_untouched(processed.parts, copy):
+                yield processed, copy
+                return
+    with whole_copy(s3, ref, size) as copy:
+        yield engine.process(copy.path, scan_pixels=scan_pixels, stream=True), copy
 
 
 def pixels_untouched(parts: list[Part], copy: SourceCopy) -> bool:
