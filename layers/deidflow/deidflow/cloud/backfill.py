@@ -55,6 +55,9 @@ QUEUED = frozenset({"parked"})
 DEFAULT_CHUNK_OBJECTS = 50_000
 DEFAULT_BATCH_OBJECTS = 10
 DEFAULT_MAX_CONCURRENCY = 10
+# The most batches at once, whatever the environment says (the template's BackfillConcurrency
+# MaxValue): 100 x 10 objects in flight already meets DeidentifyConcurrency's default of 50.
+MAX_CONCURRENCY = 100
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
 
 
@@ -85,7 +88,9 @@ class BackfillSettings:
             ingest_bucket=bucket,
             chunk_objects=int(env.get("BACKFILL_CHUNK_OBJECTS") or DEFAULT_CHUNK_OBJECTS),
             batch_objects=int(env.get("BACKFILL_BATCH_OBJECTS") or DEFAULT_BATCH_OBJECTS),
-            max_concurrency=int(env.get("BACKFILL_CONCURRENCY") or DEFAULT_MAX_CONCURRENCY),
+            max_concurrency=min(
+                MAX_CONCURRENCY, max(1, int(env.get("BACKFILL_CONCURRENCY") or DEFAULT_MAX_CONCURRENCY))
+            ),
         )
 
 
@@ -142,7 +147,7 @@ def plan(event: Mapping[str, Any], services: Services, settings: BackfillSetting
         "planned": len(refs),
         "cursor": cursor_next,
         "more": cursor_next is not None,
-        "max_concurrency": max(1, settings.max_concurrency),
+        "max_concurrency": settings.max_concurrency,
     }
 
 
