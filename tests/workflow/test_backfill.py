@@ -9,6 +9,7 @@ backfill execution's history.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import Counter
 
@@ -183,3 +184,38 @@ def test_a_backfill_of_two_thousand_objects_in_chunks_ends_with_each_published_o
     assert run.status == "SUCCEEDED", run.error
     assert run.counts["objects"] == 2000 and run.counts["remaining"] == 0
     assert_end_state(workflow, dropped, [run])
+
+
+def test_deidflow_backfill_prints_progress_and_the_figures_of_a_run_and_its_rerun(tmp_path, capsys):
+    from deidflow import cli
+
+    from tests.conftest import REPO, TEST_KEY
+
+    archive = tmp_path / "archive"
+    objects, _ = soak_objects(12, seed=5)
+    for key, data, _, _ in objects:
+        (archive / key).parent.mkdir(parents=True, exist_ok=True)
+        (archive / key).write_bytes(data)
+    key_file = tmp_path / "key"
+    key_file.write_text(base64.b64encode(TEST_KEY).decode())
+    junk = sum(1 for o in objects if o[3])
+
+    code = cli.main(
+        [
+            "backfill",
+            str(archive),
+            str(tmp_path / "out"),
+            "--rerun",
+            "--project",
+            str(REPO),
+            "--key-file",
+            str(key_file),
+        ]
+    )
+
+    out = capsys.readouterr().out
+    assert code == cli.EXIT_SOME_REJECTED, out  # the junk was quarantined
+    assert out.count(f"12/12 processed: {12 - junk} published, {junk} quarantined") >= 2
+    assert "12 submitted, 0 skipped as done (0%)" in out
+    assert "0 submitted, 12 skipped as done (100%)" in out
+    assert "objects/s" in out

@@ -238,7 +238,7 @@ def prepare(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     The objects go through ExpandBatch's own code (lanes, deadlines, the long lane, skip
     suffixes) as the queue's notifications would: one path for an upload and a backfill."""
     refs = [ObjectRef.from_payload(item, services.key_seal) for item in event.get("objects") or []]
-    statuses = status_of(services, refs)
+    statuses = status_of(services.client("dynamodb"), services.settings.status_table, refs)
     todo = [r for r in refs if statuses.get((r.status_key, r.version_id or "null")) not in DONE | QUEUED]
     messages = [{"body": redrive_message(r, 0)} for r in todo]
     expanded = expand_batch(messages, services) if messages else {"objects": [], "skipped": [], "long_lane": []}
@@ -248,12 +248,10 @@ def prepare(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     }
 
 
-def status_of(services: Services, refs: Iterable[ObjectRef]) -> dict[tuple[str, str], str]:
-    """(object_ref, version_id) -> status, for the versions that have a status row (BatchGetItem,
-    consistent reads, 100 keys a call)."""
-    table_name = services.settings.status_table
+def status_of(dynamodb: Any, table_name: str, refs: Iterable[ObjectRef]) -> dict[tuple[str, str], str]:
+    """(object_ref, version_id) -> status, for the versions that have a status row (BatchGetItem
+    on a DynamoDB client, consistent reads, 100 keys a call)."""
     keys = list(dict.fromkeys((r.status_key, r.version_id or "null") for r in refs))
-    dynamodb = services.client("dynamodb")
     found: dict[tuple[str, str], str] = {}
     for i in range(0, len(keys), 100):
         pending: dict[str, Any] = {
@@ -277,9 +275,8 @@ def status_of(services: Services, refs: Iterable[ObjectRef]) -> dict[tuple[str, 
 # -- finish and progress -------------------------------------------------------------------------
 
 
-def planned_objects(services: Services, bucket: str, run: str) -> list[ObjectRef]:
+def planned_objects(s3: Any, bucket: str, run: str) -> list[ObjectRef]:
     """Every object the run's chunk files name (refs and versions; no key is opened)."""
-    s3 = services.s3
     refs: list[ObjectRef] = []
     args: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{WORK_PREFIX}{run}/chunk-"}
     while True:
@@ -294,11 +291,12 @@ def planned_objects(services: Services, bucket: str, run: str) -> list[ObjectRef
         args["ContinuationToken"] = page["NextContinuationToken"]
 
 
-def progress(services: Services, bucket: str, run: str) -> dict[str, int]:
+def progress(s3: Any, dynamodb: Any, status_table: str, bucket: str, run: str) -> dict[str, int]:
     """The run's objects by outcome: published (duplicates included), quarantined, skipped,
-    parked (in the ingest queue), stalled (in the DLQ), remaining (no final status yet)."""
-    refs = planned_objects(services, bucket, run)
-    statuses = status_of(services, refs)
+    parked (in the ingest queue), stalled (in the DLQ), remaining (no final status yet). From an
+    S3 and a DynamoDB client: the function's own, or an operator's (`deidflow backfill-status`)."""
+    refs = planned_objects(s3, bucket, run)
+    statuses = status_of(dynamodb, status_table, refs)
     counts: Counter[str] = Counter()
     for ref in {(r.status_key, r.version_id or "null") for r in refs}:
         status = statuses.get(ref, "")
@@ -322,7 +320,9 @@ def progress(services: Services, bucket: str, run: str) -> dict[str, int]:
 def finish(event: Mapping[str, Any], services: Services, settings: BackfillSettings) -> dict[str, Any]:
     """The run's tally; fails while an object has no status (no gaps: every object is accounted for)."""
     run = run_id(event)
-    counts = progress(services, settings.ingest_bucket, run)
+    counts = progress(
+        services.s3, services.client("dynamodb"), services.settings.status_table, settings.ingest_bucket, run
+    )
     if counts["remaining"] or counts["stalled"]:
         raise BackfillIncomplete(
             f"{counts['remaining']} of {counts['objects']} objects have no final status and "

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
+
 from ..cloud.backfill import WORK_PREFIX, progress
-from ..cloud.services import Services, Settings
 from .workflow import ExecutionReport, LocalWorkflow
 
 ARCHIVE_PREFIX = "archive/"
@@ -52,6 +53,8 @@ class LocalBackfill:
         self.workflow = workflow
         self.state_machine_arn = workflow.stack.output("BackfillStateMachineArn")
         _nested_executions_as_aws()
+        # A plain client (a resource's own client converts attribute values again).
+        self._dynamodb = boto3.client("dynamodb")
         # What each prepared batch skipped (done before), per run: the rerun's skip count, which
         # the status table cannot tell (it holds outcomes, not which run found them).
         self.skipped_as_done: Counter[str] = Counter()
@@ -98,8 +101,9 @@ class LocalBackfill:
 
     def progress(self, run: str) -> dict[str, int]:
         """The run's objects by outcome, as `deidflow backfill` prints them while it runs."""
+        names = self.workflow.names
         with self.workflow.exclusive():
-            return progress(Services(Settings.from_env()), self.workflow.names.ingest_bucket, run)
+            return progress(self.workflow.s3, self._dynamodb, names.status_table, names.ingest_bucket, run)
 
     def run(
         self,
