@@ -55,10 +55,12 @@ def test_queues_tables_and_logs_are_encrypted_and_recoverable(resources):
     substitutions = resources["DeidentifyStateMachine"]["Properties"]["DefinitionSubstitutions"]
     steps = [arn["Fn::GetAtt"][0] for arn in substitutions.values() if "Fn::GetAtt" in arn]
     steps.append(resources["IngestPipe"]["Properties"]["Enrichment"]["Fn::GetAtt"][0])  # ExpandBatch
-    pipeline = {"StateMachineLogGroup", "LongLaneLogGroup", "PipeLogGroup"} | {
-        resources[step]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] for step in steps
-    }
-    assert len(pipeline) == 3 + len(steps) == 3 + len(FUNCTIONS)
+    # The backfill lists and seals ingest keys: PHI side too.
+    backfill = resources["BackfillStateMachine"]["Properties"]["DefinitionSubstitutions"]
+    steps += [arn["Fn::GetAtt"][0] for arn in backfill.values() if "Fn::GetAtt" in arn]
+    machines = {"StateMachineLogGroup", "LongLaneLogGroup", "PipeLogGroup", "BackfillStateMachineLogGroup"}
+    pipeline = machines | {resources[step]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] for step in steps}
+    assert len(pipeline) == len(machines) + len(steps) == len(machines) + len(FUNCTIONS)
     for name, log_group in of_type(resources, "AWS::Logs::LogGroup").items():
         expected = "DataKey" if name in pipeline else "ResearchKey"
         assert log_group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [expected, "Arn"]}, name
