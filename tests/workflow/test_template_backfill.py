@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from deidflow.cloud.backfill import MAX_CONCURRENCY, WORK_PREFIX, BackfillSettings
+from deidflow.cloud.backfill import INVENTORY_PREFIX, MAX_CONCURRENCY, WORK_PREFIX, BackfillSettings
 
 from tests.conftest import REPO
 from tests.workflow.test_template_jobs import granted_pairs
@@ -63,7 +63,7 @@ def test_the_backfill_function_holds_exactly_what_its_steps_need(template):
         ("s3:ListBucket", ingest),
         ("s3:GetObject", f"{ingest}/{WORK_PREFIX}*"),
         ("s3:PutObject", f"{ingest}/{WORK_PREFIX}*"),
-        ("s3:GetObject", f"{ingest}/inventory/*"),
+        ("s3:GetObject", f"{ingest}/{INVENTORY_PREFIX}*"),
         ("dynamodb:BatchGetItem", "<StatusTable.Arn>"),
         ("dynamodb:UpdateItem", "<StatusTable.Arn>"),
         ("states:StartExecution", f"{STACK}:stateMachine:deidflow-deidentify-long"),

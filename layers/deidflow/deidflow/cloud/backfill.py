@@ -48,6 +48,9 @@ from .steps import expand_batch
 # Where the plan's chunk files go, in the ingest bucket (PHI side, DataKey): the bucket notifies
 # only its drop and Orthanc prefixes, so nothing here is taken for an upload.
 WORK_PREFIX = "deidflow-backfill/"
+# Where S3 Inventory reports of the ingest bucket are delivered (the function may read them):
+# reports, not instances, so a backfill of the whole bucket leaves them out too.
+INVENTORY_PREFIX = "inventory/"
 # Statuses after which an object version is not submitted again.
 DONE = frozenset({"published", "duplicate", "quarantined", "skipped", "withdrawn", "source_deleted"})
 # In the ingest queue (Park's redrive): the ingest path owns it; not submitted twice.
@@ -128,7 +131,7 @@ def plan(event: Mapping[str, Any], services: Services, settings: BackfillSetting
     refs = [
         services.with_ref(ObjectRef(bucket, key, version_id=version, size=size))
         for key, version, size in listed
-        if not key.startswith(WORK_PREFIX)
+        if not key.startswith((WORK_PREFIX, INVENTORY_PREFIX))
     ]
     size = max(1, settings.batch_objects)
     batches = [

@@ -23,7 +23,7 @@ from typing import Any
 
 import boto3
 
-from ..cloud.backfill import WORK_PREFIX, progress
+from ..cloud.backfill import INVENTORY_PREFIX, WORK_PREFIX, progress
 from .workflow import ExecutionReport, LocalWorkflow
 
 ARCHIVE_PREFIX = "archive/"
@@ -73,7 +73,8 @@ class LocalBackfill:
 
     def put_archive(self, folder: Path, prefix: str = ARCHIVE_PREFIX) -> list[str]:
         """Every file under `folder` into the ingest bucket under `prefix` (no notification there)."""
-        if prefix.startswith((self.workflow.names.ingest_prefix, self.workflow.names.orthanc_prefix, WORK_PREFIX)):
+        names = self.workflow.names
+        if prefix.startswith((names.ingest_prefix, names.orthanc_prefix, WORK_PREFIX, INVENTORY_PREFIX)):
             raise ValueError("the archive prefix must not be a notified prefix or the backfill's own")
         keys = []
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -148,7 +149,7 @@ class LocalBackfill:
         )
 
 
-def put_inventory(workflow: LocalWorkflow, keys: list[str], *, files: int = 2, prefix: str = "inventory/") -> str:
+def put_inventory(workflow: LocalWorkflow, keys: list[str], *, files: int = 2, prefix: str = INVENTORY_PREFIX) -> str:
     """An S3 Inventory of `keys` as S3 delivers one (manifest.json, gzipped CSV data files, keys
     URL-encoded, the latest version of each) into the ingest bucket; the manifest's key."""
     import csv
