@@ -55,10 +55,12 @@ def test_queues_tables_and_logs_are_encrypted_and_recoverable(resources):
     substitutions = resources["DeidentifyStateMachine"]["Properties"]["DefinitionSubstitutions"]
     steps = [arn["Fn::GetAtt"][0] for arn in substitutions.values() if "Fn::GetAtt" in arn]
     steps.append(resources["IngestPipe"]["Properties"]["Enrichment"]["Fn::GetAtt"][0])  # ExpandBatch
-    pipeline = {"StateMachineLogGroup", "LongLaneLogGroup", "PipeLogGroup"} | {
-        resources[step]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] for step in steps
-    }
-    assert len(pipeline) == 3 + len(steps) == 3 + len(FUNCTIONS)
+    # The backfill lists and seals ingest keys: PHI side too.
+    backfill = resources["BackfillStateMachine"]["Properties"]["DefinitionSubstitutions"]
+    steps += [arn["Fn::GetAtt"][0] for arn in backfill.values() if "Fn::GetAtt" in arn]
+    machines = {"StateMachineLogGroup", "LongLaneLogGroup", "PipeLogGroup", "BackfillStateMachineLogGroup"}
+    pipeline = machines | {resources[step]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] for step in steps}
+    assert len(pipeline) == len(machines) + len(steps) == len(machines) + len(FUNCTIONS)
     for name, log_group in of_type(resources, "AWS::Logs::LogGroup").items():
         expected = "DataKey" if name in pipeline else "ResearchKey"
         assert log_group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [expected, "Arn"]}, name
@@ -105,6 +107,7 @@ def test_the_object_reference_key_is_a_generated_phi_side_secret_read_by_the_fun
         "QuarantineFunction",
         "ParkFunction",
         "WithdrawSourceFunction",
+        "BackfillFunction",  # seals an archive's keys and computes their references before the Map sees them
     }
     # The honest broker too: the pseudonyms a known patient gets (tests/workflow/test_template_privilege.py).
     assert readers["pseudonym"] == {"DeidentifyHeaderFunction", "RedactBurnedInTextFunction", "HonestBrokerRole"}

@@ -267,7 +267,8 @@ def test_template_state_machine_and_functions_agree():
     asl_text = (REPO / machine["DefinitionUri"]).read_text()
     placeholders = set(re.findall(r"\$\{(\w+)\}", asl_text))
     # ExpandBatch is the Pipe's enrichment, not a state: its answer is the execution's input.
-    states = {n: f for n, f in FUNCTIONS.items() if n != "ExpandBatch"}
+    # Backfill's steps are the backfill state machine's (tests/workflow/test_template_backfill.py).
+    states = {n: f for n, f in FUNCTIONS.items() if n not in ("ExpandBatch", "Backfill")}
     settings = {"WorkflowType", "ParkAgainSeconds"}  # what a failed Park does depends on them
     assert placeholders == set(machine["DefinitionSubstitutions"]) == {f"{n}FunctionArn" for n in states} | settings
     assert {machine["DefinitionSubstitutions"][s]["Ref"] for s in settings} == settings
@@ -351,6 +352,8 @@ def test_every_function_has_a_sample_event_in_the_shape_it_is_called_with(workfl
         {k: v for k, v in events["index_header"].items() if k != "source"}
     )
     assert run("IndexHeader", published)["status"] == "published"
+    planned = run("Backfill", events["backfill"])  # the sample plans the (empty) archive/ prefix
+    assert (planned["run"], planned["planned"], planned["more"]) == ("archive-2026-12", 0, False)
     assert events["redact_burned_in_text"]["needs_pixel_scan"] is True
     quarantined = run("Quarantine", {**item, "error": events["quarantine"]["error"]})
     assert quarantined["reason"] == "not_dicom"

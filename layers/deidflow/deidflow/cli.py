@@ -242,6 +242,91 @@ def cmd_local_run(args: argparse.Namespace) -> int:
     return EXIT_SOME_REJECTED if counts.get("quarantined") else EXIT_OK
 
 
+def _backfill_line(counts: dict[str, int]) -> str:
+    """One progress line: what `deidflow backfill` prints while it runs, and `backfill-status`."""
+    done = counts["published"] + counts["quarantined"] + counts["skipped"]
+    return (
+        f"{done}/{counts['objects']} processed: {counts['published']} published, {counts['quarantined']} quarantined, "
+        f"{counts['skipped']} skipped, {counts['parked']} parked, {counts['stalled']} stalled; "
+        f"{counts['remaining']} remaining"
+    )
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """An archive folder through the backfill state machine on this machine (AWS played by moto)."""
+    _load_rules_or_exit(args.rules)
+    key = _load_key_or_exit(args.key_file)
+    source = Path(args.src)
+    if not source.is_dir():
+        print(f"deidflow: not a folder: {source}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        from .local.backfill import LocalBackfill
+        from .local.workflow import LocalWorkflow
+    except ImportError as exc:
+        print(f"deidflow: the local backfill needs the 'local' extra ({exc.name} is missing)", file=sys.stderr)
+        return EXIT_USAGE
+    import logging
+
+    # moto's interpreter logs, as errors, every JSONPath a Choice asks about and does not find
+    # (`IsPresent` false): the backfill's AnyToDo on every batch whose objects are all done.
+    logging.getLogger("moto.stepfunctions").setLevel(logging.CRITICAL)
+    with LocalWorkflow(
+        key,
+        project=Path(args.project) if args.project else None,
+        rules_file=args.rules,
+        text_detector=args.detector,
+    ) as workflow:
+        # The stack's BackfillConcurrency, as the function reads it (the workflow restores it on exit).
+        os.environ["BACKFILL_CONCURRENCY"] = str(args.concurrency)
+        backfill = LocalBackfill(workflow)
+        started = time.perf_counter()
+        keys = backfill.put_archive(source)
+        print(f"archive: {len(keys)} files into the local ingest bucket in {time.perf_counter() - started:.1f} s")
+        runs = [backfill.run(on_progress=lambda c: print("  " + _backfill_line(c), flush=True))]
+        if args.rerun:
+            runs.append(backfill.run(run=runs[0].run))
+        for n, run in enumerate(runs):
+            label = "rerun" if n else "backfill"
+            print(f"{label} {run.run}: {run.status}" + (f" ({run.error})" if run.error else ""))
+            print("  " + _backfill_line(run.counts))
+            skip_rate = run.skipped_as_done / run.counts["objects"] if run.counts["objects"] else 0.0
+            print(
+                f"  {run.counts['objects']} objects in {run.seconds:.1f} s ({run.objects_per_second:.1f} objects/s); "
+                f"{run.submitted} submitted, {run.skipped_as_done} skipped as done ({skip_rate:.0%}), "
+                f"{len(run.redrives)} redrive executions"
+            )
+        files = workflow.download_research(Path(args.dst))
+        print(f"research folder: {args.dst} ({len(files)} instances)")
+        final = runs[-1]
+    if final.status != "SUCCEEDED" or final.counts["remaining"]:
+        return EXIT_FAILED
+    return EXIT_SOME_REJECTED if final.counts["quarantined"] else EXIT_OK
+
+
+def cmd_backfill_status(args: argparse.Namespace) -> int:
+    """A deployed stack's backfill run, counted from its chunk files and the status table."""
+    from .cloud.backfill import progress
+    from .portal import outputs_of
+
+    try:
+        described = json.loads(Path(args.outputs).read_text("utf-8") if args.outputs != "-" else sys.stdin.read())
+        outputs = outputs_of(described)
+        bucket, table = outputs["IngestBucketName"], outputs["StatusTableName"]
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        print(f"deidflow: backfill-status: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    import boto3
+
+    s3, dynamodb = boto3.client("s3"), boto3.client("dynamodb")
+    while True:
+        counts = progress(s3, dynamodb, table, bucket, args.run)
+        print(_backfill_line(counts), flush=True)
+        if not args.watch or not counts["remaining"]:
+            return EXIT_OK if not counts["remaining"] and not counts["stalled"] else EXIT_FAILED
+        time.sleep(args.watch)
+
+
 def cmd_local_up(args: argparse.Namespace) -> int:
     """A real Orthanc on loopback in front of the local workflow: send studies, watch them come out."""
     _load_rules_or_exit(args.rules)
@@ -703,6 +788,28 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("user")
     token.add_argument("--state", default=".deidflow-local", help="as given to `local api`")
     token.set_defaults(func=cmd_local_token)
+
+    backfill = sub.add_parser(
+        "backfill",
+        help="backfill an archive folder through the backfill state machine on this machine (AWS played by moto)",
+    )
+    backfill.add_argument("src", help="the archive: a folder of DICOM files (any layout)")
+    backfill.add_argument("dst", help="local folder for the research bucket's studies/ tree")
+    backfill.add_argument("--rerun", action="store_true", help="run the same backfill again after it (shows the skip)")
+    backfill.add_argument(
+        "--concurrency", type=int, default=10, help="batches at once (BackfillConcurrency; default 10)"
+    )
+    backfill.add_argument("--rules", help="rules file (default: the built-in Basic profile + modified dates)")
+    backfill.add_argument("--key-file", help="pseudonymisation key file (as for deid)")
+    backfill.add_argument("--detector", default="local", help="text detector for burned-in text (default: local OCR)")
+    backfill.add_argument("--project", help="checkout holding template.yaml, statemachines/ and functions/")
+    backfill.set_defaults(func=cmd_backfill)
+    status_help = "count a deployed stack's backfill run (its chunk files and the status table; AWS credentials)"
+    bstatus = sub.add_parser("backfill-status", help=status_help, description=status_help)
+    bstatus.add_argument("run", help="the run id the backfill execution was started with")
+    bstatus.add_argument("--outputs", required=True, help="`aws cloudformation describe-stacks` JSON ('-': stdin)")
+    bstatus.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="print again every SECONDS")
+    bstatus.set_defaults(func=cmd_backfill_status)
 
     profiles = sub.add_parser("profiles", help="the research API's permission profiles")
     profiles_sub = profiles.add_subparsers(dest="profiles_command", required=True)

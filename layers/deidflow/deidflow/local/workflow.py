@@ -51,6 +51,7 @@ FUNCTIONS = {
     "Quarantine": "quarantine",
     "Park": "park",
     "WithdrawSource": "withdraw_source",
+    "Backfill": "backfill",
 }
 ASL_PATH = Path("statemachines") / "deidentify.asl.json"
 TEMPLATE_PATH = Path("template.yaml")
@@ -250,7 +251,9 @@ class LocalWorkflow:
             # The template, packaged, translated and created as a stack (deidflow.local.stack): every
             # name below comes from its outputs and resources, the handlers' settings from its functions.
             self.stack = rehearse(
-                self.project, self.parameters, executable={"DeidentifyStateMachine", "DeidentifyLongStateMachine"}
+                self.project,
+                self.parameters,
+                executable={"DeidentifyStateMachine", "DeidentifyLongStateMachine", "BackfillStateMachine"},
             )
             self.names = names_of(self.stack)
             self.batch_size = int(self.stack.parameters["BatchSize"])
@@ -346,6 +349,13 @@ class LocalWorkflow:
             attributes = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
             self._queue_arns[url] = attributes["QueueArn"]
         return self._queue_arns[url]
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold off the handlers (they run one at a time under this lock): moto's DynamoDB is not
+        thread-safe, so a read made beside a running execution (backfill progress) takes it."""
+        with self._lock:
+            yield
 
     def function_arn(self, name: str) -> str:
         """The ARN of a workflow function (FUNCTIONS' names) in the stack."""
