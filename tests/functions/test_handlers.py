@@ -199,16 +199,32 @@ def test_too_large_is_rejected_before_reading(workflow, monkeypatch):
     key = workflow.drop("big/file.dcm", b"x" * 100)
     event = source(workflow, key)
     event["source"]["size"] = 513 * 1024**2  # above MAX_OBJECT_MB=512; the handler must not download it
-    downloads = []
+    reads = []
     services = __import__("deidflow.cloud.handler", fromlist=["current_services"]).current_services()
-    monkeypatch.setattr(services.s3, "download_file", lambda *a, **k: downloads.append(a))
-    # An event's size alone never rejects (it may be stale or forged): S3 confirms it, before any read.
-    head = services.s3.head_object
-    monkeypatch.setattr(services.s3, "head_object", lambda **k: {**head(**k), "ContentLength": 513 * 1024**2})
+    get = services.s3.get_object
+
+    class Unread:  # the GET's body, whose reads are recorded
+        def __init__(self, body):
+            self.body = body
+
+        def read(self, *args):
+            reads.append(args)
+            return self.body.read(*args)
+
+        def close(self):
+            self.body.close()
+
+    # An event's size alone never rejects (it may be stale or forged): S3's answer to the GET
+    # confirms it, before the body is read.
+    def too_large(**k):
+        answer = get(**k)
+        return {**answer, "ContentLength": 513 * 1024**2, "Body": Unread(answer["Body"])}
+
+    monkeypatch.setattr(services.s3, "get_object", too_large)
     with pytest.raises(RejectedObject) as caught:
         call(workflow, "DeidentifyHeader", event)
     assert caught.value.reason == "too_large"
-    assert downloads == []
+    assert reads == []
 
 
 def test_an_object_deleted_before_processing_is_rejected_as_missing(workflow):

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -865,19 +866,25 @@ def _release_claim(services: Services, ref: ObjectRef, sop_uid: str) -> None:
 
 
 def _still_current(services: Services, ref: ObjectRef) -> None:
-    """The event's version must still be the key's current one. Deleted since (a delete marker on
-    top): nothing is published, whatever the version-pinned read could still fetch. Overwritten
-    since: the newer version's own event processes it, and this one (late, replayed or redriven)
-    must not bring the older content back.
+    """The event's version must still be the key's current one (`_judge_current`), asked of the
+    version listing (s3:ListBucketVersions): Publish, which asks it, may not read the original's
+    content, which a HEAD would need (and, for a deleted key, s3:ListBucket to tell 404 from 403).
+    The steps that read the original ask with the read itself (`_downloaded(current=True)`)."""
+    if ref.version_id:  # an unversioned bucket: the key's one object is what there is
+        latest = _latest_entry(services, ref)
+        _judge_current(ref, None if latest is None or latest[1] == "DeleteMarkers" else latest[0].get("VersionId"))
 
-    Asked of the version listing (s3:ListBucketVersions), not by a HEAD, which would need read
-    access to the original's content and, for a deleted key, s3:ListBucket to tell 404 from 403."""
+
+def _judge_current(ref: ObjectRef, latest: str | None) -> None:
+    """`latest`, the key's current version id (None: deleted), must be the event's version.
+    Deleted since (a delete marker on top): nothing is published, whatever the version-pinned read
+    could still fetch. Overwritten since: the newer version's own event processes it, and this one
+    (late, replayed or redriven) must not bring the older content back."""
     if not ref.version_id:
-        return  # an unversioned bucket: the key's one object is what there is
-    latest = _latest_entry(services, ref)
-    if latest is None or latest[1] == "DeleteMarkers":
+        return
+    if latest is None:
         raise RejectedObject("missing", "the object was deleted before it was published")
-    if latest[0].get("VersionId") != ref.version_id:
+    if latest != ref.version_id:
         raise RejectedObject("superseded", "a newer version of the object was uploaded; its own event processes it")
 
 
@@ -905,8 +912,7 @@ def _process_original(services: Services, ref: ObjectRef, *, scan_pixels: bool) 
 
     A Rejected from the engine leaves as RejectedObject (the handler's `workflow_errors` maps it).
     """
-    _still_current(services, ref)
-    with _downloaded(services, ref) as path:
+    with _downloaded(services, ref, current=True) as path:
         return services.engine.process(path, scan_pixels=scan_pixels)
 
 
@@ -915,29 +921,41 @@ def _passthrough(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def _downloaded(services: Services, ref: ObjectRef) -> Iterator[str]:
-    """The object version in a temporary file: /tmp (ephemeral storage) holds it, not the heap."""
+def _downloaded(services: Services, ref: ObjectRef, *, current: bool = False) -> Iterator[str]:
+    """The object version in a temporary file: /tmp (ephemeral storage) holds it, not the heap.
+
+    One GetObject, streamed: its answer's length is checked before the body is read (no HEAD
+    first; s3transfer's download_file made one per read). With `current`, the GET names no
+    version, so it reads the key's current one and its answer says which that is: the event's
+    version, or a rejection (`_judge_current`: deleted, or superseded, the newer body left
+    unread). The check that the version is still current and the read are one GET-class request
+    instead of a version LIST (PUT-class, 12.5x the price), a HEAD and a GET."""
     limit = services.settings.max_object_bytes
-    head_args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
-    if ref.version_id:
-        head_args["VersionId"] = ref.version_id
-    # The event's size may be stale (the key overwritten since) or forged: it may let an object
-    # through to the read, whose size is checked again below, but never reject one on its own.
-    if ref.size is not None and ref.size <= limit:
-        size = ref.size
-    else:
-        size = int(services.s3.head_object(**head_args)["ContentLength"])
-    if size > limit:
-        raise RejectedObject("too_large", f"{size} bytes is above the pipeline's limit of {limit} bytes")
-    fd, path = tempfile.mkstemp(suffix=".dcm")
-    os.close(fd)
+    args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+    if ref.version_id and not current:
+        args["VersionId"] = ref.version_id
     try:
-        extra = {"VersionId": ref.version_id} if ref.version_id else None
-        services.s3.download_file(ref.bucket, ref.key, path, ExtraArgs=extra)
-        if os.path.getsize(path) > limit:  # the event's size can be stale if the key was overwritten
-            raise RejectedObject("too_large", f"above the pipeline's limit of {limit} bytes")
+        answer = services.s3.get_object(**args)
+    except ClientError as exc:
+        if current and exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+            _judge_current(ref, None)  # a delete marker on top, or no version left: missing
+        raise
+    body = answer["Body"]
+    fd, path = tempfile.mkstemp(suffix=".dcm")
+    try:
+        if current:
+            _judge_current(ref, str(answer.get("VersionId") or "null"))
+        size = int(answer.get("ContentLength") or 0)
+        if size > limit:
+            raise RejectedObject("too_large", f"{size} bytes is above the pipeline's limit of {limit} bytes")
+        with os.fdopen(fd, "wb") as out:
+            fd = -1
+            shutil.copyfileobj(body, out, 1024 * 1024)
         yield path
     finally:
+        body.close()
+        if fd >= 0:
+            os.close(fd)
         os.unlink(path)
 
 
