@@ -237,6 +237,7 @@ class SoakRun:
     lambda_calls: dict[str, float]
     rounds: dict[str, int]  # S3 key -> executions it was in (1 + its Park rounds)
     execution_seconds: float
+    storage_requests: float  # measured S3 + DynamoDB request cost (USD) per published instance
 
 
 def fault_soak(blobs: list[tuple[str, bytes]], args: argparse.Namespace) -> int:
@@ -275,8 +276,9 @@ def fault_soak(blobs: list[tuple[str, bytes]], args: argparse.Namespace) -> int:
     print("\ncost per million instances of each path (USD; the faulted run's objects, EXPRESS and STANDARD)")
     print("  per object: Lambda = calls x $0.20/M + GB-s x $0.0000133334; SQS+Pipes = rounds x (1 + 2/batch) x $0.40/M")
     print("  + rounds/batch x $0.40/M; STANDARD = transitions x $0.025/1000; EXPRESS = rounds/batch x ($1/M +")
-    print("  execution s x 64 MB x $0.00001667/GB-s); DynamoDB and S3 requests as in the fault-free estimate")
-    print("  (a quarantine: one status write, the original read, its tags read and written)")
+    print("  execution s x 64 MB x $0.00001667/GB-s); S3 and DynamoDB requests: the fault-free run's, measured,")
+    print(f"  per published instance (${MILLION * runs[0].storage_requests:.2f} per million; a quarantine: one status")
+    print("  write, the original read, its tags read and written)")
     batch = faulted.objects / max(1, faulted.executions) * max(1, sum(faulted.rounds.values())) / faulted.objects
     seconds_per_execution = (faulted.execution_seconds + faulted.retry_wait_seconds) / max(1, faulted.executions)
     print(f"  (objects per execution {batch:.2f}, execution {seconds_per_execution:.2f} s with the retry waits)")
@@ -299,9 +301,7 @@ def fault_soak(blobs: list[tuple[str, bytes]], args: argparse.Namespace) -> int:
         if path == "quarantined":  # the status update; the original read, its tags read and written
             storage = PRICE["dynamodb_per_write_unit"] + PRICE["s3_put_per_request"] + 2 * PRICE["s3_get_per_request"]
         else:
-            storage = (
-                8 * PRICE["dynamodb_per_write_unit"] + 2 * PRICE["s3_put_per_request"] + 2 * PRICE["s3_get_per_request"]
-            )
+            storage = runs[0].storage_requests
         standard = mean["transitions"] * PRICE["standard_per_transition"]
         express = (
             mean["rounds"]
@@ -329,7 +329,7 @@ def _soak_run(
 ) -> SoakRun:
     from deidflow.testing.faults import FaultInjector
 
-    with LocalWorkflow(KEY, project=REPO, batch_size=args.batch_size) as workflow:
+    with LocalWorkflow(KEY, project=REPO, batch_size=args.batch_size) as workflow, RequestMeter(workflow) as meter:
         started = time.perf_counter()
         with FaultInjector(workflow, plan) as faults:
             keys = [workflow.drop(name, data) for name, data in objects]
@@ -389,7 +389,14 @@ def _soak_run(
             dict(calls),
             dict(rounds),
             _execution_seconds(workflow, reports),
+            _storage_requests(meter, max(1, sum(1 for p in paths.values() if p != "quarantined"))),
         )
+
+
+def _storage_requests(meter: RequestMeter, published: int) -> float:
+    """The measured S3 and DynamoDB request cost per published instance (USD)."""
+    lines = request_costs(meter, published)
+    return sum(cost for text, cost in lines if text.startswith(("S3", "DynamoDB"))) / MILLION
 
 
 def _execution_seconds(workflow: LocalWorkflow, reports: list) -> float:

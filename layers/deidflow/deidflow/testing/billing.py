@@ -140,6 +140,15 @@ class RequestMeter:
         if service == "dynamodb" and model.name in DYNAMODB_WRITES | DYNAMODB_READS:
             body = json.loads(params.get("body") or b"{}")
             context["deidflow_meter_dynamodb"] = (body, _DynamoItems(body).before())
+        elif service == "dynamodb" and model.name == "BatchGetItem":
+            # Each item read is its own ceil(size / 4 KB), halved when eventually consistent.
+            body = json.loads(params.get("body") or b"{}")
+            for table, request in body.get("RequestItems", {}).items():
+                half = 1 if request.get("ConsistentRead") else 0.5
+                for key in request.get("Keys", []):
+                    item = _DynamoItems({"TableName": table, "Key": key}).before()
+                    if item is not None:
+                        self.read_units[(state, table)] += _units(_size(item), 4096) * half
 
     def _after_call(
         self, http_response: Any, parsed: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any
