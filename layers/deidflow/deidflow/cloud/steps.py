@@ -109,13 +109,15 @@ def start_long_lane(services: Services, ref: ObjectRef) -> str:
 
 
 def deidentify_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
-    """Header de-identification; instances whose pixels need a scan go on to the redaction step."""
+    """Header de-identification, published by this step itself (`_publish_direct`: one PutObject
+    to the research key, no staging copy and no Publish state); instances whose pixels need a
+    scan go on to the redaction step."""
     ref = services.source_of(event)
     try:
         processed = _process_original(services, ref, scan_pixels=False)
     except PixelScanRequired:
         return {"source": services.payload(ref), "needs_pixel_scan": True}
-    return _stage(services, ref, processed, needs_pixel_scan=False)
+    return _stage(services, ref, processed, needs_pixel_scan=False, direct=True)
 
 
 def redact_burned_in_text(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
@@ -144,8 +146,17 @@ def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]
     staged = event["staged"]
     research_key = staged["research_key"]
     settings = services.settings
-    generation = int((event.get("published") or {}).get("generation", 0))
-    with _downloaded(services, ObjectRef(settings.research_bucket, staged["staging_key"])) as path:
+    published = event.get("published") or {}
+    generation = int(published.get("generation", 0))
+    # What this run published: the staging copy Publish copied (the pixel path), or the version of
+    # the research object the header step wrote (whatever was written at the key since).
+    staging_key = staged.get("staging_key")
+    written = (
+        ObjectRef(settings.research_bucket, staging_key)
+        if staging_key
+        else ObjectRef(settings.research_bucket, research_key, version_id=published.get("version_id"))
+    )
+    with _downloaded(services, written) as path:
         entry = index_file(
             path,
             research_key,
@@ -159,19 +170,19 @@ def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]
             Body=entry.sidecar,
             ContentType=SIDECAR_CONTENT_TYPE,
         )
-    written = _put_index_item(services, {**entry.item, PUBLISH_GENERATION: generation})
-    if written:
-        for item in catalog_items(entry):
-            services.table(settings.catalog_table).put_item(Item=item)
-    replaced = (event.get("published") or {}).get("replaced")
+    current = _put_index_item(services, {**entry.item, PUBLISH_GENERATION: generation})
+    if current:
+        _put_catalog_items(services, catalog_items(entry))
+    replaced = published.get("replaced")
     if replaced:
         _forget_research_instance(services, replaced, keep_sidecar=entry.sidecar_key)
-    services.s3.delete_object(Bucket=settings.research_bucket, Key=staged["staging_key"])
+    if staging_key:
+        services.s3.delete_object(Bucket=settings.research_bucket, Key=staging_key)
     return {
         "source": event["source"],
         "status": event.get("status", "published"),
         "research_key": research_key,
-        "indexed": {"sidecar": entry.sidecar is not None, "current": written},
+        "indexed": {"sidecar": entry.sidecar is not None, "current": current},
     }
 
 
@@ -220,6 +231,32 @@ def _forget_research_instance(services: Services, research_key: str, *, keep_sid
         catalog.delete_item(Key={"study_instance_uid": study, "item": "study"})
 
 
+def _put_catalog_items(services: Services, items: list[dict[str, Any]]) -> None:
+    """The catalog's rows of an indexed instance, put only where they are missing or differ: every
+    instance of a series writes the same two rows, and a strongly consistent read of both (one
+    BatchGetItem, 1 read unit each) is a fifth of the price of putting them again (1 write unit
+    each). Strongly consistent, so a row a withdrawal deleted a moment ago is seen missing."""
+    if not items:
+        return
+    table_name = services.settings.catalog_table
+    keys = [{"study_instance_uid": i["study_instance_uid"], "item": i["item"]} for i in items]
+    found = _catalog_rows(services, table_name, keys)
+    table = services.table(table_name)
+    for item in items:
+        if found.get((item["study_instance_uid"], item["item"])) != item:
+            table.put_item(Item=item)
+
+
+def _catalog_rows(services: Services, table_name: str, keys: list[dict[str, str]]) -> dict[tuple[str, str], Any]:
+    """The catalog rows at `keys` as they are (a consistent BatchGetItem; what it leaves
+    unprocessed, under throttling, counts as missing: it is put again, as before)."""
+    # The Table resource's own client converts attribute values both ways, as the Table does.
+    client = services.table(table_name).meta.client
+    answer = client.batch_get_item(RequestItems={table_name: {"Keys": keys, "ConsistentRead": True}})
+    rows = answer.get("Responses", {}).get(table_name, [])
+    return {(row["study_instance_uid"], row["item"]): row for row in rows}
+
+
 def catalog_items(entry: IndexEntry) -> list[dict[str, Any]]:
     """The catalog's study and series items for an indexed instance: what a study search lists
     before deciding on the instances. Put, not updated: any instance of the study writes the same."""
@@ -249,25 +286,83 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     re-send moves the instance: the research object at the old key goes."""
     ref = services.source_of(event)
     staged = event["staged"]
-    status = "duplicate" if staged.get("duplicate_of") else "published"
     bucket = services.settings.research_bucket
-    research_key = staged["research_key"]
     _still_current(services, ref)
     generation, replaced = _next_generation(services, ref, staged)
     copied = services.s3.copy_object(
         CopySource={"Bucket": bucket, "Key": staged["staging_key"]},
         Bucket=bucket,
-        Key=research_key,
+        Key=staged["research_key"],
         ContentType="application/dicom",
         MetadataDirective="REPLACE",
     )
+    # Publish may not read the original (no s3:GetObject on the ingest bucket): the listing says.
+    latest = _latest_entry(services, ref)
+    current = None if latest is None or latest[1] == "DeleteMarkers" else latest[0].get("VersionId")
+    published = _after_write(services, ref, staged, generation, replaced, copied.get("VersionId"), current=current)
+    return {**_passthrough(event), **published}
+
+
+def _publish_direct(
+    services: Services, ref: ObjectRef, processed: ProcessedInstance, staged: dict[str, Any]
+) -> dict[str, Any]:
+    """The header step's publish: its output written once, straight to the research key, with
+    Publish's guarantees and without its staging PUT and server-side COPY (two PUT-class requests
+    where one does) or its Lambda call.
+
+    Version order as in `publish`: the read just made was of the key's current version (a replay
+    of an older version stopped there, before any claim), the write takes the claim's next publish
+    generation, and the key's current version is asked again after the write (a HEAD: this step
+    may read the original), so that a newer version that came meanwhile is sent through the queue
+    again and writes last, and a delete meanwhile takes this write back. Nothing partial is ever
+    visible (a PutObject is whole or absent) and IndexHeader still comes after. Publish's own
+    check before its copy has no counterpart: nothing runs between this step's read and its write
+    that the check after the write does not cover."""
+    generation, replaced = _next_generation(services, ref, staged)
+    written = services.s3.put_object(
+        Bucket=services.settings.research_bucket,
+        Key=staged["research_key"],
+        Body=processed.data,
+        ContentType="application/dicom",
+    )
+    return _after_write(
+        services,
+        ref,
+        staged,
+        generation,
+        replaced,
+        written.get("VersionId"),
+        current=_current_version(services, ref),
+        warnings=",".join(processed.warnings) or None,
+    )
+
+
+def _after_write(
+    services: Services,
+    ref: ObjectRef,
+    staged: Mapping[str, Any],
+    generation: int,
+    replaced: str | None,
+    version_id: str | None,
+    *,
+    current: str | None,
+    warnings: str | None = None,
+) -> dict[str, Any]:
+    """After the research object was written (`version_id`): `current` is the key's current
+    version, asked after the write (None: deleted). If that is no longer this run's version, a
+    delete takes the write back and a newer version is sent through the queue again (its run
+    writes last); either way this run ends skipped, unindexed. Otherwise an instance moved by a
+    corrected UID leaves its old key, and the version is recorded published (or duplicate)."""
+    bucket = services.settings.research_bucket
+    research_key = staged["research_key"]
+    status = "duplicate" if staged.get("duplicate_of") else "published"
     try:
-        _still_current(services, ref)
+        _judge_current(ref, current)
     except RejectedObject as exc:
-        if exc.reason == "missing":  # deleted while it was copied: nothing of it stays published
-            _delete_version(services, bucket, research_key, copied.get("VersionId"))
+        if exc.reason == "missing":  # deleted while it was written: nothing of it stays published
+            _delete_version(services, bucket, research_key, version_id)
         else:
-            _send_again(services, _latest_version(services, ref))
+            _send_again(services, replace(ref, version_id=current, size=None, round=0))
         raise
     if replaced and replaced != research_key:
         services.s3.delete_object(Bucket=bucket, Key=replaced)
@@ -278,11 +373,14 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
         research_key=research_key,
         same_as=staged.get("duplicate_of"),
         published_key=research_key if status == "published" else None,
+        warnings=warnings,
     )
     published: dict[str, Any] = {"generation": generation}
+    if version_id:
+        published["version_id"] = version_id
     if replaced and replaced != research_key:
         published["replaced"] = replaced
-    return {**_passthrough(event), "status": status, "research_key": research_key, "published": published}
+    return {"status": status, "research_key": research_key, "published": published}
 
 
 def _next_generation(services: Services, ref: ObjectRef, staged: Mapping[str, Any]) -> tuple[int, str | None]:
@@ -711,16 +809,13 @@ def _stage(
     processed: ProcessedInstance,
     *,
     needs_pixel_scan: bool,
+    direct: bool = False,
 ) -> dict[str, Any]:
+    """Claim the research SOP Instance UID and record the mapping, then publish the output at once
+    (`direct`: the header step) or write it to a per-run staging copy for Publish (the redaction
+    step: its 4 GB are billed by the millisecond, Publish has 256 MB, and scans are few)."""
     settings = services.settings
     duplicate_of = _claim(services, ref, processed)
-    # One staging copy per run, not per instance: two runs of one object at once (a redelivered
-    # event, one study sent twice) must not share it, or the first Publish deletes what the
-    # second is about to copy. A retried run's earlier copy is left to the staging expiry.
-    staging_key = f"{settings.staging_prefix}{secrets.token_hex(8)}/{processed.key}"
-    services.s3.put_object(
-        Bucket=settings.research_bucket, Key=staging_key, Body=processed.data, ContentType="application/dicom"
-    )
     mapping = {
         "sop_instance_uid": processed.sop_uid,
         "study_instance_uid": processed.study_uid,
@@ -733,16 +828,7 @@ def _stage(
     }
     if duplicate_of is None:  # the mapping names the first source, which a duplicate is not
         record_mapping(services, {k: v for k, v in mapping.items() if v != ""})
-    record_status(
-        services,
-        ref,
-        "deidentified",
-        research_key=processed.key,
-        same_as=duplicate_of,
-        warnings=",".join(processed.warnings) or None,
-    )
     staged: dict[str, Any] = {
-        "staging_key": staging_key,
         "research_key": processed.key,
         "study_instance_uid": processed.study_uid,
         "series_instance_uid": processed.series_uid,
@@ -753,11 +839,28 @@ def _stage(
     }
     if duplicate_of is not None:
         staged["duplicate_of"] = duplicate_of
-    return {
-        "source": services.payload(ref),
-        "needs_pixel_scan": needs_pixel_scan,
-        "staged": staged,
-    }
+    result: dict[str, Any] = {"source": services.payload(ref), "needs_pixel_scan": needs_pixel_scan}
+    if direct:
+        return {**result, "staged": staged, **_publish_direct(services, ref, processed, staged)}
+    # One staging copy per run, not per instance: two runs of one object at once (a redelivered
+    # event, one study sent twice) must not share it, or the first Publish deletes what the
+    # second is about to copy. A retried run's earlier copy is left to the staging expiry.
+    staged["staging_key"] = f"{settings.staging_prefix}{secrets.token_hex(8)}/{processed.key}"
+    services.s3.put_object(
+        Bucket=settings.research_bucket,
+        Key=staged["staging_key"],
+        Body=processed.data,
+        ContentType="application/dicom",
+    )
+    record_status(
+        services,
+        ref,
+        "deidentified",
+        research_key=processed.key,
+        same_as=duplicate_of,
+        warnings=",".join(processed.warnings) or None,
+    )
+    return {**result, "staged": staged}
 
 
 MAPPING_DIGEST = "mapping_sha256"
@@ -899,12 +1002,17 @@ def _latest_entry(services: Services, ref: ObjectRef) -> tuple[dict[str, Any], s
     return None
 
 
-def _latest_version(services: Services, ref: ObjectRef) -> ObjectRef | None:
-    """The key's current version as an object to process, or None when it is deleted."""
-    latest = _latest_entry(services, ref)
-    if latest is None or latest[1] == "DeleteMarkers":
-        return None
-    return replace(ref, version_id=latest[0].get("VersionId"), size=None, round=0)
+def _current_version(services: Services, ref: ObjectRef) -> str | None:
+    """The key's current version id from a HEAD naming no version (GET-class: 12.5x cheaper than
+    the listing), None when deleted: 404 whether a delete marker is on top or no version is left
+    (the reading steps hold s3:ListBucket, so S3 answers 404, not 403)."""
+    try:
+        head = services.s3.head_object(Bucket=ref.bucket, Key=ref.key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+            return None
+        raise
+    return str(head.get("VersionId") or "null")
 
 
 def _process_original(services: Services, ref: ObjectRef, *, scan_pixels: bool) -> ProcessedInstance:
