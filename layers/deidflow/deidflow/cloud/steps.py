@@ -304,7 +304,11 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
 
 
 def _publish_direct(
-    services: Services, ref: ObjectRef, processed: ProcessedInstance, staged: dict[str, Any]
+    services: Services,
+    ref: ObjectRef,
+    processed: ProcessedInstance,
+    staged: dict[str, Any],
+    counted: tuple[int, str | None] | None = None,
 ) -> dict[str, Any]:
     """The header step's publish: its output written once, straight to the research key, with
     Publish's guarantees and without its staging PUT and server-side COPY (two PUT-class requests
@@ -317,8 +321,9 @@ def _publish_direct(
     again and writes last, and a delete meanwhile takes this write back. Nothing partial is ever
     visible (a PutObject is whole or absent) and IndexHeader still comes after. Publish's own
     check before its copy has no counterpart: nothing runs between this step's read and its write
-    that the check after the write does not cover."""
-    generation, replaced = _next_generation(services, ref, staged)
+    that the check after the write does not cover. `counted`: the generation `_claim_and_count`
+    took with the claim, when it could."""
+    generation, replaced = counted if counted is not None else _next_generation(services, ref, staged)
     written = services.s3.put_object(
         Bucket=services.settings.research_bucket,
         Key=staged["research_key"],
@@ -815,7 +820,9 @@ def _stage(
     (`direct`: the header step) or write it to a per-run staging copy for Publish (the redaction
     step: its 4 GB are billed by the millisecond, Publish has 256 MB, and scans are few)."""
     settings = services.settings
-    duplicate_of = _claim(services, ref, processed)
+    # The header step's common case takes the claim and its publish generation in one request.
+    counted = _claim_and_count(services, ref, processed) if direct else None
+    duplicate_of = _claim(services, ref, processed) if counted is None else None
     mapping = {
         "sop_instance_uid": processed.sop_uid,
         "study_instance_uid": processed.study_uid,
@@ -841,7 +848,7 @@ def _stage(
         staged["duplicate_of"] = duplicate_of
     result: dict[str, Any] = {"source": services.payload(ref), "needs_pixel_scan": needs_pixel_scan}
     if direct:
-        return {**result, "staged": staged, **_publish_direct(services, ref, processed, staged)}
+        return {**result, "staged": staged, **_publish_direct(services, ref, processed, staged, counted)}
     # One staging copy per run, not per instance: two runs of one object at once (a redelivered
     # event, one study sent twice) must not share it, or the first Publish deletes what the
     # second is about to copy. A retried run's earlier copy is left to the staging expiry.
@@ -949,6 +956,54 @@ def _claim(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> 
             research_key=processed.key,
         ) from None
     return str(held.get("Attributes", {}).get("holder", "")) or None
+
+
+def _claim_and_count(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> tuple[int, str | None] | None:
+    """`_claim` and `_next_generation` in one UpdateItem (one write unit instead of two) for the
+    common case: the UID unclaimed or already this object's, not being withdrawn, and this version
+    not yet published under it. Returns (generation, the research key published before) as
+    `_next_generation` does; None for any other case (a duplicate, a conflict, a withdrawal, the
+    same version again), which the two requests that tell them apart then decide."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    try:
+        old = (
+            services.table(services.settings.status_table)
+            .update_item(
+                Key=_claim_key(processed.sop_uid),
+                UpdateExpression=(
+                    "SET #holder = :me, #sha = :sha, #at = if_not_exists(#at, :now), #rk = :rk, #version = :version"
+                    " ADD #gen :one"
+                ),
+                ConditionExpression=(
+                    "(attribute_not_exists(#holder) OR #holder = :me) AND attribute_not_exists(#withdrawing)"
+                    " AND (attribute_not_exists(#version) OR #version <> :version)"
+                ),
+                ExpressionAttributeNames={
+                    "#holder": "holder",
+                    "#sha": "sha256",
+                    "#at": "claimed_at",
+                    "#rk": "research_key",
+                    "#version": "published_version",
+                    "#gen": "generation",
+                    "#withdrawing": WITHDRAWING,
+                },
+                ExpressionAttributeValues={
+                    ":me": ref.status_key,
+                    ":sha": hashlib.sha256(processed.data).hexdigest(),
+                    ":now": now,
+                    ":rk": processed.key,
+                    ":version": ref.version_id or "null",
+                    ":one": 1,
+                },
+                ReturnValues="ALL_OLD",
+            )
+            .get("Attributes", {})
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        return None
+    return int(old.get("generation", 0)) + 1, (str(old["research_key"]) if old.get("research_key") else None)
 
 
 def _release_claim(services: Services, ref: ObjectRef, sop_uid: str) -> None:
