@@ -47,6 +47,7 @@ from deidflow.engine import Engine
 from deidflow.local.template import load_template
 from deidflow.local.workflow import FUNCTIONS, LocalWorkflow
 from deidflow.rules import load_rules
+from deidflow.testing.billing import RequestMeter, s3_class
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,8 @@ PRICE = {
     "sqs_per_request": 0.40 / 1_000_000,
     "pipes_per_request": 0.40 / 1_000_000,
     "dynamodb_per_write_unit": 0.625 / 1_000_000,
+    "dynamodb_per_read_unit": 0.125 / 1_000_000,
+    "secrets_per_request": 0.05 / 10_000,
     "s3_put_per_request": 0.005 / 1000,
     "s3_get_per_request": 0.0004 / 1000,
 }
@@ -90,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         engine.process(data)
     floor = len(blobs) / (time.perf_counter() - started)
 
-    with LocalWorkflow(KEY, project=REPO, batch_size=args.batch_size) as workflow:
+    with (
+        LocalWorkflow(KEY, project=REPO, batch_size=args.batch_size) as workflow,
+        RequestMeter(workflow) as meter,
+    ):
         started = time.perf_counter()
         for name, data in blobs:
             workflow.drop(name, data)
@@ -124,18 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         lambda_calls += len(calls)
         print(f"{name:<20} {len(calls):6d} {statistics.mean(calls) * 1000:8.1f} {memory:10d} {per_instance:18.5f}")
 
-    per_instance_transitions = transitions / len(blobs)
-    per_instance_calls = lambda_calls / len(blobs)
-    executions_per_instance = len(reports) / len(blobs)
+    n = len(blobs)
+    print_requests(meter, n)
+    per_instance_transitions = transitions / n
+    per_instance_calls = lambda_calls / n
+    executions_per_instance = len(reports) / n
+    lines = request_costs(meter, n)
     lam = MILLION * (per_instance_calls * PRICE["lambda_per_request"] + gb_seconds * PRICE["lambda_arm_per_gb_second"])
-    # Per instance: SQS send (by S3) + batched receive and delete; one Pipe request per batch.
-    sqs = MILLION * (1 + 2 * executions_per_instance) * PRICE["sqs_per_request"]
+    # One Pipe request per batch (its events are far below a 64 KB chunk).
     pipes = MILLION * executions_per_instance * PRICE["pipes_per_request"]
-    # DynamoDB: index item (~4 WRU with its GSIs), mapping (2), status updates (2).
-    dynamodb = MILLION * 8 * PRICE["dynamodb_per_write_unit"]
-    # S3: staging put, copy to research (PUT class); gets of the original and of staging.
-    s3 = MILLION * (2 * PRICE["s3_put_per_request"] + 2 * PRICE["s3_get_per_request"])
-    shared = lam + sqs + pipes + dynamodb + s3
+    shared = lam + pipes + sum(cost for _, cost in lines)
     standard = MILLION * per_instance_transitions * PRICE["standard_per_transition"]
     express = (
         MILLION
@@ -147,26 +151,71 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"\nper instance: {per_instance_transitions:.2f} state transitions, {per_instance_calls:.2f} Lambda calls, "
-        f"{gb_seconds:.4f} Lambda GB-s; {executions_per_instance:.2f} executions "
+        f"{gb_seconds:.4f} Lambda GB-s; {executions_per_instance:.3f} executions "
         f"(mean {execution_seconds / len(reports):.2f} s)"
     )
-    print("\ncost per million instances (USD, header path, no Rekognition)")
+    print("\ncost per million instances (USD, header path, no Rekognition, no storage), from the counts above")
     print(
-        f"  Lambda      {MILLION:,} x ({per_instance_calls:.2f} x $0.20/M"
-        f" + {gb_seconds:.4f} GB-s x $0.0000133334) = {lam:9.2f}"
+        f"  Lambda       {MILLION:,} x ({per_instance_calls:.2f} calls x $0.20/M"
+        f" + {gb_seconds:.4f} GB-s x $0.0000133334) = {lam:8.2f}"
     )
-    print(f"  SQS+Pipes   {sqs + pipes:9.2f}   DynamoDB {dynamodb:9.2f}   S3 requests {s3:9.2f}")
+    print(f"  Pipes        {MILLION:,} x {executions_per_instance:.3f} batches x $0.40/M = {pipes:8.2f}")
+    for text, cost in lines:
+        print(f"  {text} = {cost:8.2f}")
     print(
-        f"  STANDARD    {MILLION:,} x {per_instance_transitions:.2f} transitions x $0.025/1000 = {standard:9.2f}"
-        f"   total {standard + shared:9.2f}"
+        f"  STANDARD     {MILLION:,} x {per_instance_transitions:.2f} transitions x $0.025/1000 = {standard:8.2f}"
+        f"   total {standard + shared:8.2f}"
     )
     print(
-        f"  EXPRESS     {MILLION * executions_per_instance:,.0f} executions x ($1/M + "
-        f"{execution_seconds / len(reports):.2f} s x 64 MB x $0.00001667/GB-s) = {express:9.2f}"
-        f"   total {express + shared:9.2f}"
+        f"  EXPRESS      {MILLION * executions_per_instance:,.0f} executions x ($1/M + "
+        f"{execution_seconds / len(reports):.2f} s x 64 MB x $0.00001667/GB-s) = {express:8.2f}"
+        f"   total {express + shared:8.2f}"
     )
     print(f"  the workflow itself: STANDARD / EXPRESS = {standard / express:,.0f}x")
     return 0
+
+
+def print_requests(meter: RequestMeter, instances: int) -> None:
+    """The measured requests per instance, by state, service and operation, and DynamoDB's units."""
+    print("\nbilled requests per instance (measured)")
+    print(f"  {'state':<20} {'service':<15} {'operation':<28} {'per instance':>12}")
+    for (state, service, operation), count in sorted(meter.requests.items()):
+        label = f"{operation} ({s3_class(operation)})" if service == "s3" else operation
+        print(f"  {state:<20} {service:<15} {label:<28} {count / instances:12.3f}")
+    print(f"  {'state':<20} {'DynamoDB table':<44} {'WRU':>6} {'RRU':>6}")
+    for state, table in sorted(set(meter.write_units) | set(meter.read_units)):
+        short = table.removeprefix("deidflow-local-")
+        wru, rru = meter.write_units.get((state, table), 0), meter.read_units.get((state, table), 0.0)
+        print(f"  {state:<20} {short:<44} {wru / instances:6.2f} {rru / instances:6.2f}")
+
+
+def request_costs(meter: RequestMeter, instances: int) -> list[tuple[str, float]]:
+    """Each request line's arithmetic and its cost per million instances, from measured counts."""
+    per = {
+        "put": meter.s3_requests("put") / instances,
+        "get": meter.s3_requests("get") / instances,
+        "sqs": meter.count("sqs") / instances,
+        "secrets": meter.count("secretsmanager") / instances,
+        "wru": sum(meter.write_units.values()) / instances,
+        "rru": sum(meter.read_units.values()) / instances,
+    }
+    other = meter.s3_requests("other")
+    if other:
+        print(f"  ({other} S3 requests of no known price class: add them to testing/billing.py)")
+    m = f"{MILLION:,}"
+    return [
+        (f"S3 PUT-class {m} x {per['put']:.3f} x $0.005/1000", MILLION * per["put"] * PRICE["s3_put_per_request"]),
+        (f"S3 GET-class {m} x {per['get']:.3f} x $0.0004/1000", MILLION * per["get"] * PRICE["s3_get_per_request"]),
+        (
+            f"DynamoDB     {m} x ({per['wru']:.2f} WRU x $0.625/M + {per['rru']:.2f} RRU x $0.125/M)",
+            MILLION * (per["wru"] * PRICE["dynamodb_per_write_unit"] + per["rru"] * PRICE["dynamodb_per_read_unit"]),
+        ),
+        (f"SQS          {m} x {per['sqs']:.3f} requests x $0.40/M", MILLION * per["sqs"] * PRICE["sqs_per_request"]),
+        (
+            f"Secrets Mgr  {m} x {per['secrets']:.3f} x $0.05/10000 (per container, not per instance)",
+            MILLION * per["secrets"] * PRICE["secrets_per_request"],
+        ),
+    ]
 
 
 PATHS = ("published clean", "published after retries", "parked then published", "quarantined")
@@ -188,6 +237,7 @@ class SoakRun:
     lambda_calls: dict[str, float]
     rounds: dict[str, int]  # S3 key -> executions it was in (1 + its Park rounds)
     execution_seconds: float
+    storage_requests: float  # measured S3 + DynamoDB request cost (USD) per published instance
 
 
 def fault_soak(blobs: list[tuple[str, bytes]], args: argparse.Namespace) -> int:
@@ -226,8 +276,9 @@ def fault_soak(blobs: list[tuple[str, bytes]], args: argparse.Namespace) -> int:
     print("\ncost per million instances of each path (USD; the faulted run's objects, EXPRESS and STANDARD)")
     print("  per object: Lambda = calls x $0.20/M + GB-s x $0.0000133334; SQS+Pipes = rounds x (1 + 2/batch) x $0.40/M")
     print("  + rounds/batch x $0.40/M; STANDARD = transitions x $0.025/1000; EXPRESS = rounds/batch x ($1/M +")
-    print("  execution s x 64 MB x $0.00001667/GB-s); DynamoDB and S3 requests as in the fault-free estimate")
-    print("  (a quarantine: one status write, the original read, its tags read and written)")
+    print("  execution s x 64 MB x $0.00001667/GB-s); S3 and DynamoDB requests: the fault-free run's, measured,")
+    print(f"  per published instance (${MILLION * runs[0].storage_requests:.2f} per million; a quarantine: one status")
+    print("  write, the original read, its tags read and written)")
     batch = faulted.objects / max(1, faulted.executions) * max(1, sum(faulted.rounds.values())) / faulted.objects
     seconds_per_execution = (faulted.execution_seconds + faulted.retry_wait_seconds) / max(1, faulted.executions)
     print(f"  (objects per execution {batch:.2f}, execution {seconds_per_execution:.2f} s with the retry waits)")
@@ -250,9 +301,7 @@ def fault_soak(blobs: list[tuple[str, bytes]], args: argparse.Namespace) -> int:
         if path == "quarantined":  # the status update; the original read, its tags read and written
             storage = PRICE["dynamodb_per_write_unit"] + PRICE["s3_put_per_request"] + 2 * PRICE["s3_get_per_request"]
         else:
-            storage = (
-                8 * PRICE["dynamodb_per_write_unit"] + 2 * PRICE["s3_put_per_request"] + 2 * PRICE["s3_get_per_request"]
-            )
+            storage = runs[0].storage_requests
         standard = mean["transitions"] * PRICE["standard_per_transition"]
         express = (
             mean["rounds"]
@@ -280,7 +329,7 @@ def _soak_run(
 ) -> SoakRun:
     from deidflow.testing.faults import FaultInjector
 
-    with LocalWorkflow(KEY, project=REPO, batch_size=args.batch_size) as workflow:
+    with LocalWorkflow(KEY, project=REPO, batch_size=args.batch_size) as workflow, RequestMeter(workflow) as meter:
         started = time.perf_counter()
         with FaultInjector(workflow, plan) as faults:
             keys = [workflow.drop(name, data) for name, data in objects]
@@ -340,7 +389,14 @@ def _soak_run(
             dict(calls),
             dict(rounds),
             _execution_seconds(workflow, reports),
+            _storage_requests(meter, max(1, sum(1 for p in paths.values() if p != "quarantined"))),
         )
+
+
+def _storage_requests(meter: RequestMeter, published: int) -> float:
+    """The measured S3 and DynamoDB request cost per published instance (USD)."""
+    lines = request_costs(meter, published)
+    return sum(cost for text, cost in lines if text.startswith(("S3", "DynamoDB"))) / MILLION
 
 
 def _execution_seconds(workflow: LocalWorkflow, reports: list) -> float:

@@ -102,16 +102,20 @@ def test_expand_batch_keeps_instances_and_records_what_it_skips(workflow):
 # -- deidentify_header ------------------------------------------------------------------------------
 
 
-def test_deidentify_header_stages_a_clean_copy_and_writes_the_mapping(workflow, corpus):
+def test_deidentify_header_publishes_a_clean_copy_and_writes_the_mapping(workflow, corpus):
+    """What needs no pixel scan the header step publishes itself: one write, to the research key
+    (no staging copy for Publish to copy), recorded published."""
     instance = corpus.instances[0]
     key = workflow.drop("p0/img.dcm", dicom_bytes(instance.dataset))
     out = call(workflow, "DeidentifyHeader", source(workflow, key))
 
     assert out["needs_pixel_scan"] is False
     staged = out["staged"]
-    run, rest = staged["staging_key"].removeprefix("staging/").split("/", 1)
-    assert len(run) == 16 and rest == staged["research_key"]
-    data = workflow.s3.get_object(Bucket=workflow.names.research_bucket, Key=staged["staging_key"])["Body"].read()
+    assert "staging_key" not in staged and workflow.research_objects(prefix="staging/") == {}
+    assert out["status"] == "published" and out["research_key"] == staged["research_key"]
+    data = workflow.s3.get_object(
+        Bucket=workflow.names.research_bucket, Key=staged["research_key"], VersionId=out["published"]["version_id"]
+    )["Body"].read()
     for value in corpus.planted_values():
         assert value.encode() not in data
     ds = pydicom.dcmread(io.BytesIO(data))
@@ -123,44 +127,46 @@ def test_deidentify_header_stages_a_clean_copy_and_writes_the_mapping(workflow, 
     assert mapping[0]["original_sop_instance_uid"] == instance.dataset.SOPInstanceUID
     assert mapping[0]["original_patient_id"] == instance.patient.patient_id
     assert mapping[0]["patient_id"] == ds.PatientID != instance.patient.patient_id
-    assert status_of(workflow, key)["status"] == "deidentified"
+    assert status_of(workflow, key)["status"] == "published"
+    assert workflow.table_items(workflow.names.index_table) == []  # not yet: IndexHeader comes after
     # The original is untouched.
     original = workflow.s3.get_object(Bucket=workflow.names.ingest_bucket, Key=key)["Body"].read()
     assert original == dicom_bytes(instance.dataset)
 
 
-def test_deidentify_header_is_idempotent_and_each_run_stages_its_own_copy(workflow, corpus):
-    """The same output again, byte for byte, but in a staging copy of its own: a second run of the
-    object at the same time never copies or deletes the first one's."""
+def test_deidentify_header_is_idempotent(workflow, corpus):
+    """The same output again, byte for byte, under the same publish generation (one version, one
+    generation): a redelivered event writes what the first run wrote."""
     key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[1].dataset))
     first = call(workflow, "DeidentifyHeader", source(workflow, key))
     bucket = workflow.names.research_bucket
     second = call(workflow, "DeidentifyHeader", source(workflow, key))
 
-    def without_staging_key(out):
-        return {**opened(workflow, out), "staged": {k: v for k, v in out["staged"].items() if k != "staging_key"}}
+    def without_version(out):
+        return {**opened(workflow, out), "published": {k: v for k, v in out["published"].items() if k != "version_id"}}
 
-    assert without_staging_key(second) == without_staging_key(first)
-    keys = [out["staged"]["staging_key"] for out in (first, second)]
-    assert keys[0] != keys[1]
-    contents = {workflow.s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    assert without_version(second) == without_version(first) and first["published"]["generation"] == 1
+    contents = {
+        workflow.s3.get_object(Bucket=bucket, Key=out["research_key"], VersionId=out["published"]["version_id"])[
+            "Body"
+        ].read()
+        for out in (first, second)
+    }
     assert len(contents) == 1
 
 
 def test_two_runs_of_one_object_at_once_both_publish_and_neither_says_missing(workflow, corpus):
-    """A redelivered event or a study sent twice: two runs of one object interleave, staging both,
-    then publishing both, then indexing both. Each publishes from its own staging copy; the
-    research object is the same bytes, both index writes count (one version, one generation),
-    the status says published, and nothing is left in staging."""
+    """A redelivered event or a study sent twice: two runs of one object interleave, publishing
+    both, then indexing both. The research object is the same bytes, both index writes count
+    (one version, one generation), the status says published, and nothing is left in staging."""
     key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[1].dataset))
-    runs = [call(workflow, "DeidentifyHeader", source(workflow, key)) for _ in range(2)]
-    published = [call(workflow, "Publish", run) for run in runs]
+    published = [call(workflow, "DeidentifyHeader", source(workflow, key)) for _ in range(2)]
     indexed = [call(workflow, "IndexHeader", run) for run in published]
 
     assert [p["status"] for p in published] == ["published", "published"]
     assert [i["indexed"]["current"] for i in indexed] == [True, True]
     research = workflow.research_objects()
-    assert list(research) == [runs[0]["staged"]["research_key"]]
+    assert list(research) == [published[0]["staged"]["research_key"]]
     assert status_of(workflow, key)["status"] == "published"
     assert workflow.research_objects(prefix="staging/") == {}
 
@@ -199,16 +205,32 @@ def test_too_large_is_rejected_before_reading(workflow, monkeypatch):
     key = workflow.drop("big/file.dcm", b"x" * 100)
     event = source(workflow, key)
     event["source"]["size"] = 513 * 1024**2  # above MAX_OBJECT_MB=512; the handler must not download it
-    downloads = []
+    reads = []
     services = __import__("deidflow.cloud.handler", fromlist=["current_services"]).current_services()
-    monkeypatch.setattr(services.s3, "download_file", lambda *a, **k: downloads.append(a))
-    # An event's size alone never rejects (it may be stale or forged): S3 confirms it, before any read.
-    head = services.s3.head_object
-    monkeypatch.setattr(services.s3, "head_object", lambda **k: {**head(**k), "ContentLength": 513 * 1024**2})
+    get = services.s3.get_object
+
+    class Unread:  # the GET's body, whose reads are recorded
+        def __init__(self, body):
+            self.body = body
+
+        def read(self, *args):
+            reads.append(args)
+            return self.body.read(*args)
+
+        def close(self):
+            self.body.close()
+
+    # An event's size alone never rejects (it may be stale or forged): S3's answer to the GET
+    # confirms it, before the body is read.
+    def too_large(**k):
+        answer = get(**k)
+        return {**answer, "ContentLength": 513 * 1024**2, "Body": Unread(answer["Body"])}
+
+    monkeypatch.setattr(services.s3, "get_object", too_large)
     with pytest.raises(RejectedObject) as caught:
         call(workflow, "DeidentifyHeader", event)
     assert caught.value.reason == "too_large"
-    assert downloads == []
+    assert reads == []
 
 
 def test_an_object_deleted_before_processing_is_rejected_as_missing(workflow):
@@ -300,11 +322,11 @@ def test_a_throttled_rekognition_is_transient_never_pixels_failed(workflow, monk
 
 def test_publish_then_index(workflow, corpus):
     key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[0].dataset))
-    staged = call(workflow, "DeidentifyHeader", source(workflow, key))
+    published = call(workflow, "DeidentifyHeader", source(workflow, key))
+    staged = published
     research_key = staged["staged"]["research_key"]
-    published = call(workflow, "Publish", staged)
     assert published["status"] == "published" and published["research_key"] == research_key
-    assert published["published"] == {"generation": 1}
+    assert published["published"] == {"generation": 1, "version_id": published["published"]["version_id"]}
     assert list(workflow.research_objects()) == [research_key]
     assert workflow.table_items(workflow.names.index_table) == []  # not yet: IndexHeader comes after
     assert status_of(workflow, key)["status"] == "published"
@@ -373,8 +395,7 @@ def test_handlers_log_references_and_reasons_never_keys_or_header_values(workflo
 
     handler.logger.setLevel("INFO")
     key = workflow.drop("p0/img.dcm", dicom_bytes(corpus.instances[0].dataset))
-    staged = call(workflow, "DeidentifyHeader", source(workflow, key))
-    call(workflow, "IndexHeader", call(workflow, "Publish", staged))
+    call(workflow, "IndexHeader", call(workflow, "DeidentifyHeader", source(workflow, key)))
     with pytest.raises(RejectedObject):
         call(workflow, "DeidentifyHeader", source(workflow, workflow.drop("p0/bad.dcm", b"\0" * 128 + b"DICM")))
     # Every record with every extra field: what the JSON log line is made of.
@@ -427,4 +448,4 @@ def test_a_payload_from_before_references_gets_one_computed_where_status_is_writ
     del event["source"]["ref"]
     out = call(workflow, "DeidentifyHeader", event)
     assert out["source"]["ref"] == workflow.object_ref(key)
-    assert status_of(workflow, key)["status"] == "deidentified"
+    assert status_of(workflow, key)["status"] == "published"

@@ -41,11 +41,12 @@ def assert_end_state(workflow, dropped, reports) -> None:
     [
         (("DeidentifyHeader", "IndexHeader"), ("s3",), 0.15),
         (("DeidentifyHeader", "IndexHeader"), ("dynamodb",), 0.15),
-        (("DeidentifyHeader", "IndexHeader", "Publish"), ("lambda",), 0.15),
-        # Publish's status update after its copy: a retried Publish copies again, from the staging
-        # copy IndexHeader deletes only at the end (it used to be deleted by Publish, and a retry
-        # found it gone and called a published object `missing`).
-        (("Publish",), ("dynamodb",), 0.5),
+        (("DeidentifyHeader", "IndexHeader"), ("lambda",), 0.15),
+        # The header step's claim, generation and status updates around its write to the research
+        # key: a retried run reads, claims and writes again, under the same publish generation
+        # (Publish's copy once had the like: a retry that found its staging copy gone called a
+        # published object `missing`).
+        (("DeidentifyHeader",), ("dynamodb",), 0.5),
     ],
 )
 def test_throttling_that_clears_is_retried_by_the_state(workflow, corpus, states, services, rate):
@@ -65,11 +66,9 @@ def test_throttling_that_clears_is_retried_by_the_state(workflow, corpus, states
     [
         ("DeidentifyHeader", "s3"),
         ("DeidentifyHeader", "dynamodb"),
+        ("DeidentifyHeader", "lambda"),
         ("IndexHeader", "s3"),
         ("IndexHeader", "lambda"),
-        ("Publish", "s3"),
-        ("Publish", "lambda"),
-        ("Publish", "dynamodb"),
     ],
 )
 def test_throttling_that_outlasts_the_retries_parks_the_object_and_the_redrive_publishes_it(
@@ -87,6 +86,26 @@ def test_throttling_that_outlasts_the_retries_parks_the_object_and_the_redrive_p
     # The first call and the state's five retries, all answered with the fault.
     assert sum(n for (where, name), n in faults.injected.items() if where == state and name.startswith(service)) >= 6
     assert_end_state(workflow, dropped, reports)
+
+
+@pytest.mark.parametrize("service", ["s3", "lambda", "dynamodb"])
+def test_throttling_that_outlasts_publishs_retries_parks_a_scanned_instance_and_the_redrive_publishes_it(
+    workflow, service
+):
+    """Publish runs on the pixel path only (what needs no scan the header step publishes itself):
+    a burned-in ultrasound whose Publish is throttled through all its retries is parked with its
+    staging copy discarded, and the redrive publishes it."""
+    us, _, _ = make_burned_in_ultrasound()
+    data = dicom_bytes(us)
+    key = workflow.drop("Ysolderan^Kasimir/echo.dcm", data)
+    with FaultInjector(workflow, FaultPlan(stubborn={key: ("Publish", service)})) as faults:
+        reports = workflow.run_pipe()
+
+    assert sum(n for (where, name), n in faults.injected.items() if where == "Publish") >= 6
+    [first, second] = [o for r in reports for o in r.objects]
+    assert first.states[-2:] == ["Publish", "Park"] and first.status == "parked"
+    assert second.states[-3:] == ["RedactBurnedInText", "Publish", "IndexHeader"] and second.status == "published"
+    assert_end_state(workflow, [Dropped(key, data)], reports)
 
 
 def test_a_throttled_text_detector_is_retried_then_parked_never_pixels_failed(workflow):
@@ -199,10 +218,11 @@ def test_in_a_standard_workflow_an_object_that_cannot_be_parked_waits_and_is_par
 
 
 def test_a_slow_object_that_would_overrun_the_express_budget_finishes_in_the_long_lane(workflow, corpus, monkeypatch):
-    """Its header step takes 200 s (the handlers' clock moved on by that much): Publish could no
-    longer finish, with Quarantine's and Park's reserve, before the Express deadline, so it does
-    not start. Park sends the object to the long lane, a Standard execution, which publishes it;
-    the Express execution ends in time and its batch is not failed."""
+    """Its header step takes 200 s (the handlers' clock moved on by that much): IndexHeader, the
+    next state, could no longer finish, with Quarantine's and Park's reserve, before the Express
+    deadline, so it does not start. Park sends the object to the long lane, a Standard execution,
+    which publishes it again (the same bytes, the same generation) and indexes it; the Express
+    execution ends in time and its batch is not failed."""
     import time as real_time
 
     from deidflow.cloud import handler
@@ -231,7 +251,7 @@ def test_a_slow_object_that_would_overrun_the_express_budget_finishes_in_the_lon
     express, long_lane = reports
     [first] = express.objects
     assert express.status == "SUCCEEDED" and express.execution_arn.split(":")[-2].endswith("-deidentify")
-    assert first.states[-2:] == ["Publish", "Park"] and (first.status, first.detail) == ("parked", "OutOfTime")
+    assert first.states[-2:] == ["IndexHeader", "Park"] and (first.status, first.detail) == ("parked", "OutOfTime")
     assert long_lane.status == "SUCCEEDED" and long_lane.execution_arn.split(":")[-2].endswith("-deidentify-long")
     assert [(o.key, o.status) for o in long_lane.objects] == [(dropped[0].key, "published")]
     assert_end_state(workflow, dropped, reports)

@@ -183,7 +183,7 @@ def check_honest_broker(t: Templates) -> None:
 
 
 def check_research_objects(t: Templates) -> None:
-    """Research objects (studies/) are written by Publish alone, and deleted by it and by
+    """Research objects (studies/) are written by the header step and Publish alone, and deleted by them and by
     WithdrawSource (a deleted original's instance, never a put): IAM grants nobody else an object
     write there, and the bucket policy denies everyone else, whatever IAM says; the index step
     writes header sidecars under headers/ only, which WithdrawSource may delete too."""
@@ -196,7 +196,8 @@ def check_research_objects(t: Templates) -> None:
                 if "ResearchBucket" in json.dumps(arn):
                     prefix = sub(arn).removeprefix("${ResearchBucket.Arn}/")
                     allowed = {
-                        "studies/*": {"PublishFunction", "WithdrawSourceFunction"},
+                        # The header step publishes what needs no pixel scan itself (one PutObject).
+                        "studies/*": {"DeidentifyHeaderFunction", "PublishFunction", "WithdrawSourceFunction"},
                         # IndexHeader deletes the staging copy it indexed; Quarantine and Park what a
                         # failed object left in staging.
                         "staging/*": WRITERS | {"IndexHeaderFunction", "QuarantineFunction", "ParkFunction"},
@@ -207,14 +208,13 @@ def check_research_objects(t: Templates) -> None:
                         assert set(as_list(statement["Action"])) <= {"s3:DeleteObject", "s3:DeleteObjectVersion"}
     policy = by_sid(resources["ResearchBucketPolicy"]["Properties"]["PolicyDocument"])
     expected = {
-        "OnlyPublishAndWithdrawWriteResearchObjects": (
+        "OnlyPublishersAndWithdrawWriteResearchObjects": (
             "studies/*",
-            ["PublishFunctionRole", "WithdrawSourceFunctionRole"],
+            ["DeidentifyHeaderFunctionRole", "PublishFunctionRole", "WithdrawSourceFunctionRole"],
         ),
         "OnlyTheWorkflowStepsWriteStaging": (
             "staging/*",
             [
-                "DeidentifyHeaderFunctionRole",
                 "RedactBurnedInTextFunctionRole",
                 "IndexHeaderFunctionRole",
                 "QuarantineFunctionRole",
@@ -387,14 +387,14 @@ def give_index_put_object_on_studies(t: Templates) -> None:
 def remove_the_research_object_deny(t: Templates) -> None:
     _drop_sid(
         _main(t)["ResearchBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"],
-        "OnlyPublishAndWithdrawWriteResearchObjects",
+        "OnlyPublishersAndWithdrawWriteResearchObjects",
     )
 
 
 def except_index_from_the_research_object_deny(t: Templates) -> None:
     statement = _sid(
         _main(t)["ResearchBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"],
-        "OnlyPublishAndWithdrawWriteResearchObjects",
+        "OnlyPublishersAndWithdrawWriteResearchObjects",
     )
     statement["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] = [
         {"Fn::GetAtt": ["PublishFunctionRole", "Arn"]},

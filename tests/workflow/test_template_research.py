@@ -252,8 +252,9 @@ def test_the_catalog_is_in_every_functions_environment_and_written_by_index_head
             if "CatalogTable" in referenced(statement["Resource"]):
                 grants.setdefault(name, set()).update(as_list(statement["Action"]))
     assert grants == {
-        # DeleteItem: a moved instance's old series and study, once nothing indexed is left there.
-        "IndexHeaderFunction": {"dynamodb:PutItem", "dynamodb:DeleteItem"},
+        # DeleteItem: a moved instance's old series and study, once nothing indexed is left there;
+        # BatchGetItem: its rows read first, put only when missing or different.
+        "IndexHeaderFunction": {"dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:BatchGetItem"},
         "WithdrawSourceFunction": {"dynamodb:DeleteItem"},
         "ResearchApiFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:Scan"},
         "ResearchJobsFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:Scan"},

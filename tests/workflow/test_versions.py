@@ -135,12 +135,32 @@ def step(workflow, name: str, event):
     return workflow.handlers[name](event, LambdaContext(workflow.function_arn(name)))
 
 
-def staged_by_hand(workflow, data: bytes) -> dict:
-    """An upload taken as far as its staging copy (ExpandBatch, DeidentifyHeader), by hand: the
-    rest of its run is then played in whatever order a test needs."""
+def expanded_by_hand(workflow, data: bytes) -> dict:
+    """An upload taken as far as its execution's input (ExpandBatch), by hand: the rest of its run
+    is then played in whatever order a test needs."""
     workflow.drop("p/img.dcm", data)
     [item] = step(workflow, "ExpandBatch", [pop_message(workflow)])["objects"]
-    return step(workflow, "DeidentifyHeader", item)
+    return item
+
+
+def published_by_hand(workflow, data: bytes) -> dict:
+    """An upload taken as far as its publish (ExpandBatch, DeidentifyHeader, which publishes what
+    needs no pixel scan), by hand, not yet indexed."""
+    return step(workflow, "DeidentifyHeader", expanded_by_hand(workflow, data))
+
+
+def on_research_write(s3, then):
+    """`s3.put_object` calls `then()` once, just before it writes a research object (studies/):
+    what happens between the header step's read of the original and its publish."""
+    real_put = s3.put_object
+
+    def interleaved(**kwargs):
+        if kwargs["Key"].startswith("studies/"):
+            s3.put_object = real_put
+            then()
+        return real_put(**kwargs)
+
+    s3.put_object = interleaved
 
 
 def test_a_study_uid_corrected_on_re_send_moves_the_instance(workflow, corpus):
@@ -165,29 +185,25 @@ def test_a_study_uid_corrected_on_re_send_moves_the_instance(workflow, corpus):
     assert workflow.research_objects(prefix="staging/") == {}
 
 
-def test_a_newer_version_published_while_an_older_one_was_copying_ends_on_top(workflow, corpus):
-    """v1 passes the check before its copy; v2 is uploaded and published meanwhile; v1's copy then
-    lands on top. The check after the copy sees it, sends v2 through the queue again and leaves
-    v1 unindexed: once the queue is dry, bucket and index are v2's."""
+def test_a_newer_version_published_while_an_older_one_was_writing_ends_on_top(workflow, corpus):
+    """v1 is read as the key's current version; v2 is uploaded and published meanwhile; v1's
+    write then lands on top. The check after the write sees it, sends v2 through the queue again
+    and leaves v1 unindexed: once the queue is dry, bucket and index are v2's."""
     from deidflow.cloud.handler import current_services
 
     first = corpus.instances[0].dataset
     corrected = copy.deepcopy(first)
     corrected.SliceThickness = "7.25"
-    staged_v1 = staged_by_hand(workflow, dicom_bytes(first))
-    s3 = current_services().s3
-    real_copy = s3.copy_object
+    item_v1 = expanded_by_hand(workflow, dicom_bytes(first))
 
-    def v2_goes_first(**kwargs):
-        s3.copy_object = real_copy
+    def v2_goes_first():
         workflow.drop("p/img.dcm", dicom_bytes(corrected))
         assert {r.status for r in workflow.run_pipe()} == {"SUCCEEDED"}
-        return real_copy(**kwargs)
 
-    s3.copy_object = v2_goes_first
+    on_research_write(current_services().s3, v2_goes_first)
     with pytest.raises(Exception, match="superseded"):
-        step(workflow, "Publish", staged_v1)
-    reports = workflow.run_pipe()  # v2, sent again by v1's Publish
+        step(workflow, "DeidentifyHeader", item_v1)
+    reports = workflow.run_pipe()  # v2, sent again by v1's publish
 
     assert [r.status for r in reports] == ["SUCCEEDED"]
     [(key, data)] = workflow.research_objects().items()
@@ -203,8 +219,7 @@ def test_an_older_versions_late_index_write_never_replaces_a_newer_ones(workflow
     first = corpus.instances[0].dataset
     corrected = copy.deepcopy(first)
     corrected.SliceThickness = "7.25"
-    staged_v1 = staged_by_hand(workflow, dicom_bytes(first))
-    published_v1 = step(workflow, "Publish", staged_v1)
+    published_v1 = published_by_hand(workflow, dicom_bytes(first))
     workflow.drop("p/img.dcm", dicom_bytes(corrected))
     workflow.run_pipe()
     [indexed_v2] = workflow.table_items(workflow.names.index_table)
@@ -218,44 +233,40 @@ def test_an_older_versions_late_index_write_never_replaces_a_newer_ones(workflow
     assert workflow.research_objects(prefix="staging/") == {}
 
 
-def test_an_original_deleted_while_it_was_copying_is_taken_back(workflow, corpus):
+def test_an_original_deleted_while_it_was_written_is_taken_back(workflow, corpus):
     from deidflow.cloud.handler import current_services
 
-    staged = staged_by_hand(workflow, dicom_bytes(corpus.instances[0].dataset))
-    s3 = current_services().s3
-    real_copy = s3.copy_object
+    item = expanded_by_hand(workflow, dicom_bytes(corpus.instances[0].dataset))
 
-    def deleted_meanwhile(**kwargs):
-        s3.copy_object = real_copy
+    def deleted_meanwhile():
         workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=workflow.names.ingest_prefix + "p/img.dcm")
-        return real_copy(**kwargs)
 
-    s3.copy_object = deleted_meanwhile
+    on_research_write(current_services().s3, deleted_meanwhile)
     with pytest.raises(Exception, match="missing"):
-        step(workflow, "Publish", staged)
+        step(workflow, "DeidentifyHeader", item)
 
     assert workflow.research_objects() == {}
     assert workflow.table_items(workflow.names.index_table) == []
 
 
 def test_an_object_whose_publish_outlasts_the_retries_is_never_indexed_before_it_is_published(workflow, corpus):
-    """The index comes after Publish: S3 failing the copy through all its retries parks the
+    """The index comes after the publish: S3 failing the write through all its retries parks the
     object with no index item naming an object that is not in the bucket; the redrive publishes it."""
     from botocore.exceptions import ClientError
     from deidflow.cloud.handler import current_services
 
     s3 = current_services().s3
-    real_copy = s3.copy_object
+    real_put = s3.put_object
     seen = []
 
     def slow_down(**kwargs):
-        if len(seen) < 6:  # the first call and its five retries
+        if kwargs["Key"].startswith("studies/") and len(seen) < 6:  # the first call and its five retries
             seen.append(workflow.table_items(workflow.names.index_table))
             answer = {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}
-            raise ClientError(answer, "CopyObject")
-        return real_copy(**kwargs)
+            raise ClientError(answer, "PutObject")
+        return real_put(**kwargs)
 
-    s3.copy_object = slow_down
+    s3.put_object = slow_down
     key = workflow.drop("p/img.dcm", dicom_bytes(corpus.instances[0].dataset))
     reports = workflow.run_pipe()
 
@@ -471,7 +482,7 @@ def test_a_withdrawal_racing_a_newer_upload_never_takes_the_newer_publish_out(wo
     def uploaded_meanwhile(**kwargs):
         s3.list_object_versions = real_listing
         listed = real_listing(**kwargs)
-        newer.append(step(workflow, "Publish", staged_by_hand(workflow, dicom_bytes(again))))
+        newer.append(published_by_hand(workflow, dicom_bytes(again)))
         return listed
 
     s3.list_object_versions = uploaded_meanwhile
@@ -487,11 +498,11 @@ def test_a_withdrawal_racing_a_newer_upload_never_takes_the_newer_publish_out(wo
 
 
 def test_a_withdrawal_waits_for_the_index_item_of_a_version_published_a_moment_ago(workflow, corpus):
-    """Deleted between Publish and IndexHeader: WithdrawSource waits (TransientError: retried)
+    """Deleted between the publish and IndexHeader: WithdrawSource waits (TransientError: retried)
     rather than withdraw before the index item it would then leave behind is written."""
     from deidflow.cloud.errors import TransientError
 
-    published_now = step(workflow, "Publish", staged_by_hand(workflow, dicom_bytes(corpus.instances[0].dataset)))
+    published_now = published_by_hand(workflow, dicom_bytes(corpus.instances[0].dataset))
     workflow.s3.delete_object(Bucket=workflow.names.ingest_bucket, Key=workflow.key_of(published_now["source"]))
     [item] = step(workflow, "ExpandBatch", [pop_message(workflow)])["objects"]
     with pytest.raises(TransientError, match="not indexed yet"):
@@ -531,6 +542,5 @@ def test_a_withdrawal_that_failed_half_way_holds_the_claim_until_its_retry_ends(
 
     assert step(workflow, "WithdrawSource", item)["status"] == "withdrawn"  # the retry
     assert workflow.research_objects() == {} and research_versions(workflow) == []
-    staged = step(workflow, "DeidentifyHeader", upload)
-    step(workflow, "IndexHeader", step(workflow, "Publish", staged))
+    step(workflow, "IndexHeader", step(workflow, "DeidentifyHeader", upload))
     assert len(workflow.research_objects()) == 1 and len(workflow.table_items(workflow.names.index_table)) == 1

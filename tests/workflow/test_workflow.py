@@ -343,11 +343,8 @@ def test_every_function_has_a_sample_event_in_the_shape_it_is_called_with(workfl
     assert set(item) == set(events["deidentify_header"])
     own = set(item["source"]) - {"deadline", "budget"}  # the samples name their object by key in clear
     assert own == set(events["deidentify_header"]["source"]) - {"key"} | {"sealed_key"}
-    staged = run("DeidentifyHeader", item)
-    assert shape({k: v for k, v in staged.items() if k != "source"}) == shape(
-        {k: v for k, v in events["publish"].items() if k != "source"}
-    )
-    published = run("Publish", staged)
+    # What needs no scan the header step publishes itself: its answer is IndexHeader's input.
+    published = run("DeidentifyHeader", item)
     assert shape({k: v for k, v in published.items() if k != "source"}) == shape(
         {k: v for k, v in events["index_header"].items() if k != "source"}
     )
@@ -355,6 +352,9 @@ def test_every_function_has_a_sample_event_in_the_shape_it_is_called_with(workfl
     planned = run("Backfill", events["backfill"])  # the sample plans the (empty) archive/ prefix
     assert (planned["run"], planned["planned"], planned["more"]) == ("archive-2026-12", 0, False)
     assert events["redact_burned_in_text"]["needs_pixel_scan"] is True
+    # Publish's input is the redaction step's answer: the same staged instance, in a staging copy.
+    assert set(events["publish"]["staged"]) == set(published["staged"]) | {"staging_key"}
+    assert events["publish"]["needs_pixel_scan"] is True and set(events["publish"]["pixels"]) == {"redacted", "boxes"}
     quarantined = run("Quarantine", {**item, "error": events["quarantine"]["error"]})
     assert quarantined["reason"] == "not_dicom"
     parked = run("Park", {**item, "needs_pixel_scan": True, "error": events["park"]["error"]})
@@ -396,7 +396,7 @@ def test_local_run_command_shows_each_objects_path_and_exits_3_on_quarantine(tmp
     assert code == 3
     path = "ExpandBatch -> UploadOrDelete -> DeidentifyHeader -> Quarantine  [quarantined: not_dicom]"
     assert f"incoming/notes.txt\n    {path}" in out
-    assert out.count("-> Publish -> IndexHeader  [published: studies/") == 3
+    assert out.count("-> DeidentifyHeader -> NeedsPixelScan -> IndexHeader  [published: studies/") == 3
     assert len(list((tmp_path / "research" / "studies").rglob("*.dcm"))) == 3
 
 

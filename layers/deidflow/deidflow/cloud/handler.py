@@ -97,6 +97,10 @@ def _observe(step_name: str, result: Mapping[str, Any]) -> None:
     elif step_name == "deidentify_header":
         scan = bool(result.get("needs_pixel_scan"))
         metrics.add_metric("PixelScansNeeded" if scan else "HeadersDeidentified", MetricUnit.Count, 1)
+        # What needs no scan it publishes itself: counted as Publish counts it (a duplicate as a skip).
+        if result.get("status") in ("published", "duplicate"):
+            published = result["status"] == "published"
+            metrics.add_metric("ObjectsPublished" if published else "ObjectsSkipped", MetricUnit.Count, 1)
     elif step_name == "redact_burned_in_text":
         metrics.add_metric("PixelScans", MetricUnit.Count, 1)
         if (result.get("pixels") or {}).get("redacted"):

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -108,13 +109,15 @@ def start_long_lane(services: Services, ref: ObjectRef) -> str:
 
 
 def deidentify_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
-    """Header de-identification; instances whose pixels need a scan go on to the redaction step."""
+    """Header de-identification, published by this step itself (`_publish_direct`: one PutObject
+    to the research key, no staging copy and no Publish state); instances whose pixels need a
+    scan go on to the redaction step."""
     ref = services.source_of(event)
     try:
         processed = _process_original(services, ref, scan_pixels=False)
     except PixelScanRequired:
         return {"source": services.payload(ref), "needs_pixel_scan": True}
-    return _stage(services, ref, processed, needs_pixel_scan=False)
+    return _stage(services, ref, processed, needs_pixel_scan=False, direct=True)
 
 
 def redact_burned_in_text(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
@@ -143,8 +146,17 @@ def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]
     staged = event["staged"]
     research_key = staged["research_key"]
     settings = services.settings
-    generation = int((event.get("published") or {}).get("generation", 0))
-    with _downloaded(services, ObjectRef(settings.research_bucket, staged["staging_key"])) as path:
+    published = event.get("published") or {}
+    generation = int(published.get("generation", 0))
+    # What this run published: the staging copy Publish copied (the pixel path), or the version of
+    # the research object the header step wrote (whatever was written at the key since).
+    staging_key = staged.get("staging_key")
+    written = (
+        ObjectRef(settings.research_bucket, staging_key)
+        if staging_key
+        else ObjectRef(settings.research_bucket, research_key, version_id=published.get("version_id"))
+    )
+    with _downloaded(services, written) as path:
         entry = index_file(
             path,
             research_key,
@@ -158,19 +170,19 @@ def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]
             Body=entry.sidecar,
             ContentType=SIDECAR_CONTENT_TYPE,
         )
-    written = _put_index_item(services, {**entry.item, PUBLISH_GENERATION: generation})
-    if written:
-        for item in catalog_items(entry):
-            services.table(settings.catalog_table).put_item(Item=item)
-    replaced = (event.get("published") or {}).get("replaced")
+    current = _put_index_item(services, {**entry.item, PUBLISH_GENERATION: generation})
+    if current:
+        _put_catalog_items(services, catalog_items(entry))
+    replaced = published.get("replaced")
     if replaced:
         _forget_research_instance(services, replaced, keep_sidecar=entry.sidecar_key)
-    services.s3.delete_object(Bucket=settings.research_bucket, Key=staged["staging_key"])
+    if staging_key:
+        services.s3.delete_object(Bucket=settings.research_bucket, Key=staging_key)
     return {
         "source": event["source"],
         "status": event.get("status", "published"),
         "research_key": research_key,
-        "indexed": {"sidecar": entry.sidecar is not None, "current": written},
+        "indexed": {"sidecar": entry.sidecar is not None, "current": current},
     }
 
 
@@ -219,6 +231,32 @@ def _forget_research_instance(services: Services, research_key: str, *, keep_sid
         catalog.delete_item(Key={"study_instance_uid": study, "item": "study"})
 
 
+def _put_catalog_items(services: Services, items: list[dict[str, Any]]) -> None:
+    """The catalog's rows of an indexed instance, put only where they are missing or differ: every
+    instance of a series writes the same two rows, and a strongly consistent read of both (one
+    BatchGetItem, 1 read unit each) is a fifth of the price of putting them again (1 write unit
+    each). Strongly consistent, so a row a withdrawal deleted a moment ago is seen missing."""
+    if not items:
+        return
+    table_name = services.settings.catalog_table
+    keys = [{"study_instance_uid": i["study_instance_uid"], "item": i["item"]} for i in items]
+    found = _catalog_rows(services, table_name, keys)
+    table = services.table(table_name)
+    for item in items:
+        if found.get((item["study_instance_uid"], item["item"])) != item:
+            table.put_item(Item=item)
+
+
+def _catalog_rows(services: Services, table_name: str, keys: list[dict[str, str]]) -> dict[tuple[str, str], Any]:
+    """The catalog rows at `keys` as they are (a consistent BatchGetItem; what it leaves
+    unprocessed, under throttling, counts as missing: it is put again, as before)."""
+    # The Table resource's own client converts attribute values both ways, as the Table does.
+    client = services.table(table_name).meta.client
+    answer = client.batch_get_item(RequestItems={table_name: {"Keys": keys, "ConsistentRead": True}})
+    rows = answer.get("Responses", {}).get(table_name, [])
+    return {(row["study_instance_uid"], row["item"]): row for row in rows}
+
+
 def catalog_items(entry: IndexEntry) -> list[dict[str, Any]]:
     """The catalog's study and series items for an indexed instance: what a study search lists
     before deciding on the instances. Put, not updated: any instance of the study writes the same."""
@@ -248,25 +286,88 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     re-send moves the instance: the research object at the old key goes."""
     ref = services.source_of(event)
     staged = event["staged"]
-    status = "duplicate" if staged.get("duplicate_of") else "published"
     bucket = services.settings.research_bucket
-    research_key = staged["research_key"]
     _still_current(services, ref)
     generation, replaced = _next_generation(services, ref, staged)
     copied = services.s3.copy_object(
         CopySource={"Bucket": bucket, "Key": staged["staging_key"]},
         Bucket=bucket,
-        Key=research_key,
+        Key=staged["research_key"],
         ContentType="application/dicom",
         MetadataDirective="REPLACE",
     )
+    # Publish may not read the original (no s3:GetObject on the ingest bucket): the listing says.
+    latest = _latest_entry(services, ref)
+    current = None if latest is None or latest[1] == "DeleteMarkers" else latest[0].get("VersionId")
+    published = _after_write(services, ref, staged, generation, replaced, copied.get("VersionId"), current=current)
+    return {**_passthrough(event), **published}
+
+
+def _publish_direct(
+    services: Services,
+    ref: ObjectRef,
+    processed: ProcessedInstance,
+    staged: dict[str, Any],
+    counted: tuple[int, str | None] | None = None,
+) -> dict[str, Any]:
+    """The header step's publish: its output written once, straight to the research key, with
+    Publish's guarantees and without its staging PUT and server-side COPY (two PUT-class requests
+    where one does) or its Lambda call.
+
+    Version order as in `publish`: the read just made was of the key's current version (a replay
+    of an older version stopped there, before any claim), the write takes the claim's next publish
+    generation, and the key's current version is asked again after the write (a HEAD: this step
+    may read the original), so that a newer version that came meanwhile is sent through the queue
+    again and writes last, and a delete meanwhile takes this write back. Nothing partial is ever
+    visible (a PutObject is whole or absent) and IndexHeader still comes after. Publish's own
+    check before its copy has no counterpart: nothing runs between this step's read and its write
+    that the check after the write does not cover. `counted`: the generation `_claim_and_count`
+    took with the claim, when it could."""
+    generation, replaced = counted if counted is not None else _next_generation(services, ref, staged)
+    written = services.s3.put_object(
+        Bucket=services.settings.research_bucket,
+        Key=staged["research_key"],
+        Body=processed.data,
+        ContentType="application/dicom",
+    )
+    return _after_write(
+        services,
+        ref,
+        staged,
+        generation,
+        replaced,
+        written.get("VersionId"),
+        current=_current_version(services, ref),
+        warnings=",".join(processed.warnings) or None,
+    )
+
+
+def _after_write(
+    services: Services,
+    ref: ObjectRef,
+    staged: Mapping[str, Any],
+    generation: int,
+    replaced: str | None,
+    version_id: str | None,
+    *,
+    current: str | None,
+    warnings: str | None = None,
+) -> dict[str, Any]:
+    """After the research object was written (`version_id`): `current` is the key's current
+    version, asked after the write (None: deleted). If that is no longer this run's version, a
+    delete takes the write back and a newer version is sent through the queue again (its run
+    writes last); either way this run ends skipped, unindexed. Otherwise an instance moved by a
+    corrected UID leaves its old key, and the version is recorded published (or duplicate)."""
+    bucket = services.settings.research_bucket
+    research_key = staged["research_key"]
+    status = "duplicate" if staged.get("duplicate_of") else "published"
     try:
-        _still_current(services, ref)
+        _judge_current(ref, current)
     except RejectedObject as exc:
-        if exc.reason == "missing":  # deleted while it was copied: nothing of it stays published
-            _delete_version(services, bucket, research_key, copied.get("VersionId"))
+        if exc.reason == "missing":  # deleted while it was written: nothing of it stays published
+            _delete_version(services, bucket, research_key, version_id)
         else:
-            _send_again(services, _latest_version(services, ref))
+            _send_again(services, replace(ref, version_id=current, size=None, round=0))
         raise
     if replaced and replaced != research_key:
         services.s3.delete_object(Bucket=bucket, Key=replaced)
@@ -277,11 +378,14 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
         research_key=research_key,
         same_as=staged.get("duplicate_of"),
         published_key=research_key if status == "published" else None,
+        warnings=warnings,
     )
     published: dict[str, Any] = {"generation": generation}
+    if version_id:
+        published["version_id"] = version_id
     if replaced and replaced != research_key:
         published["replaced"] = replaced
-    return {**_passthrough(event), "status": status, "research_key": research_key, "published": published}
+    return {"status": status, "research_key": research_key, "published": published}
 
 
 def _next_generation(services: Services, ref: ObjectRef, staged: Mapping[str, Any]) -> tuple[int, str | None]:
@@ -710,16 +814,15 @@ def _stage(
     processed: ProcessedInstance,
     *,
     needs_pixel_scan: bool,
+    direct: bool = False,
 ) -> dict[str, Any]:
+    """Claim the research SOP Instance UID and record the mapping, then publish the output at once
+    (`direct`: the header step) or write it to a per-run staging copy for Publish (the redaction
+    step: its 4 GB are billed by the millisecond, Publish has 256 MB, and scans are few)."""
     settings = services.settings
-    duplicate_of = _claim(services, ref, processed)
-    # One staging copy per run, not per instance: two runs of one object at once (a redelivered
-    # event, one study sent twice) must not share it, or the first Publish deletes what the
-    # second is about to copy. A retried run's earlier copy is left to the staging expiry.
-    staging_key = f"{settings.staging_prefix}{secrets.token_hex(8)}/{processed.key}"
-    services.s3.put_object(
-        Bucket=settings.research_bucket, Key=staging_key, Body=processed.data, ContentType="application/dicom"
-    )
+    # The header step's common case takes the claim and its publish generation in one request.
+    counted = _claim_and_count(services, ref, processed) if direct else None
+    duplicate_of = _claim(services, ref, processed) if counted is None else None
     mapping = {
         "sop_instance_uid": processed.sop_uid,
         "study_instance_uid": processed.study_uid,
@@ -732,16 +835,7 @@ def _stage(
     }
     if duplicate_of is None:  # the mapping names the first source, which a duplicate is not
         record_mapping(services, {k: v for k, v in mapping.items() if v != ""})
-    record_status(
-        services,
-        ref,
-        "deidentified",
-        research_key=processed.key,
-        same_as=duplicate_of,
-        warnings=",".join(processed.warnings) or None,
-    )
     staged: dict[str, Any] = {
-        "staging_key": staging_key,
         "research_key": processed.key,
         "study_instance_uid": processed.study_uid,
         "series_instance_uid": processed.series_uid,
@@ -752,11 +846,28 @@ def _stage(
     }
     if duplicate_of is not None:
         staged["duplicate_of"] = duplicate_of
-    return {
-        "source": services.payload(ref),
-        "needs_pixel_scan": needs_pixel_scan,
-        "staged": staged,
-    }
+    result: dict[str, Any] = {"source": services.payload(ref), "needs_pixel_scan": needs_pixel_scan}
+    if direct:
+        return {**result, "staged": staged, **_publish_direct(services, ref, processed, staged, counted)}
+    # One staging copy per run, not per instance: two runs of one object at once (a redelivered
+    # event, one study sent twice) must not share it, or the first Publish deletes what the
+    # second is about to copy. A retried run's earlier copy is left to the staging expiry.
+    staged["staging_key"] = f"{settings.staging_prefix}{secrets.token_hex(8)}/{processed.key}"
+    services.s3.put_object(
+        Bucket=settings.research_bucket,
+        Key=staged["staging_key"],
+        Body=processed.data,
+        ContentType="application/dicom",
+    )
+    record_status(
+        services,
+        ref,
+        "deidentified",
+        research_key=processed.key,
+        same_as=duplicate_of,
+        warnings=",".join(processed.warnings) or None,
+    )
+    return {**result, "staged": staged}
 
 
 MAPPING_DIGEST = "mapping_sha256"
@@ -847,6 +958,54 @@ def _claim(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> 
     return str(held.get("Attributes", {}).get("holder", "")) or None
 
 
+def _claim_and_count(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> tuple[int, str | None] | None:
+    """`_claim` and `_next_generation` in one UpdateItem (one write unit instead of two) for the
+    common case: the UID unclaimed or already this object's, not being withdrawn, and this version
+    not yet published under it. Returns (generation, the research key published before) as
+    `_next_generation` does; None for any other case (a duplicate, a conflict, a withdrawal, the
+    same version again), which the two requests that tell them apart then decide."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    try:
+        old = (
+            services.table(services.settings.status_table)
+            .update_item(
+                Key=_claim_key(processed.sop_uid),
+                UpdateExpression=(
+                    "SET #holder = :me, #sha = :sha, #at = if_not_exists(#at, :now), #rk = :rk, #version = :version"
+                    " ADD #gen :one"
+                ),
+                ConditionExpression=(
+                    "(attribute_not_exists(#holder) OR #holder = :me) AND attribute_not_exists(#withdrawing)"
+                    " AND (attribute_not_exists(#version) OR #version <> :version)"
+                ),
+                ExpressionAttributeNames={
+                    "#holder": "holder",
+                    "#sha": "sha256",
+                    "#at": "claimed_at",
+                    "#rk": "research_key",
+                    "#version": "published_version",
+                    "#gen": "generation",
+                    "#withdrawing": WITHDRAWING,
+                },
+                ExpressionAttributeValues={
+                    ":me": ref.status_key,
+                    ":sha": hashlib.sha256(processed.data).hexdigest(),
+                    ":now": now,
+                    ":rk": processed.key,
+                    ":version": ref.version_id or "null",
+                    ":one": 1,
+                },
+                ReturnValues="ALL_OLD",
+            )
+            .get("Attributes", {})
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        return None
+    return int(old.get("generation", 0)) + 1, (str(old["research_key"]) if old.get("research_key") else None)
+
+
 def _release_claim(services: Services, ref: ObjectRef, sop_uid: str) -> None:
     """Give up this object's claim (it is being quarantined or parked), if it holds one and nothing
     is published under it (never was, or was withdrawn): a published instance keeps its source
@@ -865,19 +1024,25 @@ def _release_claim(services: Services, ref: ObjectRef, sop_uid: str) -> None:
 
 
 def _still_current(services: Services, ref: ObjectRef) -> None:
-    """The event's version must still be the key's current one. Deleted since (a delete marker on
-    top): nothing is published, whatever the version-pinned read could still fetch. Overwritten
-    since: the newer version's own event processes it, and this one (late, replayed or redriven)
-    must not bring the older content back.
+    """The event's version must still be the key's current one (`_judge_current`), asked of the
+    version listing (s3:ListBucketVersions): Publish, which asks it, may not read the original's
+    content, which a HEAD would need (and, for a deleted key, s3:ListBucket to tell 404 from 403).
+    The steps that read the original ask with the read itself (`_downloaded(current=True)`)."""
+    if ref.version_id:  # an unversioned bucket: the key's one object is what there is
+        latest = _latest_entry(services, ref)
+        _judge_current(ref, None if latest is None or latest[1] == "DeleteMarkers" else latest[0].get("VersionId"))
 
-    Asked of the version listing (s3:ListBucketVersions), not by a HEAD, which would need read
-    access to the original's content and, for a deleted key, s3:ListBucket to tell 404 from 403."""
+
+def _judge_current(ref: ObjectRef, latest: str | None) -> None:
+    """`latest`, the key's current version id (None: deleted), must be the event's version.
+    Deleted since (a delete marker on top): nothing is published, whatever the version-pinned read
+    could still fetch. Overwritten since: the newer version's own event processes it, and this one
+    (late, replayed or redriven) must not bring the older content back."""
     if not ref.version_id:
-        return  # an unversioned bucket: the key's one object is what there is
-    latest = _latest_entry(services, ref)
-    if latest is None or latest[1] == "DeleteMarkers":
+        return
+    if latest is None:
         raise RejectedObject("missing", "the object was deleted before it was published")
-    if latest[0].get("VersionId") != ref.version_id:
+    if latest != ref.version_id:
         raise RejectedObject("superseded", "a newer version of the object was uploaded; its own event processes it")
 
 
@@ -892,12 +1057,17 @@ def _latest_entry(services: Services, ref: ObjectRef) -> tuple[dict[str, Any], s
     return None
 
 
-def _latest_version(services: Services, ref: ObjectRef) -> ObjectRef | None:
-    """The key's current version as an object to process, or None when it is deleted."""
-    latest = _latest_entry(services, ref)
-    if latest is None or latest[1] == "DeleteMarkers":
-        return None
-    return replace(ref, version_id=latest[0].get("VersionId"), size=None, round=0)
+def _current_version(services: Services, ref: ObjectRef) -> str | None:
+    """The key's current version id from a HEAD naming no version (GET-class: 12.5x cheaper than
+    the listing), None when deleted: 404 whether a delete marker is on top or no version is left
+    (the reading steps hold s3:ListBucket, so S3 answers 404, not 403)."""
+    try:
+        head = services.s3.head_object(Bucket=ref.bucket, Key=ref.key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+            return None
+        raise
+    return str(head.get("VersionId") or "null")
 
 
 def _process_original(services: Services, ref: ObjectRef, *, scan_pixels: bool) -> ProcessedInstance:
@@ -905,8 +1075,7 @@ def _process_original(services: Services, ref: ObjectRef, *, scan_pixels: bool) 
 
     A Rejected from the engine leaves as RejectedObject (the handler's `workflow_errors` maps it).
     """
-    _still_current(services, ref)
-    with _downloaded(services, ref) as path:
+    with _downloaded(services, ref, current=True) as path:
         return services.engine.process(path, scan_pixels=scan_pixels)
 
 
@@ -915,29 +1084,41 @@ def _passthrough(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def _downloaded(services: Services, ref: ObjectRef) -> Iterator[str]:
-    """The object version in a temporary file: /tmp (ephemeral storage) holds it, not the heap."""
+def _downloaded(services: Services, ref: ObjectRef, *, current: bool = False) -> Iterator[str]:
+    """The object version in a temporary file: /tmp (ephemeral storage) holds it, not the heap.
+
+    One GetObject, streamed: its answer's length is checked before the body is read (no HEAD
+    first; s3transfer's download_file made one per read). With `current`, the GET names no
+    version, so it reads the key's current one and its answer says which that is: the event's
+    version, or a rejection (`_judge_current`: deleted, or superseded, the newer body left
+    unread). The check that the version is still current and the read are one GET-class request
+    instead of a version LIST (PUT-class, 12.5x the price), a HEAD and a GET."""
     limit = services.settings.max_object_bytes
-    head_args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
-    if ref.version_id:
-        head_args["VersionId"] = ref.version_id
-    # The event's size may be stale (the key overwritten since) or forged: it may let an object
-    # through to the read, whose size is checked again below, but never reject one on its own.
-    if ref.size is not None and ref.size <= limit:
-        size = ref.size
-    else:
-        size = int(services.s3.head_object(**head_args)["ContentLength"])
-    if size > limit:
-        raise RejectedObject("too_large", f"{size} bytes is above the pipeline's limit of {limit} bytes")
-    fd, path = tempfile.mkstemp(suffix=".dcm")
-    os.close(fd)
+    args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+    if ref.version_id and not current:
+        args["VersionId"] = ref.version_id
     try:
-        extra = {"VersionId": ref.version_id} if ref.version_id else None
-        services.s3.download_file(ref.bucket, ref.key, path, ExtraArgs=extra)
-        if os.path.getsize(path) > limit:  # the event's size can be stale if the key was overwritten
-            raise RejectedObject("too_large", f"above the pipeline's limit of {limit} bytes")
+        answer = services.s3.get_object(**args)
+    except ClientError as exc:
+        if current and exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+            _judge_current(ref, None)  # a delete marker on top, or no version left: missing
+        raise
+    body = answer["Body"]
+    fd, path = tempfile.mkstemp(suffix=".dcm")
+    try:
+        if current:
+            _judge_current(ref, str(answer.get("VersionId") or "null"))
+        size = int(answer.get("ContentLength") or 0)
+        if size > limit:
+            raise RejectedObject("too_large", f"{size} bytes is above the pipeline's limit of {limit} bytes")
+        with os.fdopen(fd, "wb") as out:
+            fd = -1
+            shutil.copyfileobj(body, out, 1024 * 1024)
         yield path
     finally:
+        body.close()
+        if fd >= 0:
+            os.close(fd)
         os.unlink(path)
 
 
