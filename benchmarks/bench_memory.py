@@ -72,11 +72,15 @@ from deidflow.cloud import streaming
 from deidflow.cloud.objects import ObjectRef
 from deidflow.engine import Engine
 from deidflow.rules import load_rules
-s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
-                  aws_access_key_id="bench", aws_secret_access_key="bench")
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="bench",
+                  aws_secret_access_key="bench", config=Config(read_timeout=1800, retries={"max_attempts": 1}))
 head = s3.head_object(Bucket="ingest", Key="big.dcm")
 ref = ObjectRef("ingest", "big.dcm", head.get("VersionId"), int(head["ContentLength"]))
 engine = Engine(load_rules(), bytes(range(32)))
+# moto reads a whole source object into memory for each UploadPartCopy: one at a time, or the
+# server (not the function) runs out of memory at 5 GiB.
+streaming.COPY_THREADS = 1
 fetched = 0
 get_object = s3.get_object
 def counting_get(**kwargs):
@@ -101,6 +105,28 @@ print(before, peak, elapsed, fetched, digest.hexdigest())
 """
 
 
+# moto's UploadPartCopy reads the whole source object to slice one part out of it: gigabytes per
+# part in the server (not in the function measured). The server here reads just the part's range.
+_MOTO_SERVER = """
+import sys
+import moto.s3.models as models
+from moto.server import main
+
+
+def upload_part_copy(self, dest_bucket_name, multipart_id, part_id, src_bucket_name, src_key_name,
+                     src_version_id, start_byte, end_byte):
+    key = self.get_object(src_bucket_name, src_key_name, version_id=src_version_id)
+    with key.lock:
+        key._value_buffer.seek(start_byte or 0)
+        data = key._value_buffer.read(-1 if start_byte is None else end_byte + 1 - start_byte)
+    return self.get_bucket(dest_bucket_name).multiparts[multipart_id].set_part(part_id, data)
+
+
+models.S3Backend.upload_part_copy = upload_part_copy
+main(["-p", sys.argv[1]])
+"""
+
+
 def _size(text: str) -> int:
     units = {"K": 1024, "M": 1024**2, "G": 1024**3}
     return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
@@ -115,7 +141,9 @@ def _sha256(path: Path) -> str:
 
 
 def _run(script: str, *args: str) -> list[str]:
-    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=ENV, check=True)
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=ENV)
+    if done.returncode:
+        raise SystemExit(f"a measured process failed:\n{done.stderr[-3000:]}")
     return done.stdout.strip().splitlines()[-1].split()  # what the script printed last
 
 
@@ -175,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         port = _free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-p", str(port)],
+            [sys.executable, "-c", _MOTO_SERVER, str(port)],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=open(scratch / "moto.log", "wb"),  # noqa: SIM115 - the server's, while it runs
             env={**ENV, "MOTO_S3_DEFAULT_MAX_KEYS": "1000"},
         )
         try:
@@ -191,8 +219,16 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 except OSError:
                     time.sleep(0.1)
+            from botocore.config import Config
+
+            # moto joins a multipart upload's parts (gigabytes) in one request: no retry of a slow one.
             s3 = boto3.client(
-                "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="b", aws_secret_access_key="b"
+                "s3",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="b",
+                aws_secret_access_key="b",
+                config=Config(read_timeout=1800, retries={"max_attempts": 1}),
             )
             for bucket in ("ingest", "research"):
                 s3.create_bucket(Bucket=bucket)
@@ -215,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                     f" {int(before) / 1024:.0f} MiB at start)"
                 )
                 s3.delete_object(Bucket="ingest", Key="big.dcm")
+        except BaseException:
+            print((scratch / "moto.log").read_text(errors="replace")[-3000:])
+            raise
         finally:
             server.terminate()
             server.wait()

@@ -204,9 +204,10 @@ def test_a_truncated_instance_is_rejected(workflow, corpus):
 def test_too_large_is_rejected_before_reading(workflow, monkeypatch):
     key = workflow.drop("big/file.dcm", b"x" * 100)
     event = source(workflow, key)
-    event["source"]["size"] = 513 * 1024**2  # above MAX_OBJECT_MB=512; the handler must not download it
     reads = []
     services = __import__("deidflow.cloud.handler", fromlist=["current_services"]).current_services()
+    too_many = services.settings.max_object_bytes + 1  # above MAX_OBJECT_MB: never downloaded
+    event["source"]["size"] = too_many
     get = services.s3.get_object
 
     class Unread:  # the GET's body, whose reads are recorded
@@ -221,10 +222,10 @@ def test_too_large_is_rejected_before_reading(workflow, monkeypatch):
             self.body.close()
 
     # An event's size alone never rejects (it may be stale or forged): S3's answer to the GET
-    # confirms it, before the body is read.
+    # (its first MiB: Content-Range names the whole size) confirms it, before the body is read.
     def too_large(**k):
         answer = get(**k)
-        return {**answer, "ContentLength": 513 * 1024**2, "Body": Unread(answer["Body"])}
+        return {**answer, "ContentRange": f"bytes 0-99/{too_many}", "Body": Unread(answer["Body"])}
 
     monkeypatch.setattr(services.s3, "get_object", too_large)
     with pytest.raises(RejectedObject) as caught:

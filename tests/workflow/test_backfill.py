@@ -36,7 +36,8 @@ def put_archive(workflow, count: int, prefix: str = ARCHIVE_PREFIX, seed: int = 
 
 
 def publishes_by_key(workflow) -> Counter[str]:
-    return Counter(key for name, key in workflow.invocations if name == "Publish")
+    # Every publication, by the header step itself or by Publish after a scan, is indexed once after.
+    return Counter(key for name, key in workflow.invocations if name == "IndexHeader")
 
 
 def assert_end_state(workflow, dropped, runs) -> None:
@@ -98,10 +99,11 @@ def test_objects_the_ingest_path_or_an_earlier_backfill_published_are_skipped_an
 def test_a_backfill_resumes_after_an_injected_failure_with_no_duplicates_and_no_gaps(workflow):
     dropped, _ = put_archive(workflow, 60)
     backfill = LocalBackfill(workflow)
-    # Two batches' Prepare fails (a crashed function: not retried) and one object's Publish is
-    # throttled through all its retries (parked, then back through the queue). On AWS the failed
-    # batches fail the Map Run; moto's Map Run succeeds over them, and Finish finds the gap. The
-    # plan batches keys in listing order, ten a batch: the second and fourth batches crash.
+    # Two batches' Prepare fails (a crashed function: not retried) and one object's publication
+    # (the header step's write) is throttled through all its retries (parked, then back through
+    # the queue). On AWS the failed batches fail the Map Run; moto's Map Run succeeds over them,
+    # and Finish finds the gap. The plan batches keys in listing order, ten a batch: the second and
+    # fourth batches crash.
     listed = sorted(d.key for d in dropped)
     crash_first = {workflow.object_ref(listed[10]), workflow.object_ref(listed[30])}
     handle = workflow.handlers["Backfill"]
@@ -114,10 +116,10 @@ def test_a_backfill_resumes_after_an_injected_failure_with_no_duplicates_and_no_
     workflow.handlers["Backfill"] = crashing
     fine = {d.key for d in dropped if d.quarantine is None and d.copy_of is None}
     stubborn = next(key for key in listed[:10] if key in fine)
-    plan = FaultPlan(stubborn={stubborn: ("Publish", "s3")})
+    plan = FaultPlan(stubborn={stubborn: ("DeidentifyHeader", "s3")})
     with FaultInjector(workflow, plan) as faults:
         failed = backfill.run()
-    assert faults.injected, "the Publish fault never fired"
+    assert faults.injected, "the header step's fault never fired"
     assert failed.status == "FAILED" and failed.error == "BackfillIncomplete"
     assert failed.counts["remaining"] == 20  # two batches of 10, nothing of them done
     assert failed.counts["published"] + failed.counts["quarantined"] == 40
@@ -133,7 +135,7 @@ def test_a_backfill_resumes_after_an_injected_failure_with_no_duplicates_and_no_
     assert resumed.counts["remaining"] == 0 and resumed.counts["objects"] == 60
     assert_end_state(workflow, dropped, [failed, resumed])  # no gaps, one research object per instance
     # No duplicate publication: the resume published only what the failed batches held.
-    published_again = {key for name, key in workflow.invocations[before:] if name == "Publish"}
+    published_again = {key for name, key in workflow.invocations[before:] if name == "IndexHeader"}
     assert published_again and not published_again & done_first
     assert len(done_first | published_again) == sum(1 for d in dropped if not d.quarantine)
 

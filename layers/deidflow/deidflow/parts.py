@@ -186,7 +186,7 @@ def multipart_plan(parts: Sequence[Part], *, min_part: int = MIN_PART) -> list[U
         if not isinstance(part, SourceSpan):
             add(part, len(part))
             continue
-        lent = min_part - pending_size if pending_size < min_part else 0
+        lent = min_part - pending_size if 0 < pending_size < min_part else 0  # what the part before lacks
         if part.length - lent >= min_part:
             if lent:
                 pending.append(SourceSpan(part.offset, lent))

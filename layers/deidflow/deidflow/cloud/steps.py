@@ -42,15 +42,17 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ..engine import PixelScanRequired, ProcessedInstance
+from ..engine import PixelScanRequired
 from ..index import SIDECAR_CONTENT_TYPE, IndexEntry, default_sidecar_key, index_file
 from ..research.qido import study_summary
 from ..rules import ALL_LABEL
 from ..storage import research_place
+from . import streaming
 from .budget import EXPRESS, LONG, express_deadline
 from .errors import MISSING_CODES, RejectedObject, TransientError, is_throttling, rejection_from_error
 from .objects import DEIDENTIFY, ObjectRef, parse_batch, redrive_message
 from .services import Services
+from .streaming import STREAM_OBJECTS_ABOVE, Output
 
 # Identifiers the honest broker needs to go from a pseudonym back to the source.
 QUARANTINE_TAG_KEYS = ("deidflow-status", "deidflow-reason")
@@ -114,18 +116,18 @@ def deidentify_header(event: Mapping[str, Any], services: Services) -> dict[str,
     scan go on to the redaction step."""
     ref = services.source_of(event)
     try:
-        processed = _process_original(services, ref, scan_pixels=False)
+        with _original(services, ref, scan_pixels=False) as output:
+            return _stage(services, ref, output, needs_pixel_scan=False, direct=True)
     except PixelScanRequired:
         return {"source": services.payload(ref), "needs_pixel_scan": True}
-    return _stage(services, ref, processed, needs_pixel_scan=False, direct=True)
 
 
 def redact_burned_in_text(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     """Pixels first (the policy reads the original header), then the header, in one engine pass."""
     ref = services.source_of(event)
-    processed = _process_original(services, ref, scan_pixels=True)
-    result = _stage(services, ref, processed, needs_pixel_scan=True)
-    pixels = processed.pixels
+    with _original(services, ref, scan_pixels=True) as output:
+        result = _stage(services, ref, output, needs_pixel_scan=True)
+    pixels = output.processed.pixels
     result["pixels"] = {
         "redacted": bool(pixels and pixels.redacted),
         "boxes": len(pixels.boxes) if pixels else 0,
@@ -156,7 +158,7 @@ def index_header(event: Mapping[str, Any], services: Services) -> dict[str, Any]
         if staging_key
         else ObjectRef(settings.research_bucket, research_key, version_id=published.get("version_id"))
     )
-    with _downloaded(services, written) as path:
+    with _header_copy(services, written) as path:
         entry = index_file(
             path,
             research_key,
@@ -289,12 +291,13 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
     bucket = services.settings.research_bucket
     _still_current(services, ref)
     generation, replaced = _next_generation(services, ref, staged)
-    copied = services.s3.copy_object(
-        CopySource={"Bucket": bucket, "Key": staged["staging_key"]},
-        Bucket=bucket,
-        Key=staged["research_key"],
-        ContentType="application/dicom",
-        MetadataDirective="REPLACE",
+    copied = streaming.copy_object(
+        services.s3,
+        source=ObjectRef(bucket, staged["staging_key"]),
+        size=int(staged.get("size") or 0),
+        bucket=bucket,
+        key=staged["research_key"],
+        content_type="application/dicom",
     )
     # Publish may not read the original (no s3:GetObject on the ingest bucket): the listing says.
     latest = _latest_entry(services, ref)
@@ -306,7 +309,7 @@ def publish(event: Mapping[str, Any], services: Services) -> dict[str, Any]:
 def _publish_direct(
     services: Services,
     ref: ObjectRef,
-    processed: ProcessedInstance,
+    output: Output,
     staged: dict[str, Any],
     counted: tuple[int, str | None] | None = None,
 ) -> dict[str, Any]:
@@ -324,12 +327,7 @@ def _publish_direct(
     that the check after the write does not cover. `counted`: the generation `_claim_and_count`
     took with the claim, when it could."""
     generation, replaced = counted if counted is not None else _next_generation(services, ref, staged)
-    written = services.s3.put_object(
-        Bucket=services.settings.research_bucket,
-        Key=staged["research_key"],
-        Body=processed.data,
-        ContentType="application/dicom",
-    )
+    written = output.put(services.s3, bucket=services.settings.research_bucket, key=staged["research_key"])
     return _after_write(
         services,
         ref,
@@ -338,7 +336,7 @@ def _publish_direct(
         replaced,
         written.get("VersionId"),
         current=_current_version(services, ref),
-        warnings=",".join(processed.warnings) or None,
+        warnings=",".join(output.processed.warnings) or None,
     )
 
 
@@ -811,7 +809,7 @@ def record_status(services: Services, ref: ObjectRef, status: str, **fields: Any
 def _stage(
     services: Services,
     ref: ObjectRef,
-    processed: ProcessedInstance,
+    output: Output,
     *,
     needs_pixel_scan: bool,
     direct: bool = False,
@@ -820,9 +818,10 @@ def _stage(
     (`direct`: the header step) or write it to a per-run staging copy for Publish (the redaction
     step: its 4 GB are billed by the millisecond, Publish has 256 MB, and scans are few)."""
     settings = services.settings
+    processed = output.processed
     # The header step's common case takes the claim and its publish generation in one request.
-    counted = _claim_and_count(services, ref, processed) if direct else None
-    duplicate_of = _claim(services, ref, processed) if counted is None else None
+    counted = _claim_and_count(services, ref, output) if direct else None
+    duplicate_of = _claim(services, ref, output) if counted is None else None
     mapping = {
         "sop_instance_uid": processed.sop_uid,
         "study_instance_uid": processed.study_uid,
@@ -848,17 +847,13 @@ def _stage(
         staged["duplicate_of"] = duplicate_of
     result: dict[str, Any] = {"source": services.payload(ref), "needs_pixel_scan": needs_pixel_scan}
     if direct:
-        return {**result, "staged": staged, **_publish_direct(services, ref, processed, staged, counted)}
+        return {**result, "staged": staged, **_publish_direct(services, ref, output, staged, counted)}
     # One staging copy per run, not per instance: two runs of one object at once (a redelivered
     # event, one study sent twice) must not share it, or the first Publish deletes what the
     # second is about to copy. A retried run's earlier copy is left to the staging expiry.
     staged["staging_key"] = f"{settings.staging_prefix}{secrets.token_hex(8)}/{processed.key}"
-    services.s3.put_object(
-        Bucket=settings.research_bucket,
-        Key=staged["staging_key"],
-        Body=processed.data,
-        ContentType="application/dicom",
-    )
+    staged["size"] = output.size  # Publish copies it; S3's CopyObject stops at 5 GiB
+    output.put(services.s3, bucket=settings.research_bucket, key=staged["staging_key"])
     record_status(
         services,
         ref,
@@ -912,12 +907,13 @@ def _claim_key(sop_uid: str) -> dict[str, str]:
     return {"object_ref": f"sop:{sop_uid}", "version_id": "claim"}
 
 
-def _claim(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> str | None:
+def _claim(services: Services, ref: ObjectRef, output: Output) -> str | None:
     """Claim the research SOP Instance UID for this object (any version of it), first come first
     served. Returns None when it is ours, the holder's reference when this object is a
     byte-identical duplicate of it; raises RejectedObject when the holder has other bytes."""
     table = services.table(services.settings.status_table)
-    digest = hashlib.sha256(processed.data).hexdigest()
+    processed = output.processed
+    digest = output.digest()
     names = {"#holder": "holder", "#sha": "sha256", "#at": "claimed_at", "#withdrawing": WITHDRAWING}
     now = datetime.now(UTC).isoformat(timespec="milliseconds")
     try:
@@ -958,12 +954,13 @@ def _claim(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> 
     return str(held.get("Attributes", {}).get("holder", "")) or None
 
 
-def _claim_and_count(services: Services, ref: ObjectRef, processed: ProcessedInstance) -> tuple[int, str | None] | None:
+def _claim_and_count(services: Services, ref: ObjectRef, output: Output) -> tuple[int, str | None] | None:
     """`_claim` and `_next_generation` in one UpdateItem (one write unit instead of two) for the
     common case: the UID unclaimed or already this object's, not being withdrawn, and this version
     not yet published under it. Returns (generation, the research key published before) as
     `_next_generation` does; None for any other case (a duplicate, a conflict, a withdrawal, the
     same version again), which the two requests that tell them apart then decide."""
+    processed = output.processed
     now = datetime.now(UTC).isoformat(timespec="milliseconds")
     try:
         old = (
@@ -989,7 +986,7 @@ def _claim_and_count(services: Services, ref: ObjectRef, processed: ProcessedIns
                 },
                 ExpressionAttributeValues={
                     ":me": ref.status_key,
-                    ":sha": hashlib.sha256(processed.data).hexdigest(),
+                    ":sha": output.digest(),
                     ":now": now,
                     ":rk": processed.key,
                     ":version": ref.version_id or "null",
@@ -1070,21 +1067,56 @@ def _current_version(services: Services, ref: ObjectRef) -> str | None:
     return str(head.get("VersionId") or "null")
 
 
-def _process_original(services: Services, ref: ObjectRef, *, scan_pixels: bool) -> ProcessedInstance:
-    """The engine's output for the original version (its source identifiers for the mapping table included).
+@contextmanager
+def _original(services: Services, ref: ObjectRef, *, scan_pixels: bool) -> Iterator[Output]:
+    """The engine's output for the original version (its source identifiers for the mapping table
+    included), valid inside the block: a large one is read as a sparse copy whose spans the write
+    copies from the original (streaming.py), never downloaded.
 
     A Rejected from the engine leaves as RejectedObject (the handler's `workflow_errors` maps it).
     """
-    with _downloaded(services, ref, current=True) as path:
-        return services.engine.process(path, scan_pixels=scan_pixels)
+    with _downloaded(services, ref, current=True, stream_above=STREAM_OBJECTS_ABOVE) as (path, size):
+        if path is not None:
+            yield Output(services.engine.process(path, scan_pixels=scan_pixels))
+            return
+    with streaming.processed_original(services.s3, services.engine, ref, size, scan_pixels=scan_pixels) as (
+        processed,
+        copy,
+    ):
+        yield Output(processed, copy, ref)
+
+
+@contextmanager
+def _header_copy(services: Services, ref: ObjectRef) -> Iterator[str]:
+    """A research object as a file to index: downloaded, or for a large one a sparse copy with
+    its header and frame framing (all the index reads), the pixels left out."""
+    with _downloaded(services, ref, stream_above=STREAM_OBJECTS_ABOVE) as (path, size):
+        if path is not None:
+            yield path
+            return
+    with streaming.sparse_copy(services.s3, ref, size) as copy:
+        yield copy.path
 
 
 def _passthrough(event: Mapping[str, Any]) -> dict[str, Any]:
     return {k: event[k] for k in ("source", "needs_pixel_scan", "staged", "pixels", "published") if k in event}
 
 
+FIRST_READ = streaming.HEADER_PREFIX
+
+
+def _object_size(answer: Mapping[str, Any]) -> int:
+    """The whole object's size, from a ranged answer's Content-Range ("bytes 0-1048575/52428800")."""
+    content_range = str(answer.get("ContentRange") or "")
+    if "/" in content_range:
+        return int(content_range.rsplit("/", 1)[1])
+    return int(answer.get("ContentLength") or 0)
+
+
 @contextmanager
-def _downloaded(services: Services, ref: ObjectRef, *, current: bool = False) -> Iterator[str]:
+def _downloaded(
+    services: Services, ref: ObjectRef, *, current: bool = False, stream_above: int | None = None
+) -> Iterator[tuple[str | None, int]]:
     """The object version in a temporary file: /tmp (ephemeral storage) holds it, not the heap.
 
     One GetObject, streamed: its answer's length is checked before the body is read (no HEAD
@@ -1092,29 +1124,50 @@ def _downloaded(services: Services, ref: ObjectRef, *, current: bool = False) ->
     version, so it reads the key's current one and its answer says which that is: the event's
     version, or a rejection (`_judge_current`: deleted, or superseded, the newer body left
     unread). The check that the version is still current and the read are one GET-class request
-    instead of a version LIST (PUT-class, 12.5x the price), a HEAD and a GET."""
+    instead of a version LIST (PUT-class, 12.5x the price), a HEAD and a GET.
+
+    The block gets (path, size); an object larger than `stream_above` is not downloaded, and its
+    path is None (the caller streams it). Then the GET asks for a first MiB only (all of almost
+    every instance; the rest of a larger one is a second GET of the version read), so that a large
+    object's body is never sent to be left unread."""
     limit = services.settings.max_object_bytes
     args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
     if ref.version_id and not current:
         args["VersionId"] = ref.version_id
+    first = {"Range": f"bytes=0-{FIRST_READ - 1}"} if stream_above is not None else {}
     try:
-        answer = services.s3.get_object(**args)
+        answer = services.s3.get_object(**args, **first)
     except ClientError as exc:
-        if current and exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+        code = exc.response.get("Error", {}).get("Code")
+        if current and code in MISSING_CODES:
             _judge_current(ref, None)  # a delete marker on top, or no version left: missing
-        raise
+        if code != "InvalidRange":
+            raise
+        answer = services.s3.get_object(**args)  # an empty object has no first byte to ask for
     body = answer["Body"]
     fd, path = tempfile.mkstemp(suffix=".dcm")
     try:
+        read_version = str(answer.get("VersionId") or "null")
         if current:
-            _judge_current(ref, str(answer.get("VersionId") or "null"))
-        size = int(answer.get("ContentLength") or 0)
+            _judge_current(ref, read_version)
+        size = _object_size(answer)
         if size > limit:
             raise RejectedObject("too_large", f"{size} bytes is above the pipeline's limit of {limit} bytes")
+        if stream_above is not None and size > stream_above:
+            yield None, size
+            return
         with os.fdopen(fd, "wb") as out:
             fd = -1
             shutil.copyfileobj(body, out, 1024 * 1024)
-        yield path
+            if out.tell() < size:
+                rest = {"VersionId": read_version} if read_version != "null" else {}
+                more = services.s3.get_object(
+                    Bucket=ref.bucket, Key=ref.key, **rest, Range=f"bytes={out.tell()}-{size - 1}"
+                )
+                shutil.copyfileobj(more["Body"], out, 1024 * 1024)
+            if out.tell() != size:
+                raise OSError("the object's body is not the length its answer declared")
+        yield path, size
     finally:
         body.close()
         if fd >= 0:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -97,6 +98,10 @@ def sparse_copy(s3: Any, ref: ObjectRef, size: int) -> Iterator[SourceCopy]:
 @contextmanager
 def whole_copy(s3: Any, ref: ObjectRef, size: int) -> Iterator[SourceCopy]:
     """The original downloaded whole (streamed to /tmp: memory stays bounded); removed afterwards."""
+    if shutil.disk_usage(tempfile.gettempdir()).free < size:
+        raise Rejected(
+            "too_large", f"{size} bytes must be read whole here (its pixels are needed) and /tmp has less room"
+        )
     fd, path = tempfile.mkstemp(suffix=".dcm")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -222,6 +227,54 @@ def processed_original(
                 return
     with whole_copy(s3, ref, size) as copy:
         yield engine.process(copy.path, scan_pixels=scan_pixels, stream=True), copy
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a reading step writes: the engine's output and, for a large original, the copy its
+    spans name (valid while the step's `with` block runs) and the version it is a copy of."""
+
+    processed: ProcessedInstance
+    copy: SourceCopy | None = None
+    origin: ObjectRef | None = None
+
+    @property
+    def size(self) -> int:
+        return self.processed.size
+
+    def digest(self) -> str:
+        """What the claim on its SOP Instance UID compares: two outputs with the same digest are
+        the same bytes (see output_digest for a streamed one)."""
+        if self.copy is None:
+            return hashlib.sha256(self.processed.data).hexdigest()
+        return output_digest(self.processed.parts, self.copy)
+
+    def put(self, s3: Any, *, bucket: str, key: str, content_type: str = "application/dicom") -> dict[str, Any]:
+        """Write it to bucket/key: one PutObject, or for a large original a multipart upload whose
+        untouched values S3 copies from it."""
+        if self.copy is None or self.origin is None:
+            return dict(s3.put_object(Bucket=bucket, Key=key, Body=self.processed.data, ContentType=content_type))
+        return upload_streamed(
+            s3, self.origin, self.copy, self.processed.parts, bucket=bucket, key=key, content_type=content_type
+        )
+
+
+def copy_object(s3: Any, *, source: ObjectRef, size: int, bucket: str, key: str, content_type: str) -> dict[str, Any]:
+    """CopyObject, which S3 refuses above 5 GiB: larger objects are copied part by part."""
+    if size <= 5 * 1024**3:
+        args = {
+            "Bucket": source.bucket,
+            "Key": source.key,
+            **({"VersionId": source.version_id} if source.version_id else {}),
+        }
+        return dict(
+            s3.copy_object(
+                CopySource=args, Bucket=bucket, Key=key, ContentType=content_type, MetadataDirective="REPLACE"
+            )
+        )
+    etag = str(s3.head_object(**_version_args(source))["ETag"])
+    copy = SourceCopy("", size, etag, SourceSpan(0, size))
+    return upload_streamed(s3, source, copy, [SourceSpan(0, size)], bucket=bucket, key=key, content_type=content_type)
 
 
 def pixels_untouched(parts: list[Part], copy: SourceCopy) -> bool:
