@@ -27,6 +27,17 @@ PHI_SIDE = {
     "MappingKey",
 }
 RESEARCH_KEY_ARN = {"Fn::GetAtt": ["ResearchKey", "Arn"]}
+# The CloudWatch Logs delivery APIs (a state machine's logging) have no resource-level permissions.
+LOG_DELIVERY = {
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+}
 
 
 @pytest.fixture(scope="module")

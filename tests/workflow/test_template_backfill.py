@@ -15,20 +15,11 @@ import json
 from deidflow.cloud.backfill import INVENTORY_PREFIX, MAX_CONCURRENCY, WORK_PREFIX, BackfillSettings
 
 from tests.conftest import REPO
+from tests.workflow.conftest import LOG_DELIVERY
 from tests.workflow.test_template_jobs import granted_pairs
 
 ASL = json.loads((REPO / "statemachines" / "backfill.asl.json").read_text())
 STACK = "arn:aws:states:eu-west-1:111122223333"
-LOG_DELIVERY = {
-    "logs:CreateLogDelivery",
-    "logs:GetLogDelivery",
-    "logs:UpdateLogDelivery",
-    "logs:DeleteLogDelivery",
-    "logs:ListLogDeliveries",
-    "logs:PutResourcePolicy",
-    "logs:DescribeResourcePolicies",
-    "logs:DescribeLogGroups",
-}
 
 
 def test_the_backfill_map_is_distributed_bounded_and_reads_only_the_plans_chunk_files(template):

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tests.workflow.conftest import (
+    LOG_DELIVERY,
     PHI_SIDE,
     RESEARCH_KEY_ARN,
     as_list,
@@ -24,17 +25,6 @@ from tests.workflow.conftest import (
 # resources, nothing of the PHI side. Only the API function is behind the HTTP API.
 RESEARCH_FUNCTIONS = ("ResearchApiFunction", "AuditSealerFunction", "ResearchJobsFunction")
 RESEARCH_STATE_MACHINES = ("CohortStateMachine", "ExportStateMachine")
-# The CloudWatch Logs delivery APIs (a state machine's logging) have no resource-level permissions.
-LOG_DELIVERY = {
-    "logs:CreateLogDelivery",
-    "logs:GetLogDelivery",
-    "logs:UpdateLogDelivery",
-    "logs:DeleteLogDelivery",
-    "logs:ListLogDeliveries",
-    "logs:PutResourcePolicy",
-    "logs:DescribeResourcePolicies",
-    "logs:DescribeLogGroups",
-}
 
 
 def http_api_events(resources: dict) -> Iterator[tuple[str, dict]]:

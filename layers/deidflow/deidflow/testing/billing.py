@@ -39,6 +39,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .faults import wrap_handlers
+
 if TYPE_CHECKING:
     from ..local.workflow import LocalWorkflow
 
@@ -86,7 +88,6 @@ class RequestMeter:
         self.write_units: Counter[tuple[str, str]] = Counter()  # (state, table) -> write request units
         self.read_units: defaultdict[tuple[str, str], float] = defaultdict(float)
         self._current: str | None = None  # the state whose handler is running
-        self._handlers: dict[str, Callable[[Any, Any], Any]] = {}
         self._restore: list[Callable[[], None]] = []
 
     # -- what was counted -------------------------------------------------------------------------
@@ -179,21 +180,13 @@ class RequestMeter:
     def __enter__(self) -> RequestMeter:
         import boto3
 
-        from ..cloud.handler import reset_services
-
         # The handlers' clients come from the default session; the bucket notification's and the
         # Pipe's calls are the harness's own clients' (made before this).
         for events in (boto3.DEFAULT_SESSION.events, self.workflow.s3.meta.events, self.workflow.sqs.meta.events):
             for event, hook in (("before-call", self._before_call), ("after-call", self._after_call)):
                 events.register_last(event, hook)
                 self._restore.append(functools.partial(events.unregister, event, hook))
-        self._handlers = dict(self.workflow.handlers)
-        for name, handler in self._handlers.items():
-            self.workflow.handlers[name] = self._in_handler(name, handler)
-        self._restore.append(lambda: self.workflow.handlers.update(self._handlers))
-        # The handlers' clients are made anew, from the session that now carries the hooks.
-        reset_services()
-        self._restore.append(reset_services)
+        wrap_handlers(self.workflow, self._in_handler, self._restore)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -113,7 +113,6 @@ class FaultInjector:
         self._lock = threading.Lock()
         self._calls: Counter[tuple[str, ...]] = Counter()
         self._current: tuple[str, Mapping[str, Any]] | None = None  # (state, source) of the running handler
-        self._handlers: dict[str, Callable[[Any, Any], Any]] = {}
         self._restore: list[Callable[[], None]] = []
 
     # -- deciding -------------------------------------------------------------------------------
@@ -210,7 +209,6 @@ class FaultInjector:
         import moto.stepfunctions.parser.asl.component.common.retry.retrier_decl as retrier
 
         from ..cloud import services as services_module
-        from ..cloud.handler import reset_services
 
         events = boto3.DEFAULT_SESSION.events
         for event in ("before-call.s3", "before-call.dynamodb"):
@@ -232,19 +230,30 @@ class FaultInjector:
         retrier.time = _ScaledClock(self.plan.retry_wait_scale, self.retry_waits, clock.sleep)  # type: ignore[assignment]
         self._restore.append(lambda: setattr(retrier, "time", clock))
 
-        self._handlers = dict(self.workflow.handlers)
-        for name, handler in self._handlers.items():
-            self.workflow.handlers[name] = self._in_handler(name, handler)
-        self._restore.append(lambda: self.workflow.handlers.update(self._handlers))
-        # The handlers' clients are made anew, from the session that now carries the hooks (and
-        # again on the way out, so that none made here keeps them).
-        reset_services()
-        self._restore.append(reset_services)
+        wrap_handlers(self.workflow, self._in_handler, self._restore)
         return self
 
     def __exit__(self, *exc: object) -> None:
         while self._restore:
             self._restore.pop()()
+
+
+def wrap_handlers(
+    workflow: LocalWorkflow,
+    wrap: Callable[[str, Callable[[Any, Any], Any]], Callable[[Any, Any], Any]],
+    restore: list[Callable[[], None]],
+) -> None:
+    """Each of the workflow's handlers through `wrap(name, handler)`, the handlers' clients made
+    anew from the session that now carries the caller's hooks (and again on the way out, so that
+    none made here keeps them); `restore` gets what undoes it, to run in reverse."""
+    from ..cloud.handler import reset_services
+
+    handlers = dict(workflow.handlers)
+    for name, handler in handlers.items():
+        workflow.handlers[name] = wrap(name, handler)
+    restore.append(lambda: workflow.handlers.update(handlers))
+    reset_services()
+    restore.append(reset_services)
 
 
 class _BusyDetector:
