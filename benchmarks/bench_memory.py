@@ -48,8 +48,9 @@ from deidflow.cli import main
 started = time.perf_counter()
 code = main(['deid', sys.argv[1], sys.argv[2], '--jobs', '1', '--quiet', '--key-file', sys.argv[3]])
 elapsed = time.perf_counter() - started
-peak = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-print(peak, elapsed, code)
+# VmHWM, not ru_maxrss, for this process: ru_maxrss survives exec (a parent's size would show).
+own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss), elapsed, code)
 """
 
 _IN_MEMORY = """

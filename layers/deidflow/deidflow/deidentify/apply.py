@@ -22,7 +22,7 @@ from ..attribute_types import standard_types
 from ..conformance import size_problem, value_problem
 from ..dates import shift_by_units, shift_date, shift_date_and_time, shift_datetime, shift_time
 from ..dicomraw.edit import ElementValue, relabel
-from ..dicomraw.read import elements_as_read, held, read_deferred, text_value
+from ..dicomraw.read import deferred_bytes, elements_as_read, held, read_deferred, text_value
 from ..framing import DatasetFrame, same_tags
 from ..profile import ProfileTable, standard_table
 from ..pseudonym import DateShift, Pseudonymizer
@@ -55,6 +55,9 @@ from .decide import (
 from .finish import Markers, add_tags, drop_empty_private_blocks, rebuild_meta
 from .result import Decision, DeidResult, SourceIdentifiers
 
+# Binary VRs whose kept value is judged by its length alone (a whole number of words): such a value
+# may stay unread in the file. Not UN, whose value is whatever its tag's VR is (a name, as like as not).
+UNREAD_VRS = BINARY_VRS - {"UN"}
 DUMMY_TEXT = "REMOVED"
 DUMMY_BY_VR = {
     "AE": "DEIDFLOW",
@@ -292,18 +295,30 @@ class Deidentifier:
             raw = elements.get(tag)
             if raw is None:
                 continue  # gone with an element handled before it
-            # A value pydicom left in the file (read with defer_size) stays there while it is binary
-            # and kept as it is: the writer copies it from the source. Anything else reads it.
-            deferred = type(raw) is RawDataElement and raw.value is None
-            if deferred and raw.VR not in BINARY_VRS:
-                raw, deferred = read_deferred(ds, tag), False
+            # A value pydicom left in the file (read with defer_size: a length, no value) stays there
+            # while it is binary and kept as it is: the writer copies it from the source. Anything
+            # else reads it, raw. (An empty value pydicom holds as None is decoded, as before.)
+            deferred = False
+            if type(raw) is RawDataElement and raw.value is None:
+                if not raw.length:
+                    raw = ds.get_item(tag)
+                elif raw.VR in UNREAD_VRS:
+                    deferred = True
+                else:
+                    raw = read_deferred(ds, tag)
             # The caches below are keyed by plain ints: pydicom's tags compare in Python (Tag.__eq__),
             # so a lookup with one costs a Python call on every hit.
             key = int(tag)
             original = originals.get(tag, raw) if originals is not None else raw
-            if type(original) is RawDataElement and original.value is None and not deferred:
-                original = raw  # read just now: its value is what is checked before it is kept
             vr, relabel_it = _ELEMENT_VRS.get((key, getattr(original, "VR", None))) or element_vr(original, key)
+            if not deferred and type(original) is RawDataElement and original.value is None and original.length:
+                # Left in the file when read, and read since: by the lines above (raw), or decoded by
+                # the rules or the pixel policy, whose decoding is no check: its bytes as read are
+                # (a binary value's length says all there is to check: those stay in the file).
+                if type(raw) is RawDataElement:
+                    original = raw
+                elif relabel_it or vr not in UNREAD_VRS or original.VR not in UNREAD_VRS:
+                    original = deferred_bytes(ds, original)
             path = (*parents, PathStep(key, keyword(key), vr, creators.get(tag))) if ctx.needs_paths else None
             ctx.parent = parent
             ctx.attribute_type = (
@@ -313,7 +328,7 @@ class Deidentifier:
                 action, by, rule = dummy_action(key, vr), "inside a sequence replaced by dummies", None
             else:
                 action, by, rule = self.decider.decide(key, vr, path, ctx.plan, ctx.attribute_type)
-            if deferred and (relabel_it or action not in (KEEP, REMOVE)):
+            if deferred and (relabel_it or vr not in UNREAD_VRS or action not in (KEEP, REMOVE)):
                 raw = original = read_deferred(ds, tag)
             if relabel_it and action is not REMOVE:
                 raw = relabelled(ds, key, original, vr)

@@ -81,13 +81,18 @@ def read_deferred(ds: Dataset, tag: int) -> RawDataElement:
     """The element `tag`, whose value pydicom left in the file (read with defer_size), read now and
     held raw, undecoded, as if it had been read with the rest (Dataset.get_item would decode it,
     and a kept value is checked on its bytes before it is written as them)."""
+    elements = cast("dict[int, RawDataElement]", ds._dict)
+    read = deferred_bytes(ds, elements[tag])
+    elements[tag] = read
+    return read
+
+
+def deferred_bytes(ds: Dataset, raw: RawDataElement) -> RawDataElement:
+    """`raw`, a value pydicom left in `ds`'s file, with its bytes read from there (nothing in `ds`
+    changes)."""
     from pydicom.filereader import read_deferred_data_element
 
-    elements = cast("dict[int, RawDataElement]", ds._dict)
-    raw = elements[tag]
     source = ds.filename or ds.buffer
     if ds.filename and ds.buffer and not getattr(ds.buffer, "closed", False):
         source = ds.buffer  # as Dataset.__getitem__ chooses
-    read = read_deferred_data_element(ds.fileobj_type, source, ds.timestamp, raw)
-    elements[tag] = read
-    return read
+    return read_deferred_data_element(ds.fileobj_type, source, ds.timestamp, raw)

@@ -98,8 +98,8 @@ def _deferred(elem: object, encapsulated_lengths: Mapping[int, int] | None) -> b
     if encapsulated_lengths is None or not isinstance(elem, RawDataElement):
         return False
     raw = elem
-    if raw.value is not None or not raw.length or raw.VR not in BINARY_VRS:
-        return False
+    if raw.value is not None or not raw.length or raw.VR not in BINARY_VRS or raw.VR == "UN":
+        return False  # (a UN value is its tag's VR, text as like as not: the pass reads and judges it)
     return raw.length != UNDEFINED_LENGTH or (raw.tag == PIXEL_DATA and raw.value_tell in encapsulated_lengths)
 
 
